@@ -1,0 +1,46 @@
+//! Fused, differentiable LayerNorm, RMSNorm and GroupNorm for [candle].
+//!
+//! candle's own fused norms have no backward (their gradients are silently dropped)
+//! and candle has no fused GroupNorm. This crate provides all three as candle custom
+//! ops whose backward is itself one fused op, so `Tensor::backward`, `Var` and the
+//! candle-nn optimizers train through them:
+//!
+//! - [`layer_norm`], [`rms_norm`], [`group_norm`]: the functional ops;
+//! - [`nn`]: drop-in modules ([`LayerNorm`], [`RmsNorm`], [`GroupNorm`]) and their
+//!   `VarBuilder` builders, loading PyTorch/Hugging Face checkpoints;
+//! - [`reference`]: slow composed-op implementations used by the tests and benches.
+//!
+//! Semantics are PyTorch's: biased variance, eps inside the square root, statistics
+//! accumulated in f32 (f64 for f64 inputs), output in the input's dtype, rounded once.
+//! Supported dtypes are f32, f16, bf16 and f64 on the CPU (multi-threaded); with the
+//! `cuda` feature, f32, f16 and bf16 run on this crate's own CUDA kernels.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//!
+//! let dev = Device::Cpu;
+//! let x = Var::randn(0f32, 1., (4, 64), &dev)?;
+//! let w = Var::ones(64, candle_core::DType::F32, &dev)?;
+//! let b = Var::zeros(64, candle_core::DType::F32, &dev)?;
+//! let y = candle_norm::layer_norm(&x, Some(&w), Some(&b), 1e-5)?;
+//! let grads = y.sqr()?.sum_all()?.backward()?;
+//! assert!(grads.get(&w).is_some() && grads.get(&b).is_some() && grads.get(&x).is_some());
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+//!
+//! [candle]: https://github.com/huggingface/candle
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod group_norm;
+mod layer_norm;
+pub mod nn;
+mod op;
+pub mod reference;
+mod rms_norm;
+
+pub use group_norm::group_norm;
+pub use layer_norm::layer_norm;
+pub use nn::{GroupNorm, LayerNorm, RmsNorm};
+pub use rms_norm::rms_norm;
