@@ -467,13 +467,16 @@ fn backward_rows<T: Elem>(spec: &Spec, x: &[T], w: &[T::Acc], dy: &[T], dx: &mut
     total
 }
 
+/// What one chunk of a split row contributes to the backward: (Σg, Σg·x̂) and dγ/dβ.
+type ChunkPart<A> = ((A, A), ParamGrads<A>);
+
 /// Backward for split rows: statistics, then per-chunk sums (Σg, Σg·x̂ and local
 /// dγ/dβ) reduced per row in chunk order, then dx per chunk.
 fn backward_split<T: Elem>(spec: &Spec, x: &[T], w: &[T::Acc], dy: &[T], dx: &mut [T]) -> ParamGrads<T::Acc> {
     let nck = spec.len.div_ceil(CHUNK);
     let stats = split_stats(spec, x);
     let scratch = || (vec![T::Acc::ZERO; CHUNK], vec![T::Acc::ZERO; CHUNK]);
-    let parts: Vec<((T::Acc, T::Acc), ParamGrads<T::Acc>)> = (0..spec.rows * nck)
+    let parts: Vec<ChunkPart<T::Acc>> = (0..spec.rows * nck)
         .into_par_iter()
         .map_init(scratch, |(xb, gb), item| {
             let (r, k) = (item / nck, item % nck);

@@ -31,7 +31,7 @@ pub fn group_norm(
     op::check_eps(op, eps)?;
     let dims = x.dims();
     let (b, c) = (dims[0], dims[1]);
-    if num_groups == 0 || c % num_groups != 0 {
+    if num_groups == 0 || !c.is_multiple_of(num_groups) {
         bail!("{op}: num_groups ({num_groups}) must be > 0 and divide the {c} channels of x, whose shape is {dims:?}")
     }
     op::check_param(op, x, weight, "weight", c, "the channel dimension")?;

@@ -193,7 +193,7 @@ impl GroupNorm {
     /// # Errors
     /// `num_groups` of 0 or not dividing `num_channels`.
     pub fn new(weight: Tensor, bias: Tensor, num_channels: usize, num_groups: usize, eps: f64) -> Result<Self> {
-        if num_groups == 0 || num_channels % num_groups != 0 {
+        if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
             candle_core::bail!(
                 "GroupNorm: num_groups ({num_groups}) must be > 0 and divide num_channels ({num_channels})"
             )

@@ -135,6 +135,7 @@ pub enum Affine {
 pub const AFFINES: [Affine; 4] = [Affine::None, Affine::Weight, Affine::WeightBias, Affine::Bias];
 
 /// A full test case: inputs and options.
+#[derive(Clone)]
 pub struct Case {
     pub norm: Norm,
     pub x: Tensor,
