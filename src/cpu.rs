@@ -59,42 +59,72 @@ pub(crate) trait Elem: candle_core::WithDType {
     type Acc: Acc;
     fn load(src: &[Self], dst: &mut [Self::Acc]);
     fn store(src: &[Self::Acc], dst: &mut [Self]);
+    /// The elements as accumulators when they already are (f32, f64): no scratch copy.
+    fn as_acc(v: &[Self]) -> Option<&[Self::Acc]>;
+    fn as_acc_mut(v: &mut [Self]) -> Option<&mut [Self::Acc]>;
 }
 
-impl Elem for f32 {
-    type Acc = f32;
-    fn load(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src)
-    }
-    fn store(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src)
-    }
-}
-
-impl Elem for f64 {
-    type Acc = f64;
-    fn load(src: &[f64], dst: &mut [f64]) {
-        dst.copy_from_slice(src)
-    }
-    fn store(src: &[f64], dst: &mut [f64]) {
-        dst.copy_from_slice(src)
-    }
-}
-
-macro_rules! impl_half_elem {
+macro_rules! impl_full_elem {
     ($($t:ty),*) => {$(
         impl Elem for $t {
-            type Acc = f32;
-            fn load(src: &[$t], dst: &mut [f32]) {
-                src.convert_to_f32_slice(dst)
+            type Acc = $t;
+            fn load(src: &[$t], dst: &mut [$t]) {
+                dst.copy_from_slice(src)
             }
-            fn store(src: &[f32], dst: &mut [$t]) {
-                dst.convert_from_f32_slice(src)
+            fn store(src: &[$t], dst: &mut [$t]) {
+                dst.copy_from_slice(src)
+            }
+            fn as_acc(v: &[$t]) -> Option<&[$t]> {
+                Some(v)
+            }
+            fn as_acc_mut(v: &mut [$t]) -> Option<&mut [$t]> {
+                Some(v)
             }
         }
     )*};
 }
-impl_half_elem!(f16, bf16);
+impl_full_elem!(f32, f64);
+
+impl Elem for f16 {
+    type Acc = f32;
+    fn load(src: &[f16], dst: &mut [f32]) {
+        // half picks F16C at run time where the CPU has it.
+        src.convert_to_f32_slice(dst)
+    }
+    fn store(src: &[f32], dst: &mut [f16]) {
+        dst.convert_from_f32_slice(src)
+    }
+    fn as_acc(_: &[f16]) -> Option<&[f32]> {
+        None
+    }
+    fn as_acc_mut(_: &mut [f16]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+impl Elem for bf16 {
+    type Acc = f32;
+    fn load(src: &[bf16], dst: &mut [f32]) {
+        // Written on the bits so that the compiler vectorizes it.
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits((s.to_bits() as u32) << 16);
+        }
+    }
+    fn store(src: &[f32], dst: &mut [bf16]) {
+        // Round to nearest even on the bits, NaN kept quiet, vectorizable.
+        for (d, s) in dst.iter_mut().zip(src) {
+            let b = s.to_bits();
+            let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+            *d = bf16::from_bits(if s.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded });
+        }
+    }
+    fn as_acc(_: &[bf16]) -> Option<&[f32]> {
+        None
+    }
+    fn as_acc_mut(_: &mut [bf16]) -> Option<&mut [f32]> {
+        None
+    }
+}
 
 /// Sum of `f(x[i])` over [`LANES`] accumulators, folded in a fixed order.
 #[inline(always)]
@@ -179,21 +209,62 @@ fn for_segments(spec: &Spec, row: usize, i0: usize, n: usize, mut f: impl FnMut(
     }
 }
 
-/// In place: `buf` (elements `i0..` of `row`) becomes `(x - mean) * rstd * w + b`.
-fn apply_forward<A: Acc>(spec: &Spec, row: usize, i0: usize, buf: &mut [A], (mean, rstd): (A, A), w: &[A], b: &[A]) {
+/// `y = (x - mean) * rstd * w + b` for elements `i0..` of `row`.
+#[allow(clippy::too_many_arguments)]
+fn apply_forward<A: Acc>(
+    spec: &Spec,
+    row: usize,
+    i0: usize,
+    x: &[A],
+    y: &mut [A],
+    (mean, rstd): (A, A),
+    w: &[A],
+    b: &[A],
+) {
     if spec.inner == 1 {
         let p = spec.param_offset(row) + i0;
-        let (w, b) = (&w[p..p + buf.len()], &b[p..p + buf.len()]);
-        for ((v, &w), &b) in buf.iter_mut().zip(w).zip(b) {
-            *v = (*v - mean) * rstd * w + b;
+        let (w, b) = (&w[p..p + x.len()], &b[p..p + x.len()]);
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mean) * rstd * w + b;
         }
     } else {
-        for_segments(spec, row, i0, buf.len(), |p, r| {
+        for_segments(spec, row, i0, x.len(), |p, r| {
             let (scale, shift) = (rstd * w[p], b[p]);
-            for v in &mut buf[r] {
-                *v = (*v - mean) * scale + shift;
+            for (y, &x) in y[r.clone()].iter_mut().zip(&x[r]) {
+                *y = (x - mean) * scale + shift;
             }
         });
+    }
+}
+
+/// Normalizes one block of elements (`i0..` of `row`) of x into y, through scratch
+/// buffers only for dtypes that need converting.
+#[allow(clippy::too_many_arguments)]
+fn forward_block<T: Elem>(
+    spec: &Spec,
+    row: usize,
+    i0: usize,
+    x: &[T],
+    y: &mut [T],
+    stats: Option<(T::Acc, T::Acc)>,
+    (w, b): (&[T::Acc], &[T::Acc]),
+    (xbuf, ybuf): (&mut [T::Acc], &mut [T::Acc]),
+) {
+    let xa = match T::as_acc(x) {
+        Some(xa) => xa,
+        None => {
+            T::load(x, &mut xbuf[..x.len()]);
+            &xbuf[..x.len()]
+        }
+    };
+    let stats = stats.unwrap_or_else(|| Moments::of(xa, spec.center()).stats(T::Acc::from_f64(spec.eps)));
+    match T::as_acc_mut(y) {
+        Some(ya) => apply_forward(spec, row, i0, xa, ya, stats, w, b),
+        None => {
+            let yb = &mut ybuf[..x.len()];
+            apply_forward(spec, row, i0, xa, yb, stats, w, b);
+            T::store(yb, y);
+        }
     }
 }
 
@@ -352,16 +423,18 @@ pub(crate) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<
         return y;
     }
     let (w, b) = affine(spec, w, b);
-    let eps = T::Acc::from_f64(spec.eps);
+    // Scratch only for dtypes that convert.
+    let scratch = |n: usize| {
+        let n = if T::as_acc(&x[..0]).is_some() { 0 } else { n };
+        (vec![T::Acc::ZERO; n], vec![T::Acc::ZERO; n])
+    };
     if split_rows(spec) {
         let stats = split_stats(spec, x);
         chunks_mut(spec, &mut y).for_each_init(
-            || vec![T::Acc::ZERO; CHUNK],
-            |buf, (r, k, yc)| {
-                let buf = &mut buf[..yc.len()];
-                T::load(chunk_of(spec, x, r, k), buf);
-                apply_forward(spec, r, k * CHUNK, buf, stats[r], &w, &b);
-                T::store(buf, yc);
+            || scratch(CHUNK),
+            |(xb, yb), (r, k, yc)| {
+                let xc = chunk_of(spec, x, r, k);
+                forward_block(spec, r, k * CHUNK, xc, yc, Some(stats[r]), (&w, &b), (xb, yb));
             },
         );
         return y;
@@ -371,12 +444,9 @@ pub(crate) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<
         .zip(x.par_chunks(rpt * spec.len))
         .enumerate()
         .for_each(|(t, (yt, xt))| {
-            let mut buf = vec![T::Acc::ZERO; spec.len];
+            let (mut xb, mut yb) = scratch(spec.len);
             for (i, (yr, xr)) in yt.chunks_mut(spec.len).zip(xt.chunks(spec.len)).enumerate() {
-                T::load(xr, &mut buf);
-                let stats = Moments::of(&buf, spec.center()).stats(eps);
-                apply_forward(spec, t * rpt + i, 0, &mut buf, stats, &w, &b);
-                T::store(&buf, yr);
+                forward_block(spec, t * rpt + i, 0, xr, yr, None, (&w, &b), (&mut xb, &mut yb));
             }
         });
     y

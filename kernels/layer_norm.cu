@@ -1,0 +1,25 @@
+// LayerNorm over the last dimension (PyTorch semantics: biased variance, eps inside
+// the square root), forward and backward, for f32, f16 and bf16 with f32 statistics.
+//
+// layer_norm_fwd_*:     y = (x − mean) · rstd · γ + β   (γ, β optional: null pointers)
+// layer_norm_bwd_*:     dx, plus per-block f32 partials of dγ = Σ dy·x̂ and dβ = Σ dy
+// layer_norm_dparams_*: sums the partials in order into dγ, dβ (deterministic)
+//
+// The algorithm and its limits are in row_norm.cuh: rows up to 16 384 elements
+// (8 192 backward) are held in registers; longer ones, up to 2^31 − 1, are re-read.
+#include "row_norm.cuh"
+
+template <typename T>
+__device__ void layer_norm_fwd(const T* x, const T* w, const T* b, T* y, int M, int N, float eps, int flags) {
+    cn::row_fwd<T, true>(x, w, b, y, M, N, eps, flags);
+}
+
+template <typename T>
+__device__ void layer_norm_bwd(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N,
+                               float eps, int flags) {
+    cn::row_bwd<T, true>(x, w, dy, dx, pdg, pdb, M, N, eps, flags);
+}
+
+CN_INSTANTIATE(layer_norm_fwd, layer_norm_fwd, CN_ROW_FWD_PARAMS, (x, w, b, y, M, N, eps, flags))
+CN_INSTANTIATE(layer_norm_bwd, layer_norm_bwd, CN_ROW_BWD_PARAMS, (x, w, dy, dx, pdg, pdb, M, N, eps, flags))
+CN_INSTANTIATE(layer_norm_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))

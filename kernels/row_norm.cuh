@@ -1,0 +1,326 @@
+// Normalization over the last dimension, forward and backward, shared by LayerNorm
+// (CENTER: subtract the mean) and RMSNorm (no mean, no bias).
+//
+// A "team" owns one row at a time: a warp when the row has at most 32 × ROW_REG
+// elements (several rows per block), else the whole block (up to CN_MAX_THREADS). Each thread keeps its part
+// of the row in registers (ROW_REG elements forward, ROW_REG_BWD backward), so x and dy
+// are read once; rows too long for that take a multi-pass path that re-reads them
+// (mostly from L2). Loads are 16-byte vectors when every pointer is 16-byte aligned
+// and N is a multiple of the vector width (flag VEC), else scalar.
+//
+// Backward: a persistent grid of P blocks. Each thread accumulates dγ/dβ for the
+// columns it owns in f32 registers over all the rows its team visits; the block writes
+// one [N] partial row, and a second kernel sums the P partials in order. No atomics,
+// so the result is the same bit for bit from run to run.
+#pragma once
+#include "common.cuh"
+
+namespace cn {
+
+constexpr int ROW_REG = 32;
+constexpr int ROW_REG_BWD = 16;
+
+enum RowFlags { VEC = 1, WARP_TEAM = 2, MULTI = 4 };
+
+struct Team {
+    int size, tid, first, stride;
+};
+
+template <bool WARP> __device__ __forceinline__ Team team() {
+    if constexpr (WARP) {
+        const int per_block = blockDim.x >> 5;
+        return {32, (int)(threadIdx.x & 31), (int)(blockIdx.x * per_block + (threadIdx.x >> 5)),
+                (int)(gridDim.x * per_block)};
+    } else {
+        return {(int)blockDim.x, (int)threadIdx.x, (int)blockIdx.x, (int)gridDim.x};
+    }
+}
+
+template <typename T, bool CENTER, int V, bool WARP>
+__device__ void row_fwd_reg(const T* x, const T* w, const T* b, T* y, int M, int N, float eps) {
+    constexpr int ITEMS = ROW_REG / V;
+    __shared__ float smem[32];
+    const Team t = team<WARP>();
+    const int nitems = N / V;
+    const float inv_n = 1.f / N;
+    for (int row = t.first; row < M; row += t.stride) {
+        const T* xr = x + (size_t)row * N;
+        float v[ROW_REG];
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            const int it = t.tid + k * t.size;
+            if (it < nitems) {
+                load<T, V>(xr + it * V, v + k * V);
+#pragma unroll
+                for (int i = 0; i < V; i++) s += v[k * V + i];
+            }
+        }
+        const float mean = CENTER ? team_sum<WARP>(s, smem) * inv_n : 0.f;
+        float m2 = 0.f;
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            if (t.tid + k * t.size < nitems) {
+#pragma unroll
+                for (int i = 0; i < V; i++) m2 += (v[k * V + i] - mean) * (v[k * V + i] - mean);
+            }
+        }
+        const float rstd = rsqrtf(team_sum<WARP>(m2, smem) * inv_n + eps);
+        T* yr = y + (size_t)row * N;
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            const int it = t.tid + k * t.size;
+            if (it < nitems) {
+                float o[V];
+#pragma unroll
+                for (int i = 0; i < V; i++) {
+                    const int j = it * V + i;
+                    o[i] = (v[k * V + i] - mean) * rstd * param_or(w, j, 1.f) + param_or(b, j, 0.f);
+                }
+                store<T, V>(yr + it * V, o);
+            }
+        }
+    }
+}
+
+// One block per row, three passes over the row (mean, variance, output).
+template <typename T, bool CENTER, int V>
+__device__ void row_fwd_multi(const T* x, const T* w, const T* b, T* y, int M, int N, float eps) {
+    __shared__ float smem[32];
+    const int nitems = N / V;
+    const float inv_n = 1.f / N;
+    for (int row = blockIdx.x; row < M; row += gridDim.x) {
+        const T* xr = x + (size_t)row * N;
+        float v[V], s = 0.f, m2 = 0.f;
+        if (CENTER) {
+            for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+                load<T, V>(xr + it * V, v);
+#pragma unroll
+                for (int i = 0; i < V; i++) s += v[i];
+            }
+        }
+        const float mean = CENTER ? team_sum<false>(s, smem) * inv_n : 0.f;
+        for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            load<T, V>(xr + it * V, v);
+#pragma unroll
+            for (int i = 0; i < V; i++) m2 += (v[i] - mean) * (v[i] - mean);
+        }
+        const float rstd = rsqrtf(team_sum<false>(m2, smem) * inv_n + eps);
+        T* yr = y + (size_t)row * N;
+        for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            load<T, V>(xr + it * V, v);
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                const int j = it * V + i;
+                v[i] = (v[i] - mean) * rstd * param_or(w, j, 1.f) + param_or(b, j, 0.f);
+            }
+            store<T, V>(yr + it * V, v);
+        }
+    }
+}
+
+template <typename T, bool CENTER>
+__device__ void row_fwd(const T* x, const T* w, const T* b, T* y, int M, int N, float eps, int flags) {
+    constexpr int V = pack_of<T>();
+    if (flags & MULTI) {
+        if (flags & VEC) row_fwd_multi<T, CENTER, V>(x, w, b, y, M, N, eps);
+        else row_fwd_multi<T, CENTER, 1>(x, w, b, y, M, N, eps);
+    } else if (flags & WARP_TEAM) {
+        if (flags & VEC) row_fwd_reg<T, CENTER, V, true>(x, w, b, y, M, N, eps);
+        else row_fwd_reg<T, CENTER, 1, true>(x, w, b, y, M, N, eps);
+    } else {
+        if (flags & VEC) row_fwd_reg<T, CENTER, V, false>(x, w, b, y, M, N, eps);
+        else row_fwd_reg<T, CENTER, 1, false>(x, w, b, y, M, N, eps);
+    }
+}
+
+// Backward with the row in registers. Partials: pdg/pdb hold [gridDim.x, N]; with warp
+// teams the block's warps add theirs in warp order through shared memory (2·N floats).
+template <typename T, bool CENTER, int V, bool WARP>
+__device__ void row_bwd_reg(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N,
+                            float eps) {
+    constexpr int ITEMS = ROW_REG_BWD / V;
+    __shared__ float smem[32];
+    extern __shared__ float part[];
+    const Team t = team<WARP>();
+    const int nitems = N / V;
+    const float inv_n = 1.f / N;
+    float ag[ROW_REG_BWD], ab[ROW_REG_BWD];
+#pragma unroll
+    for (int i = 0; i < ROW_REG_BWD; i++) ag[i] = ab[i] = 0.f;
+    for (int row = t.first; row < M; row += t.stride) {
+        const size_t off = (size_t)row * N;
+        float xv[ROW_REG_BWD], gv[ROW_REG_BWD];
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            const int it = t.tid + k * t.size;
+            if (it < nitems) {
+                load<T, V>(x + off + it * V, xv + k * V);
+                load<T, V>(dy + off + it * V, gv + k * V);
+#pragma unroll
+                for (int i = 0; i < V; i++) s += xv[k * V + i];
+            }
+        }
+        const float mean = CENTER ? team_sum<WARP>(s, smem) * inv_n : 0.f;
+        float m2 = 0.f;
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            if (t.tid + k * t.size < nitems) {
+#pragma unroll
+                for (int i = 0; i < V; i++) m2 += (xv[k * V + i] - mean) * (xv[k * V + i] - mean);
+            }
+        }
+        const float rstd = rsqrtf(team_sum<WARP>(m2, smem) * inv_n + eps);
+        float sg = 0.f, sgx = 0.f;
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            const int it = t.tid + k * t.size;
+            if (it < nitems) {
+#pragma unroll
+                for (int i = 0; i < V; i++) {
+                    const int e = k * V + i;
+                    const float xh = (xv[e] - mean) * rstd;
+                    ag[e] += gv[e] * xh;
+                    ab[e] += gv[e];
+                    const float g = gv[e] * param_or(w, it * V + i, 1.f);
+                    xv[e] = xh;
+                    gv[e] = g;
+                    sg += g;
+                    sgx += g * xh;
+                }
+            }
+        }
+        const float mean_g = CENTER ? team_sum<WARP>(sg, smem) * inv_n : 0.f;
+        const float mean_gx = team_sum<WARP>(sgx, smem) * inv_n;
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            const int it = t.tid + k * t.size;
+            if (it < nitems) {
+                float o[V];
+#pragma unroll
+                for (int i = 0; i < V; i++) o[i] = rstd * (gv[k * V + i] - mean_g - xv[k * V + i] * mean_gx);
+                store<T, V>(dx + off + it * V, o);
+            }
+        }
+    }
+    float* dg = pdg + (size_t)blockIdx.x * N;
+    float* db = pdb + (size_t)blockIdx.x * N;
+    if constexpr (WARP) {
+        for (int j = threadIdx.x; j < 2 * N; j += blockDim.x) part[j] = 0.f;
+        const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5;
+        for (int wi = 0; wi < warps; wi++) {
+            __syncthreads();
+            if (warp == wi) {
+#pragma unroll
+                for (int k = 0; k < ITEMS; k++) {
+                    const int it = t.tid + k * t.size;
+                    if (it < nitems) {
+#pragma unroll
+                        for (int i = 0; i < V; i++) {
+                            part[it * V + i] += ag[k * V + i];
+                            part[N + it * V + i] += ab[k * V + i];
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        for (int j = threadIdx.x; j < N; j += blockDim.x) {
+            dg[j] = part[j];
+            db[j] = part[N + j];
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            const int it = t.tid + k * t.size;
+            if (it < nitems) {
+#pragma unroll
+                for (int i = 0; i < V; i++) {
+                    dg[it * V + i] = ag[k * V + i];
+                    db[it * V + i] = ab[k * V + i];
+                }
+            }
+        }
+    }
+}
+
+// Backward for rows too long for registers: one block per row, statistics in two
+// passes, then Σg and Σg·x̂ (adding dγ/dβ into this block's zero-initialized partial
+// row, which only this thread touches at these columns), then dx.
+template <typename T, bool CENTER, int V>
+__device__ void row_bwd_multi(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N,
+                              float eps) {
+    __shared__ float smem[32];
+    const int nitems = N / V;
+    const float inv_n = 1.f / N;
+    float* dg = pdg + (size_t)blockIdx.x * N;
+    float* db = pdb + (size_t)blockIdx.x * N;
+    for (int row = blockIdx.x; row < M; row += gridDim.x) {
+        const size_t off = (size_t)row * N;
+        float xv[V], gv[V], s = 0.f, m2 = 0.f;
+        if (CENTER) {
+            for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+                load<T, V>(x + off + it * V, xv);
+#pragma unroll
+                for (int i = 0; i < V; i++) s += xv[i];
+            }
+        }
+        const float mean = CENTER ? team_sum<false>(s, smem) * inv_n : 0.f;
+        for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            load<T, V>(x + off + it * V, xv);
+#pragma unroll
+            for (int i = 0; i < V; i++) m2 += (xv[i] - mean) * (xv[i] - mean);
+        }
+        const float rstd = rsqrtf(team_sum<false>(m2, smem) * inv_n + eps);
+        float sg = 0.f, sgx = 0.f;
+        for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            load<T, V>(x + off + it * V, xv);
+            load<T, V>(dy + off + it * V, gv);
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                const int j = it * V + i;
+                const float xh = (xv[i] - mean) * rstd;
+                dg[j] += gv[i] * xh;
+                db[j] += gv[i];
+                const float g = gv[i] * param_or(w, j, 1.f);
+                sg += g;
+                sgx += g * xh;
+            }
+        }
+        const float mean_g = CENTER ? team_sum<false>(sg, smem) * inv_n : 0.f;
+        const float mean_gx = team_sum<false>(sgx, smem) * inv_n;
+        for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            load<T, V>(x + off + it * V, xv);
+            load<T, V>(dy + off + it * V, gv);
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                const float xh = (xv[i] - mean) * rstd;
+                xv[i] = rstd * (gv[i] * param_or(w, it * V + i, 1.f) - mean_g - xh * mean_gx);
+            }
+            store<T, V>(dx + off + it * V, xv);
+        }
+    }
+}
+
+template <typename T, bool CENTER>
+__device__ void row_bwd(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N, float eps,
+                        int flags) {
+    constexpr int V = pack_of<T>();
+    if (flags & MULTI) {
+        if (flags & VEC) row_bwd_multi<T, CENTER, V>(x, w, dy, dx, pdg, pdb, M, N, eps);
+        else row_bwd_multi<T, CENTER, 1>(x, w, dy, dx, pdg, pdb, M, N, eps);
+    } else if (flags & WARP_TEAM) {
+        if (flags & VEC) row_bwd_reg<T, CENTER, V, true>(x, w, dy, dx, pdg, pdb, M, N, eps);
+        else row_bwd_reg<T, CENTER, 1, true>(x, w, dy, dx, pdg, pdb, M, N, eps);
+    } else {
+        if (flags & VEC) row_bwd_reg<T, CENTER, V, false>(x, w, dy, dx, pdg, pdb, M, N, eps);
+        else row_bwd_reg<T, CENTER, 1, false>(x, w, dy, dx, pdg, pdb, M, N, eps);
+    }
+}
+
+}  // namespace cn
+
+#define CN_ROW_FWD_PARAMS(T) (const T* x, const T* w, const T* b, T* y, int M, int N, float eps, int flags)
+#define CN_ROW_BWD_PARAMS(T) \
+    (const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N, float eps, int flags)
