@@ -5,7 +5,7 @@
 use crate::op::{Kind, NormBwd, Spec};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    sys, CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    sys, CudaFunction, CudaModule, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
@@ -41,7 +41,7 @@ const FATBINS: [(&str, &[u8]); 3] = [
 ];
 
 /// A dtype with CUDA kernels; `SUFFIX` ends the kernels' extern "C" names.
-trait CudaElem: CudaDType + DeviceRepr + WithDType {
+trait CudaElem: CudaDType + DeviceRepr + ValidAsZeroBits + WithDType {
     const SUFFIX: &'static str;
 }
 
@@ -167,12 +167,14 @@ pub(crate) fn forward(spec: &Spec, x: Arg, w: Option<Arg>, b: Option<Arg>) -> Re
                 let (g, flags) = group_shape::<T>(spec, dev, aligned)?;
                 let part = dev.alloc_zeros::<f32>(spec.rows * g.splits as usize * 3)?;
                 let grid = (spec.rows, g.splits as usize);
-                let mut lb = stream.launch_builder(&function::<T>(dev, spec.kind, "stats")?);
+                let f = function::<T>(dev, spec.kind, "stats")?;
+                let mut lb = stream.launch_builder(&f);
                 lb.arg(&xv).arg(&part).arg(&g).arg(&flags);
                 // SAFETY: the argument list matches group_norm_stats (x, part, g, flags); part
                 // holds rows·splits·3 floats, x holds rows·K elements.
                 unsafe { lb.launch(cfg(grid, BLOCK, 0)) }.w()?;
-                let mut lb = stream.launch_builder(&function::<T>(dev, spec.kind, "fwd")?);
+                let f = function::<T>(dev, spec.kind, "fwd")?;
+                let mut lb = stream.launch_builder(&f);
                 lb.arg(&xv);
                 push_opt(&mut lb, &wv, &null);
                 push_opt(&mut lb, &bv, &null);
@@ -183,7 +185,8 @@ pub(crate) fn forward(spec: &Spec, x: Arg, w: Option<Arg>, b: Option<Arg>) -> Re
             } else {
                 let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
                 let (grid, block, flags) = row_launch::<T>(spec, aligned, ROW_REG, None);
-                let mut lb = stream.launch_builder(&function::<T>(dev, spec.kind, "fwd")?);
+                let f = function::<T>(dev, spec.kind, "fwd")?;
+                let mut lb = stream.launch_builder(&f);
                 lb.arg(&xv);
                 push_opt(&mut lb, &wv, &null);
                 push_opt(&mut lb, &bv, &null);
@@ -280,11 +283,13 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
             let part = dev.alloc_zeros::<f32>(spec.rows * g.splits as usize * 3)?;
             let (s1, s2) = (dev.alloc_zeros::<f32>(b * np)?, dev.alloc_zeros::<f32>(b * np)?);
             let grid = (spec.rows, g.splits as usize);
-            let mut lb = stream.launch_builder(&function::<T>(dev, spec.kind, "stats")?);
+            let f = function::<T>(dev, spec.kind, "stats")?;
+            let mut lb = stream.launch_builder(&f);
             lb.arg(&xv).arg(&part).arg(&g).arg(&flags);
             // SAFETY: matches group_norm_stats (x, part, g, flags); sizes as in the forward.
             unsafe { lb.launch(cfg(grid, BLOCK, 0)) }.w()?;
-            let mut lb = stream.launch_builder(&function::<T>(dev, spec.kind, "bwd_sums")?);
+            let f = function::<T>(dev, spec.kind, "bwd_sums")?;
+            let mut lb = stream.launch_builder(&f);
             lb.arg(&xv)
                 .arg(&dyv)
                 .arg(&part)
@@ -296,7 +301,8 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
             // SAFETY: matches group_norm_bwd_sums (x, dy, part, s1, s2, g, eps, flags); one
             // block per (b, c), s1 and s2 hold B·C floats.
             unsafe { lb.launch(cfg((b * np, 1), BLOCK, 0)) }.w()?;
-            let mut lb = stream.launch_builder(&function::<T>(dev, spec.kind, "bwd_dx")?);
+            let f = function::<T>(dev, spec.kind, "bwd_dx")?;
+            let mut lb = stream.launch_builder(&f);
             lb.arg(&xv);
             push_opt(&mut lb, &wv, &null);
             lb.arg(&dyv)
@@ -322,7 +328,8 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
             };
             let pdg = dev.alloc_zeros::<f32>(grid * np)?;
             let pdb = dev.alloc_zeros::<f32>(grid * np)?;
-            let mut lb = stream.launch_builder(&function::<T>(dev, spec.kind, "bwd")?);
+            let f = function::<T>(dev, spec.kind, "bwd")?;
+            let mut lb = stream.launch_builder(&f);
             lb.arg(&xv);
             push_opt(&mut lb, &wv, &null);
             lb.arg(&dyv)
@@ -344,7 +351,8 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
         }
         let (mut dw, mut db) = params.split_at_mut(np);
         let (p, n) = (int(spec, "partials", p)?, int(spec, "parameters", np)?);
-        let mut lb = stream.launch_builder(&function::<T>(dev, spec.kind, "dparams")?);
+        let f = function::<T>(dev, spec.kind, "dparams")?;
+        let mut lb = stream.launch_builder(&f);
         lb.arg(&pdg).arg(&pdb).arg(&mut dw);
         let db_arg;
         if op.bias {

@@ -1,0 +1,179 @@
+//! The CUDA kernels against the CPU path on the same inputs: forward and the gradients
+//! of x, weight and bias, every dtype, shapes that reach every kernel path. Without a
+//! GPU (or in a build without the `cuda` feature) each test says it was skipped.
+#![cfg(feature = "cuda")]
+mod common;
+use candle_core::{DType, Device, Tensor};
+use common::*;
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn on(c: &Case, dev: &Device) -> Case {
+    let mv = |t: &Tensor| t.to_device(dev).unwrap();
+    Case {
+        norm: c.norm,
+        x: mv(&c.x),
+        w: c.w.as_ref().map(mv),
+        b: c.b.as_ref().map(mv),
+        eps: c.eps,
+    }
+}
+
+fn ours(n: Norm, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> candle_core::Result<Tensor> {
+    n.ours(x, w, b, eps)
+}
+
+/// Forward and backward of `case` on the GPU against the CPU.
+fn check(dev: &Device, case: &Case, rng: &mut Rng) {
+    let dtype = case.x.dtype();
+    let what = format!("{:?} {:?} {dtype:?}", case.norm, case.x.dims());
+    let g = on(case, dev);
+    let t = tol(dtype);
+    assert_close(
+        &format!("{what} forward"),
+        &g.ours().unwrap(),
+        &case.ours().unwrap(),
+        t.fwd,
+    );
+    let dy = rng.tensor(case.x.dims(), dtype, 0.0, 1.0);
+    let (cdx, cdw, cdb) = case.grads(&dy, ours).unwrap();
+    let (gdx, gdw, gdb) = g.grads(&dy.to_device(dev).unwrap(), ours).unwrap();
+    assert_close_max(&format!("{what} dx"), &gdx, &cdx, t.bwd);
+    if let (Some(a), Some(b)) = (gdw, cdw) {
+        assert_close_max(&format!("{what} dw"), &a, &b, t.bwd);
+    }
+    if let (Some(a), Some(b)) = (gdb, cdb) {
+        assert_close_max(&format!("{what} db"), &a, &b, t.bwd);
+    }
+}
+
+const GPU_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// N at and around every path limit: warp team (N <= 1024 forward, 512 backward), block
+/// team in registers (16 384 forward, 8 192 backward), multi-pass above, up to 2^20;
+/// odd N (scalar path) and M = 1.
+#[test]
+fn rows_match_cpu_on_every_path() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = Rng::new(40);
+    let shapes: &[&[usize]] = &[
+        &[1, 1],
+        &[3, 7],
+        &[64, 512],
+        &[65, 513],
+        &[33, 1024],
+        &[8, 1032],
+        &[5, 4099],
+        &[4, 8192],
+        &[4, 8200],
+        &[3, 16384],
+        &[3, 16392],
+        &[2, 65536],
+        &[1, 1 << 20],
+        &[2, 3, 4, 33],
+        &[17],
+    ];
+    for &shape in shapes {
+        for norm in [Norm::Layer, Norm::Rms] {
+            for dtype in GPU_DTYPES {
+                for affine in [Affine::None, Affine::WeightBias, Affine::Weight] {
+                    check(&dev, &Case::new(&mut rng, norm, shape, dtype, affine, 1e-5), &mut rng);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn groups_match_cpu_from_tiny_to_huge() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = Rng::new(41);
+    let cases: &[(&[usize], usize)] = &[
+        (&[2, 6], 3),
+        (&[2, 6, 5], 2),
+        (&[2, 8, 4, 4], 4),
+        (&[1, 4, 3, 3, 3], 2),
+        (&[64, 64, 2, 2], 64),
+        (&[8, 128, 32, 32], 32),
+        (&[1, 320, 64, 64], 32),
+        (&[1, 4, 512, 512], 1),
+        (&[2, 6, 7, 7], 3),
+    ];
+    for &(shape, g) in cases {
+        for dtype in GPU_DTYPES {
+            for affine in [Affine::None, Affine::WeightBias, Affine::Weight] {
+                check(
+                    &dev,
+                    &Case::new(&mut rng, Norm::Group(g), shape, dtype, affine, 1e-5),
+                    &mut rng,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn hard_data_and_non_contiguous_inputs_match_cpu() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = Rng::new(42);
+    for norm in [Norm::Layer, Norm::Rms, Norm::Group(2)] {
+        let shape: &[usize] = if norm == Norm::Group(2) {
+            &[3, 4, 257]
+        } else {
+            &[9, 1023]
+        };
+        let mut case = Case::new(&mut rng, norm, shape, DType::F32, Affine::WeightBias, 1e-5);
+        case.x = rng.tensor(shape, DType::F32, 1000.0, 0.1);
+        let want = case.to_dtype(DType::F64).reference().unwrap();
+        let allowed = tol(DType::F32).fwd + 8.0 * unit_roundoff(DType::F32) * 1000.0 / 0.1;
+        assert_close(
+            &format!("{norm:?} offset"),
+            &on(&case, &dev).ours().unwrap(),
+            &want,
+            allowed,
+        );
+    }
+    let x = rng.tensor(&[40, 6], DType::BF16, 0.0, 1.0);
+    let got = candle_norm::layer_norm(&x.to_device(&dev).unwrap().t().unwrap(), None, None, 1e-5).unwrap();
+    let want = candle_norm::layer_norm(&x.t().unwrap(), None, None, 1e-5).unwrap();
+    assert_close("transposed", &got, &want, tol(DType::BF16).fwd);
+}
+
+/// dγ/dβ come from per-block partials reduced in order: two runs agree bit for bit.
+#[test]
+fn parameter_gradients_are_bitwise_deterministic() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = Rng::new(43);
+    for (norm, shape) in [
+        (Norm::Layer, &[4096usize, 1024][..]),
+        (Norm::Rms, &[512, 16384][..]),
+        (Norm::Group(32), &[4, 320, 32, 32][..]),
+    ] {
+        for dtype in GPU_DTYPES {
+            let case = on(&Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5), &dev);
+            let dy = rng.tensor(shape, dtype, 0.0, 1.0).to_device(&dev).unwrap();
+            let a = case.grads(&dy, ours).unwrap();
+            let b = case.grads(&dy, ours).unwrap();
+            assert_eq!(to_f64(&a.1.unwrap()), to_f64(&b.1.unwrap()), "{norm:?} {dtype:?} dw");
+            if let (Some(x), Some(y)) = (a.2, b.2) {
+                assert_eq!(to_f64(&x), to_f64(&y), "{norm:?} {dtype:?} db");
+            }
+        }
+    }
+}
+
+#[test]
+fn f64_on_cuda_is_a_clear_error() {
+    let Some(dev) = gpu() else { return };
+    let x = Tensor::zeros((2, 8), DType::F64, &dev).unwrap();
+    let e = candle_norm::layer_norm(&x, None, None, 1e-5).unwrap_err().to_string();
+    assert!(e.contains("layer_norm") && e.contains("F64"), "{e}");
+}
