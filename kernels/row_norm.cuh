@@ -36,6 +36,26 @@ template <bool WARP> __device__ __forceinline__ Team team() {
     }
 }
 
+// (mean, rstd) of a row read from memory by the whole block: two passes over the row.
+template <typename T, bool CENTER, int V>
+__device__ __forceinline__ float2 multi_stats(const T* xr, int nitems, float inv_n, float eps, float* smem) {
+    float v[V], s = 0.f, m2 = 0.f;
+    if (CENTER) {
+        for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            load<T, V>(xr + it * V, v);
+#pragma unroll
+            for (int i = 0; i < V; i++) s += v[i];
+        }
+    }
+    const float mean = CENTER ? team_sum<false>(s, smem) * inv_n : 0.f;
+    for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+        load<T, V>(xr + it * V, v);
+#pragma unroll
+        for (int i = 0; i < V; i++) m2 += (v[i] - mean) * (v[i] - mean);
+    }
+    return make_float2(mean, rsqrtf(team_sum<false>(m2, smem) * inv_n + eps));
+}
+
 template <typename T, bool CENTER, int V, bool WARP>
 __device__ void row_fwd_reg(const T* x, const T* w, const T* b, T* y, int M, int N, float eps) {
     constexpr int ITEMS = ROW_REG / V;
@@ -91,21 +111,9 @@ __device__ void row_fwd_multi(const T* x, const T* w, const T* b, T* y, int M, i
     const float inv_n = 1.f / N;
     for (int row = blockIdx.x; row < M; row += gridDim.x) {
         const T* xr = x + (size_t)row * N;
-        float v[V], s = 0.f, m2 = 0.f;
-        if (CENTER) {
-            for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
-                load<T, V>(xr + it * V, v);
-#pragma unroll
-                for (int i = 0; i < V; i++) s += v[i];
-            }
-        }
-        const float mean = CENTER ? team_sum<false>(s, smem) * inv_n : 0.f;
-        for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
-            load<T, V>(xr + it * V, v);
-#pragma unroll
-            for (int i = 0; i < V; i++) m2 += (v[i] - mean) * (v[i] - mean);
-        }
-        const float rstd = rsqrtf(team_sum<false>(m2, smem) * inv_n + eps);
+        const float2 st = multi_stats<T, CENTER, V>(xr, nitems, inv_n, eps, smem);
+        const float mean = st.x, rstd = st.y;
+        float v[V];
         T* yr = y + (size_t)row * N;
         for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
             load<T, V>(xr + it * V, v);
@@ -258,21 +266,9 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, T* dx, float*
     float* db = pdb + (size_t)blockIdx.x * N;
     for (int row = blockIdx.x; row < M; row += gridDim.x) {
         const size_t off = (size_t)row * N;
-        float xv[V], gv[V], s = 0.f, m2 = 0.f;
-        if (CENTER) {
-            for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
-                load<T, V>(x + off + it * V, xv);
-#pragma unroll
-                for (int i = 0; i < V; i++) s += xv[i];
-            }
-        }
-        const float mean = CENTER ? team_sum<false>(s, smem) * inv_n : 0.f;
-        for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
-            load<T, V>(x + off + it * V, xv);
-#pragma unroll
-            for (int i = 0; i < V; i++) m2 += (xv[i] - mean) * (xv[i] - mean);
-        }
-        const float rstd = rsqrtf(team_sum<false>(m2, smem) * inv_n + eps);
+        const float2 st = multi_stats<T, CENTER, V>(x + off, nitems, inv_n, eps, smem);
+        const float mean = st.x, rstd = st.y;
+        float xv[V], gv[V];
         float sg = 0.f, sgx = 0.f;
         for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
             load<T, V>(x + off + it * V, xv);

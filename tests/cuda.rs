@@ -16,17 +16,6 @@ fn gpu() -> Option<Device> {
     }
 }
 
-fn on(c: &Case, dev: &Device) -> Case {
-    let mv = |t: &Tensor| t.to_device(dev).unwrap();
-    Case {
-        norm: c.norm,
-        x: mv(&c.x),
-        w: c.w.as_ref().map(mv),
-        b: c.b.as_ref().map(mv),
-        eps: c.eps,
-    }
-}
-
 fn ours(n: Norm, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> candle_core::Result<Tensor> {
     n.ours(x, w, b, eps)
 }
@@ -35,7 +24,7 @@ fn ours(n: Norm, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -
 fn check(dev: &Device, case: &Case, rng: &mut Rng) {
     let dtype = case.x.dtype();
     let what = format!("{:?} {:?} {dtype:?}", case.norm, case.x.dims());
-    let g = on(case, dev);
+    let g = case.to_device(dev);
     let t = tol(dtype);
     assert_close(
         &format!("{what} forward"),
@@ -136,7 +125,7 @@ fn hard_data_and_non_contiguous_inputs_match_cpu() {
         let allowed = tol(DType::F32).fwd + 8.0 * unit_roundoff(DType::F32) * 1000.0 / 0.1;
         assert_close(
             &format!("{norm:?} offset"),
-            &on(&case, &dev).ours().unwrap(),
+            &case.to_device(&dev).ours().unwrap(),
             &want,
             allowed,
         );
@@ -158,7 +147,7 @@ fn parameter_gradients_are_bitwise_deterministic() {
         (Norm::Group(32), &[4, 320, 32, 32][..]),
     ] {
         for dtype in GPU_DTYPES {
-            let case = on(&Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5), &dev);
+            let case = Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5).to_device(&dev);
             let dy = rng.tensor(shape, dtype, 0.0, 1.0).to_device(&dev).unwrap();
             let a = case.grads(&dy, ours).unwrap();
             let b = case.grads(&dy, ours).unwrap();

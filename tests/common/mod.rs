@@ -170,16 +170,25 @@ impl Case {
         self.norm.reference(&self.x, self.w.as_ref(), self.b.as_ref(), self.eps)
     }
 
-    /// The same case with every tensor converted to `dtype`.
-    pub fn to_dtype(&self, dtype: DType) -> Self {
-        let cv = |t: &Tensor| t.to_dtype(dtype).unwrap();
+    /// The same case with `f` applied to every tensor.
+    fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Self {
         Self {
             norm: self.norm,
-            x: cv(&self.x),
-            w: self.w.as_ref().map(cv),
-            b: self.b.as_ref().map(cv),
+            x: f(&self.x),
+            w: self.w.as_ref().map(&f),
+            b: self.b.as_ref().map(&f),
             eps: self.eps,
         }
+    }
+
+    /// The same case with every tensor converted to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Self {
+        self.map(|t| t.to_dtype(dtype).unwrap())
+    }
+
+    /// The same case with every tensor moved to `dev`.
+    pub fn to_device(&self, dev: &Device) -> Self {
+        self.map(|t| t.to_device(dev).unwrap())
     }
 
     /// Gradients (dx, dw, db) of sum(f(x, w, b) · dy) through candle autograd.
