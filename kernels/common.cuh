@@ -55,6 +55,19 @@ template <typename T> __device__ __forceinline__ float param_or(const T* p, int 
     return p ? to_f32(p[j]) : dflt;
 }
 
+// V consecutive affine parameters from p + j (one vector load; j a multiple of V when
+// V > 1), or `dflt` when the pointer is null. Per-element loads of half-precision
+// parameters cost LayerNorm about a third of its bandwidth.
+template <typename T, int V>
+__device__ __forceinline__ void params_or(const T* p, int j, float dflt, float (&out)[V]) {
+    if (p) {
+        load<T, V>(p + j, out);
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) out[i] = dflt;
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -126,19 +139,35 @@ template <int V, bool CENTER> __device__ __forceinline__ Moments pack_moments(co
     return {(float)V, mean, m2};
 }
 
-// dγ[j] = Σ_p dg[p, j], dβ[j] = Σ_p db[p, j] over P partial rows, in order of p: the
-// second, deterministic stage of every parameter gradient. Either output may be null.
+// dγ/dβ from P per-block f32 partial rows of N columns. A block of DPARAMS_THREADS owns
+// 32 columns: warp k sums partial rows k, k + 8, ... in order, then warp 0 adds the 8
+// warp sums in order, so the result is the same bit for bit from run to run while
+// every SM has columns to read.
+constexpr int DPARAMS_THREADS = 256;
+
 template <typename T>
 __device__ void reduce_param_partials(const float* dg, const float* db, T* dw, T* dbias, int P, int N) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= N) return;
-    float sg = 0.f, sb = 0.f;
-    for (int p = 0; p < P; p++) {
-        sg += dg[(size_t)p * N + j];
-        sb += db[(size_t)p * N + j];
+    constexpr int WARPS = DPARAMS_THREADS / 32;
+    __shared__ float sg[WARPS][32], sb[WARPS][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int j = blockIdx.x * 32 + lane;
+    float g = 0.f, b = 0.f;
+    if (j < N) {
+        for (int p = warp; p < P; p += WARPS) {
+            if (dw) g += dg[(size_t)p * N + j];
+            if (dbias) b += db[(size_t)p * N + j];
+        }
     }
-    if (dw) dw[j] = from_f32<T>(sg);
-    if (dbias) dbias[j] = from_f32<T>(sb);
+    sg[warp][lane] = g;
+    sb[warp][lane] = b;
+    __syncthreads();
+    if (warp != 0 || j >= N) return;
+    for (int k = 1; k < WARPS; k++) {
+        g += sg[k][lane];
+        b += sb[k][lane];
+    }
+    if (dw) dw[j] = from_f32<T>(g);
+    if (dbias) dbias[j] = from_f32<T>(b);
 }
 
 }  // namespace cn

@@ -91,12 +91,11 @@ __device__ void row_fwd_reg(const T* x, const T* w, const T* b, T* y, int M, int
         for (int k = 0; k < ITEMS; k++) {
             const int it = t.tid + k * t.size;
             if (it < nitems) {
-                float o[V];
+                float o[V], wv[V], bv[V];
+                params_or<T, V>(w, it * V, 1.f, wv);
+                params_or<T, V>(b, it * V, 0.f, bv);
 #pragma unroll
-                for (int i = 0; i < V; i++) {
-                    const int j = it * V + i;
-                    o[i] = (v[k * V + i] - mean) * rstd * param_or(w, j, 1.f) + param_or(b, j, 0.f);
-                }
+                for (int i = 0; i < V; i++) o[i] = (v[k * V + i] - mean) * rstd * wv[i] + bv[i];
                 store<T, V>(yr + it * V, o);
             }
         }
@@ -116,12 +115,12 @@ __device__ void row_fwd_multi(const T* x, const T* w, const T* b, T* y, int M, i
         float v[V];
         T* yr = y + (size_t)row * N;
         for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            float wv[V], bv[V];
             load<T, V>(xr + it * V, v);
+            params_or<T, V>(w, it * V, 1.f, wv);
+            params_or<T, V>(b, it * V, 0.f, bv);
 #pragma unroll
-            for (int i = 0; i < V; i++) {
-                const int j = it * V + i;
-                v[i] = (v[i] - mean) * rstd * param_or(w, j, 1.f) + param_or(b, j, 0.f);
-            }
+            for (int i = 0; i < V; i++) v[i] = (v[i] - mean) * rstd * wv[i] + bv[i];
             store<T, V>(yr + it * V, v);
         }
     }
@@ -185,13 +184,15 @@ __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, T* dx, float* p
         for (int k = 0; k < ITEMS; k++) {
             const int it = t.tid + k * t.size;
             if (it < nitems) {
+                float wv[V];
+                params_or<T, V>(w, it * V, 1.f, wv);
 #pragma unroll
                 for (int i = 0; i < V; i++) {
                     const int e = k * V + i;
                     const float xh = (xv[e] - mean) * rstd;
                     ag[e] += gv[e] * xh;
                     ab[e] += gv[e];
-                    const float g = gv[e] * param_or(w, it * V + i, 1.f);
+                    const float g = gv[e] * wv[i];
                     xv[e] = xh;
                     gv[e] = g;
                     sg += g;
@@ -271,15 +272,17 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, T* dx, float*
         float xv[V], gv[V];
         float sg = 0.f, sgx = 0.f;
         for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            float wv[V];
             load<T, V>(x + off + it * V, xv);
             load<T, V>(dy + off + it * V, gv);
+            params_or<T, V>(w, it * V, 1.f, wv);
 #pragma unroll
             for (int i = 0; i < V; i++) {
                 const int j = it * V + i;
                 const float xh = (xv[i] - mean) * rstd;
                 dg[j] += gv[i] * xh;
                 db[j] += gv[i];
-                const float g = gv[i] * param_or(w, j, 1.f);
+                const float g = gv[i] * wv[i];
                 sg += g;
                 sgx += g * xh;
             }
@@ -287,12 +290,14 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, T* dx, float*
         const float mean_g = CENTER ? team_sum<false>(sg, smem) * inv_n : 0.f;
         const float mean_gx = team_sum<false>(sgx, smem) * inv_n;
         for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+            float wv[V];
             load<T, V>(x + off + it * V, xv);
             load<T, V>(dy + off + it * V, gv);
+            params_or<T, V>(w, it * V, 1.f, wv);
 #pragma unroll
             for (int i = 0; i < V; i++) {
                 const float xh = (xv[i] - mean) * rstd;
-                xv[i] = rstd * (gv[i] * param_or(w, it * V + i, 1.f) - mean_g - xh * mean_gx);
+                xv[i] = rstd * (gv[i] * wv[i] - mean_g - xh * mean_gx);
             }
             store<T, V>(dx + off + it * V, xv);
         }

@@ -25,6 +25,8 @@ const WARP_TEAM: i32 = 2;
 const MULTI: i32 = 4;
 /// Threads of the kernels whose block size is not tied to the row length.
 const BLOCK: usize = 256;
+/// `DPARAMS_THREADS` in kernels/common.cuh: the dγ/dβ reduction's block, 32 columns.
+const DPARAMS_THREADS: usize = 256;
 /// Elements a GroupNorm block should own at least when a group is split.
 const GN_MIN_SLICE: usize = 2048;
 
@@ -184,7 +186,7 @@ pub(crate) fn forward(spec: &Spec, x: Arg, w: Option<Arg>, b: Option<Arg>) -> Re
                 unsafe { lb.launch(cfg(grid, BLOCK, 0)) }.w()?;
             } else {
                 let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
-                let (grid, block, flags) = row_launch::<T>(spec, aligned, ROW_REG, None);
+                let (grid, block, flags) = row_launch::<T>(spec, aligned, ROW_REG);
                 let f = function::<T>(dev, spec.kind, "fwd")?;
                 let mut lb = stream.launch_builder(&f);
                 lb.arg(&xv);
@@ -215,8 +217,10 @@ fn push_opt<'a, T>(
 
 /// Grid, block and flags of a row kernel: a warp per row for short rows, a block per
 /// row while the row fits in the block's registers (`reg` elements a thread), else the
-/// multi-pass path. `persistent` caps the grid (the backward's partial rows).
-fn row_launch<T>(spec: &Spec, aligned: bool, reg: usize, persistent: Option<usize>) -> (usize, usize, i32) {
+/// multi-pass path. A block-per-row block is as small as lets each thread fill its `reg`
+/// registers: the kernels' register use allows few threads per SM, and several small
+/// blocks keep more loads in flight than one large block stalled at its reductions.
+fn row_launch<T>(spec: &Spec, aligned: bool, reg: usize) -> (usize, usize, i32) {
     let (m, n) = (spec.rows, spec.len);
     let v = 16 / std::mem::size_of::<T>();
     let mut flags = if aligned && n % v == 0 { VEC } else { 0 };
@@ -224,13 +228,13 @@ fn row_launch<T>(spec: &Spec, aligned: bool, reg: usize, persistent: Option<usiz
         flags |= WARP_TEAM;
         (m.div_ceil(BLOCK / 32), BLOCK)
     } else if n <= MAX_THREADS * reg {
-        let items = if flags & VEC != 0 { n / v } else { n };
-        (m, items.next_multiple_of(32).min(MAX_THREADS))
+        let (items, per_thread) = if flags & VEC != 0 { (n / v, reg / v) } else { (n, reg) };
+        (m, items.div_ceil(per_thread).next_multiple_of(32).min(MAX_THREADS))
     } else {
         flags |= MULTI;
         (m, MAX_THREADS)
     };
-    (persistent.map_or(grid, |p| grid.min(p)).max(1), block, flags)
+    (grid.max(1), block, flags)
 }
 
 /// GroupNorm launch shape: each group cut into `splits` slices so that about four
@@ -268,11 +272,16 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
         let wv = wv.map(|v| v.0);
         let (len, np) = (xv.len(), spec.params());
         let total = op.packed_shape(w.is_some(), x.1).elem_count();
-        // Zeroed: dγ/dβ stay 0 for an empty input, and every other element is written below.
-        let mut out = dev.alloc_zeros::<T>(total)?;
         if len == 0 {
-            return Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()));
+            // dγ/dβ of an empty input are zeros.
+            return Ok(CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<T>(total)?, dev.clone()));
         }
+        if w.is_none() && op.bias {
+            bail!("{}: internal error: a bias gradient without a weight", spec.kind.name())
+        }
+        // SAFETY: dx is written by the backward kernels below, and dγ/dβ, present only
+        // with a weight (checked above), by the dparams kernel launched whenever w is some.
+        let mut out = unsafe { dev.alloc::<T>(total) }?;
         let (eps, null) = (spec.eps as f32, 0u64);
         let stream = dev.cuda_stream();
         let (mut dx, mut params) = out.split_at_mut(len);
@@ -319,16 +328,30 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
             (s1, s2, b)
         } else {
             let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
-            let max_blocks = 2 * sm_count(dev)?;
-            let (grid, block, flags) = row_launch::<T>(spec, aligned, ROW_REG_BWD, Some(max_blocks));
+            let (grid, block, flags) = row_launch::<T>(spec, aligned, ROW_REG_BWD);
             let smem = if flags & WARP_TEAM != 0 {
                 2 * spec.len * std::mem::size_of::<f32>()
             } else {
                 0
             };
-            let pdg = dev.alloc_zeros::<f32>(grid * np)?;
-            let pdb = dev.alloc_zeros::<f32>(grid * np)?;
             let f = function::<T>(dev, spec.kind, "bwd")?;
+            // Persistent: as many blocks as fit on the GPU at once, each adding its rows
+            // into one partial row, so that the partials stay few and in L2.
+            let resident = f
+                .occupancy_max_active_blocks_per_multiprocessor(block as u32, smem, None)
+                .w()?;
+            let grid = grid.min(sm_count(dev)? * resident.max(1) as usize);
+            // The multi-pass kernel adds into its partial row; the others write all of it.
+            let partials = || -> Result<_> {
+                if flags & MULTI != 0 {
+                    dev.alloc_zeros::<f32>(grid * np)
+                } else {
+                    // SAFETY: the register-path kernels store every element of their block's
+                    // partial row before the dparams kernel reads it.
+                    unsafe { dev.alloc::<f32>(grid * np) }
+                }
+            };
+            let (pdg, pdb) = (partials()?, partials()?);
             let mut lb = stream.launch_builder(&f);
             lb.arg(&xv);
             push_opt(&mut lb, &wv, &null);
@@ -341,7 +364,7 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
                 .arg(&eps)
                 .arg(&flags);
             // SAFETY: matches {layer,rms}_norm_bwd (x, w, dy, dx, pdg, pdb, M, N, eps, flags);
-            // pdg/pdb hold grid·N zeroed floats, the warp path's 2·N floats of shared memory
+            // pdg/pdb hold grid·N floats, the warp path's 2·N floats of shared memory
             // (N <= 512) are requested, the block fits CN_MAX_THREADS.
             unsafe { lb.launch(cfg((grid, 1), block, smem)) }.w()?;
             (pdg, pdb, grid)
@@ -364,7 +387,7 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
         lb.arg(&p).arg(&n);
         // SAFETY: matches *_dparams (dg, db, dw, dbias, P, N): the partials hold P·N floats,
         // dw and db are N elements of the output (db null without a bias).
-        unsafe { lb.launch(cfg((np.div_ceil(BLOCK), 1), BLOCK, 0)) }.w()?;
+        unsafe { lb.launch(cfg((np.div_ceil(32), 1), DPARAMS_THREADS, 0)) }.w()?;
         drop(lb);
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }

@@ -1,6 +1,6 @@
 //! GroupNorm: input checks and the [`Spec`](crate::op::Spec) of the op.
 
-use crate::op::{self, Kind, Spec};
+use crate::op::{self, Kind, NormGrads, Spec};
 use candle_core::{bail, Result, Tensor};
 
 /// GroupNorm over channels-first input `[B, C, *spatial]`: the C channels are split
@@ -26,6 +26,29 @@ pub fn group_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
+    op::apply(spec(x, num_groups, weight, bias, eps)?, x, weight, bias)
+}
+
+/// The backward of [`group_norm`] on its own, outside autograd: given the upstream
+/// gradient `dy` (shape, dtype and device of `x`), the gradients of `x`, of `weight`
+/// when given and of `bias` when given, from the same fused kernels that
+/// `Tensor::backward` runs. For training loops that do their own backward pass, and
+/// for benchmarking the backward alone.
+///
+/// # Errors
+/// Those of [`group_norm`], and a `dy` whose shape, dtype or device differ from `x`'s.
+pub fn group_norm_backward(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<NormGrads> {
+    op::apply_backward(spec(x, num_groups, weight, bias, eps)?, x, weight, bias, dy)
+}
+
+fn spec(x: &Tensor, num_groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
     let op = Kind::Group.name();
     op::check_input(op, x, 2, "[B, C, *spatial]")?;
     op::check_eps(op, eps)?;
@@ -38,7 +61,7 @@ pub fn group_norm(
     op::check_param(op, x, bias, "bias", c, "the channel dimension")?;
     let inner: usize = dims[2..].iter().product();
     let params_per_row = c / num_groups;
-    let spec = Spec {
+    Ok(Spec {
         kind: Kind::Group,
         rows: b * num_groups,
         len: params_per_row * inner,
@@ -46,6 +69,5 @@ pub fn group_norm(
         params_per_row,
         groups: num_groups,
         eps,
-    };
-    op::apply(spec, x, weight, bias)
+    })
 }

@@ -1,6 +1,6 @@
 //! LayerNorm: input checks and the [`Spec`] of the op.
 
-use crate::op::{self, Kind, Spec};
+use crate::op::{self, Kind, NormGrads, Spec};
 use candle_core::{Result, Tensor};
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`,
@@ -16,11 +16,33 @@ use candle_core::{Result, Tensor};
 /// A rank-0 `x`, an unsupported dtype, a `weight`/`bias` of another shape, dtype or
 /// device, or an `eps` that is negative or not finite.
 pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    op::apply(spec(x, weight, bias, eps)?, x, weight, bias)
+}
+
+/// The backward of [`layer_norm`] on its own, outside autograd: given the upstream
+/// gradient `dy` (shape, dtype and device of `x`), the gradients of `x`, of `weight`
+/// when given and of `bias` when given, from the same fused kernel that
+/// `Tensor::backward` runs. Statistics are recomputed from `x`. For training loops
+/// that do their own backward pass, and for benchmarking the backward alone.
+///
+/// # Errors
+/// Those of [`layer_norm`], and a `dy` whose shape, dtype or device differ from `x`'s.
+pub fn layer_norm_backward(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<NormGrads> {
+    op::apply_backward(spec(x, weight, bias, eps)?, x, weight, bias, dy)
+}
+
+fn spec(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
     let op = Kind::Layer.name();
     let spec = row_spec(Kind::Layer, x, eps)?;
     op::check_param(op, x, weight, "weight", spec.len, "the last dimension")?;
     op::check_param(op, x, bias, "bias", spec.len, "the last dimension")?;
-    op::apply(spec, x, weight, bias)
+    Ok(spec)
 }
 
 /// Checks `x` and `eps` for a norm over the last dimension and returns its [`Spec`].

@@ -6,6 +6,9 @@
 //! candle-nn optimizers train through them:
 //!
 //! - [`layer_norm`], [`rms_norm`], [`group_norm`]: the functional ops;
+//! - [`layer_norm_backward`], [`rms_norm_backward`], [`group_norm_backward`]: their
+//!   fused backward on its own, returning [`NormGrads`], for hand-written backward
+//!   passes and benchmarks;
 //! - [`nn`]: drop-in modules ([`LayerNorm`], [`RmsNorm`], [`GroupNorm`]) and their
 //!   `VarBuilder` builders, loading PyTorch/Hugging Face checkpoints;
 //! - [`reference`]: slow composed-op implementations used by the tests and benches.
@@ -40,7 +43,8 @@ mod op;
 pub mod reference;
 mod rms_norm;
 
-pub use group_norm::group_norm;
-pub use layer_norm::layer_norm;
+pub use group_norm::{group_norm, group_norm_backward};
+pub use layer_norm::{layer_norm, layer_norm_backward};
 pub use nn::{GroupNorm, LayerNorm, RmsNorm};
-pub use rms_norm::rms_norm;
+pub use op::NormGrads;
+pub use rms_norm::{rms_norm, rms_norm_backward};

@@ -142,6 +142,53 @@ pub(crate) fn apply(spec: Spec, x: &Tensor, weight: Option<&Tensor>, bias: Optio
     }
 }
 
+/// Gradients of a norm with respect to its input and its affine parameters, as
+/// returned by [`layer_norm_backward`](crate::layer_norm_backward) and friends.
+#[derive(Clone, Debug)]
+pub struct NormGrads {
+    /// dL/dx, of `x`'s shape and dtype, contiguous.
+    pub dx: Tensor,
+    /// dL/dweight, when a weight was given: shape `[N]` (`[C]` for GroupNorm).
+    pub dweight: Option<Tensor>,
+    /// dL/dbias, when a bias was given: shape `[N]` (`[C]` for GroupNorm).
+    pub dbias: Option<Tensor>,
+}
+
+/// Runs the fused backward on checked inputs, outside autograd: the gradients that
+/// `Tensor::backward` would give for the forward with the same arguments.
+pub(crate) fn apply_backward(
+    spec: Spec,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+) -> Result<NormGrads> {
+    let op = spec.kind.name();
+    if dy.dims() != x.dims() || dy.dtype() != x.dtype() || !dy.device().same_device(x.device()) {
+        bail!(
+            "{op}: dy must have the shape, dtype and device of x: dy is {:?} {:?} on {:?}, x is {:?} {:?} on {:?}",
+            dy.dims(),
+            dy.dtype(),
+            dy.device().location(),
+            x.dims(),
+            x.dtype(),
+            x.device().location()
+        )
+    }
+    let x = x.contiguous()?;
+    let w = match (weight, bias) {
+        (Some(w), _) => Some(w.contiguous()?),
+        (None, Some(b)) => Some(b.ones_like()?),
+        (None, None) => None,
+    };
+    let (dx, dw, db) = backward(spec, &x, w.as_ref(), bias.is_some(), dy)?;
+    Ok(NormGrads {
+        dx,
+        dweight: weight.and(dw),
+        dbias: db,
+    })
+}
+
 /// The forward op: x (and weight, bias) to y, same shape as x, contiguous.
 pub(crate) struct NormFwd {
     pub(crate) spec: Spec,

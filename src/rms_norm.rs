@@ -1,7 +1,7 @@
 //! RMSNorm: input checks and the [`Spec`](crate::op::Spec) of the op.
 
 use crate::layer_norm::row_spec;
-use crate::op::{self, Kind};
+use crate::op::{self, Kind, NormGrads, Spec};
 use candle_core::{Result, Tensor};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`, as
@@ -17,7 +17,23 @@ use candle_core::{Result, Tensor};
 /// A rank-0 `x`, an unsupported dtype, a `weight` of another shape, dtype or device, or
 /// an `eps` that is negative or not finite.
 pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    op::apply(spec(x, weight, eps)?, x, weight, None)
+}
+
+/// The backward of [`rms_norm`] on its own, outside autograd: given the upstream
+/// gradient `dy` (shape, dtype and device of `x`), the gradients of `x` and of `weight`
+/// when given (`dbias` is `None`), from the same fused kernel that `Tensor::backward`
+/// runs. For training loops that do their own backward pass, and for benchmarking the
+/// backward alone.
+///
+/// # Errors
+/// Those of [`rms_norm`], and a `dy` whose shape, dtype or device differ from `x`'s.
+pub fn rms_norm_backward(x: &Tensor, weight: Option<&Tensor>, dy: &Tensor, eps: f64) -> Result<NormGrads> {
+    op::apply_backward(spec(x, weight, eps)?, x, weight, None, dy)
+}
+
+fn spec(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Spec> {
     let spec = row_spec(Kind::Rms, x, eps)?;
     op::check_param(Kind::Rms.name(), x, weight, "weight", spec.len, "the last dimension")?;
-    op::apply(spec, x, weight, None)
+    Ok(spec)
 }

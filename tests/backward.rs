@@ -74,6 +74,28 @@ fn matches_autograd_through_reference() {
     }
 }
 
+/// The standalone backward functions run the kernel that autograd runs: the same
+/// gradients bit for bit, and the same set of them.
+#[test]
+fn standalone_backward_equals_autograd() {
+    let mut rng = Rng::new(14);
+    for &(norm, shape) in CASES {
+        for dtype in [DType::F32, DType::BF16] {
+            for affine in AFFINES {
+                let case = Case::new(&mut rng, norm, shape, dtype, affine, 1e-5);
+                let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+                let (dx, dw, db) = case.grads(&dy, ours).unwrap();
+                let g = case.backward(&dy).unwrap();
+                let what = format!("{norm:?} {shape:?} {dtype:?} {affine:?}");
+                assert_eq!(g.dx.dims(), shape, "{what}");
+                assert_eq!(to_f64(&g.dx), to_f64(&dx), "{what} dx");
+                assert_eq!(g.dweight.as_ref().map(to_f64), dw.as_ref().map(to_f64), "{what} dw");
+                assert_eq!(g.dbias.as_ref().map(to_f64), db.as_ref().map(to_f64), "{what} db");
+            }
+        }
+    }
+}
+
 /// Central differences of L = Σ y·dy in f64, one input element at a time.
 fn finite_diff(case: &Case, dy: &Tensor, which: usize) -> Vec<f64> {
     let h = 1e-6;

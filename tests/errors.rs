@@ -61,6 +61,39 @@ fn bad_input_is_a_clear_error() {
     );
 }
 
+/// The standalone backward checks dy against x as well as the forward's arguments.
+#[test]
+fn bad_backward_input_is_a_clear_error() {
+    let x = t(&[2, 8], DType::F32);
+    let grads = |r: candle_core::Result<candle_norm::NormGrads>| err(r.map(|g| g.dx));
+    let e = grads(candle_norm::layer_norm_backward(
+        &x,
+        None,
+        None,
+        &t(&[2, 7], DType::F32),
+        1e-5,
+    ));
+    assert!(
+        e.contains("layer_norm") && e.contains("dy") && e.contains("[2, 7]") && e.contains("[2, 8]"),
+        "{e}"
+    );
+    let e = grads(candle_norm::rms_norm_backward(&x, None, &t(&[2, 8], DType::BF16), 1e-5));
+    assert!(e.contains("rms_norm") && e.contains("dy") && e.contains("BF16"), "{e}");
+    let e = grads(candle_norm::group_norm_backward(&x, 3, None, None, &x, 1e-5));
+    assert!(e.contains("group_norm") && e.contains("num_groups (3)"), "{e}");
+    let e = grads(candle_norm::layer_norm_backward(
+        &x,
+        Some(&t(&[7], DType::F32)),
+        None,
+        &x,
+        1e-5,
+    ));
+    assert!(
+        e.contains("layer_norm") && e.contains("weight") && e.contains("[7]"),
+        "{e}"
+    );
+}
+
 /// A weight on another device is rejected before any kernel runs.
 #[cfg(feature = "cuda")]
 #[test]

@@ -170,6 +170,16 @@ impl Case {
         self.norm.reference(&self.x, self.w.as_ref(), self.b.as_ref(), self.eps)
     }
 
+    /// This crate's standalone backward, outside autograd.
+    pub fn backward(&self, dy: &Tensor) -> Result<candle_norm::NormGrads> {
+        let (x, w, b) = (&self.x, self.w.as_ref(), self.b.as_ref());
+        match self.norm {
+            Norm::Layer => candle_norm::layer_norm_backward(x, w, b, dy, self.eps),
+            Norm::Rms => candle_norm::rms_norm_backward(x, w, dy, self.eps),
+            Norm::Group(g) => candle_norm::group_norm_backward(x, g, w, b, dy, self.eps),
+        }
+    }
+
     /// The same case with `f` applied to every tensor.
     fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Self {
         Self {
