@@ -133,7 +133,7 @@ fn view<'a, T: CudaElem>(spec: &Spec, s: &'a CudaStorage, l: &Layout) -> Result<
     };
     Ok((
         s.as_cuda_slice::<T>()?.slice(start..end),
-        (start * std::mem::size_of::<T>()) % 16 == 0,
+        (start * std::mem::size_of::<T>()).is_multiple_of(16),
     ))
 }
 
@@ -162,7 +162,7 @@ pub(crate) fn forward(spec: &Spec, x: Arg, w: Option<Arg>, b: Option<Arg>) -> Re
         let (wv, bv) = (wv.map(|v| v.0), bv.map(|v| v.0));
         // SAFETY: every element of y is written by the kernels below before it is read.
         let mut y = unsafe { dev.alloc::<T>(xv.len()) }?;
-        if xv.len() > 0 {
+        if !xv.is_empty() {
             let (eps, null) = (spec.eps as f32, 0u64);
             let stream = dev.cuda_stream();
             if spec.kind == Kind::Group {
@@ -223,7 +223,7 @@ fn push_opt<'a, T>(
 fn row_launch<T>(spec: &Spec, aligned: bool, reg: usize) -> (usize, usize, i32) {
     let (m, n) = (spec.rows, spec.len);
     let v = 16 / std::mem::size_of::<T>();
-    let mut flags = if aligned && n % v == 0 { VEC } else { 0 };
+    let mut flags = if aligned && n.is_multiple_of(v) { VEC } else { 0 };
     let (grid, block) = if n <= 32 * reg {
         flags |= WARP_TEAM;
         (m.div_ceil(BLOCK / 32), BLOCK)
@@ -241,7 +241,7 @@ fn row_launch<T>(spec: &Spec, aligned: bool, reg: usize) -> (usize, usize, i32) 
 /// blocks per SM have work, each slice at least [`GN_MIN_SLICE`] elements.
 fn group_shape<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<(GroupShape, i32)> {
     let v = 16 / std::mem::size_of::<T>();
-    let vec = aligned && spec.inner % v == 0;
+    let vec = aligned && spec.inner.is_multiple_of(v);
     let want = (4 * sm_count(dev)?).div_ceil(spec.rows);
     let splits = want.clamp(1, spec.len.div_ceil(GN_MIN_SLICE).max(1)).min(65535);
     let chunk = spec.len.div_ceil(splits).next_multiple_of(if vec { v } else { 1 });
