@@ -128,17 +128,20 @@ pub(crate) fn check_param(op: &str, x: &Tensor, p: Option<&Tensor>, name: &str, 
 pub(crate) fn apply(spec: Spec, x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
     let x = x.contiguous()?;
     let op = NormFwd { spec };
+    match (kernel_weight(weight, bias)?, bias) {
+        (None, _) => x.apply_op1(op),
+        (Some(w), None) => x.apply_op2(&w, op),
+        (Some(w), Some(b)) => x.apply_op3(&w, &b.contiguous()?, op),
+    }
+}
+
+/// The weight the kernels take: `weight` made contiguous, or a weight of ones when
+/// only a bias is given (its gradient is then computed and dropped).
+fn kernel_weight(weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
     match (weight, bias) {
-        (None, None) => x.apply_op1(op),
-        (Some(w), None) => x.apply_op2(&w.contiguous()?, op),
-        (w, Some(b)) => {
-            // A bias without a weight is a weight of ones; its gradient is computed and dropped.
-            let w = match w {
-                Some(w) => w.contiguous()?,
-                None => b.ones_like()?,
-            };
-            x.apply_op3(&w, &b.contiguous()?, op)
-        }
+        (Some(w), _) => Ok(Some(w.contiguous()?)),
+        (None, Some(b)) => Ok(Some(b.ones_like()?)),
+        (None, None) => Ok(None),
     }
 }
 
@@ -176,11 +179,7 @@ pub(crate) fn apply_backward(
         )
     }
     let x = x.contiguous()?;
-    let w = match (weight, bias) {
-        (Some(w), _) => Some(w.contiguous()?),
-        (None, Some(b)) => Some(b.ones_like()?),
-        (None, None) => None,
-    };
+    let w = kernel_weight(weight, bias)?;
     let (dx, dw, db) = backward(spec, &x, w.as_ref(), bias.is_some(), dy)?;
     Ok(NormGrads {
         dx,
