@@ -5,7 +5,7 @@
 use crate::op::{Kind, NormBwd, Spec};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    sys, CudaFunction, CudaModule, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    sys, CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
@@ -166,15 +166,8 @@ pub(crate) fn forward(spec: &Spec, x: Arg, w: Option<Arg>, b: Option<Arg>) -> Re
             let (eps, null) = (spec.eps as f32, 0u64);
             let stream = dev.cuda_stream();
             if spec.kind == Kind::Group {
-                let (g, flags) = group_shape::<T>(spec, dev, aligned)?;
-                let part = dev.alloc_zeros::<f32>(spec.rows * g.splits as usize * 3)?;
+                let (g, flags, part) = group_stats::<T>(spec, dev, &xv, aligned)?;
                 let grid = (spec.rows, g.splits as usize);
-                let f = function::<T>(dev, spec.kind, "stats")?;
-                let mut lb = stream.launch_builder(&f);
-                lb.arg(&xv).arg(&part).arg(&g).arg(&flags);
-                // SAFETY: the argument list matches group_norm_stats (x, part, g, flags); part
-                // holds rows·splits·3 floats, x holds rows·K elements.
-                unsafe { lb.launch(cfg(grid, BLOCK, 0)) }.w()?;
                 let f = function::<T>(dev, spec.kind, "fwd")?;
                 let mut lb = stream.launch_builder(&f);
                 lb.arg(&xv);
@@ -259,6 +252,26 @@ fn group_shape<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<(Group
     Ok((g, if vec { VEC } else { 0 }))
 }
 
+/// GroupNorm's first kernel, shared by forward and backward: the launch shape and the
+/// per-slice partial statistics of every group (rows·splits·3 floats).
+fn group_stats<T: CudaElem>(
+    spec: &Spec,
+    dev: &CudaDevice,
+    xv: &CudaView<'_, T>,
+    aligned: bool,
+) -> Result<(GroupShape, i32, CudaSlice<f32>)> {
+    let (g, flags) = group_shape::<T>(spec, dev, aligned)?;
+    let part = dev.alloc_zeros::<f32>(spec.rows * g.splits as usize * 3)?;
+    let f = function::<T>(dev, spec.kind, "stats")?;
+    let stream = dev.cuda_stream();
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(xv).arg(&part).arg(&g).arg(&flags);
+    // SAFETY: the argument list matches group_norm_stats (x, part, g, flags); part holds
+    // rows·splits·3 floats, x holds rows·K elements.
+    unsafe { lb.launch(cfg((spec.rows, g.splits as usize), BLOCK, 0)) }.w()?;
+    Ok((g, flags, part))
+}
+
 /// Backward on the GPU: one flat tensor holding dx, then dγ (with a weight), then dβ
 /// (with a bias), as the CPU path returns it.
 pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<(CudaStorage, Shape)> {
@@ -287,16 +300,10 @@ pub(crate) fn backward(op: &NormBwd, x: Arg, w: Option<Arg>, dy: Arg) -> Result<
         let (mut dx, mut params) = out.split_at_mut(len);
         // Per-block (rows) or per-sample (groups) f32 partials of dγ and dβ: [P, np].
         let (pdg, pdb, p) = if spec.kind == Kind::Group {
-            let (g, flags) = group_shape::<T>(spec, dev, aligned)?;
+            let (g, flags, part) = group_stats::<T>(spec, dev, &xv, aligned)?;
             let b = spec.rows / spec.groups;
-            let part = dev.alloc_zeros::<f32>(spec.rows * g.splits as usize * 3)?;
             let (s1, s2) = (dev.alloc_zeros::<f32>(b * np)?, dev.alloc_zeros::<f32>(b * np)?);
             let grid = (spec.rows, g.splits as usize);
-            let f = function::<T>(dev, spec.kind, "stats")?;
-            let mut lb = stream.launch_builder(&f);
-            lb.arg(&xv).arg(&part).arg(&g).arg(&flags);
-            // SAFETY: matches group_norm_stats (x, part, g, flags); sizes as in the forward.
-            unsafe { lb.launch(cfg(grid, BLOCK, 0)) }.w()?;
             let f = function::<T>(dev, spec.kind, "bwd_sums")?;
             let mut lb = stream.launch_builder(&f);
             lb.arg(&xv)
