@@ -96,6 +96,43 @@ fn standalone_backward_equals_autograd() {
     }
 }
 
+/// Data that breaks naive code (as in forward.rs's hard-data test), for the backward:
+/// gradients against the reference in f64 on the same rounded inputs, with the
+/// conditioning bound of x̂, u·|offset|/spread (u: f32 unit roundoff), allowed on top
+/// of the table.
+#[test]
+fn hard_data_has_correct_gradients() {
+    let mut rng = Rng::new(15);
+    let data: &[(&str, f64, f64)] = &[
+        ("offset 1000, spread 0.1", 1000.0, 0.1),
+        ("magnitude 1e4", 0.0, 1e4),
+        ("offset 1e4, spread 1e-2", 1e4, 1e-2),
+    ];
+    for norm in [Norm::Layer, Norm::Rms, Norm::Group(2)] {
+        for dtype in [DType::F32, DType::BF16] {
+            for &(name, offset, scale) in data {
+                let shape: &[usize] = if norm == Norm::Group(2) {
+                    &[3, 4, 257]
+                } else {
+                    &[9, 1023]
+                };
+                let mut case = Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5);
+                case.x = rng.tensor(shape, dtype, offset, scale);
+                let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+                let (dx, dw, db) = case.grads(&dy, ours).unwrap();
+                let (rdx, rdw, rdb) = case.to_dtype(DType::F64).grads(&dy, reference).unwrap();
+                let allowed = tol(dtype).bwd + 8.0 * unit_roundoff(DType::F32) * offset.abs() / scale;
+                let what = format!("{norm:?} {dtype:?} {name}");
+                assert_close_max(&format!("{what} dx"), &dx, &rdx, allowed);
+                assert_close_max(&format!("{what} dw"), &dw.unwrap(), &rdw.unwrap(), allowed);
+                if let (Some(db), Some(rdb)) = (db, rdb) {
+                    assert_close_max(&format!("{what} db"), &db, &rdb, allowed);
+                }
+            }
+        }
+    }
+}
+
 /// Central differences of L = Σ y·dy in f64, one input element at a time.
 fn finite_diff(case: &Case, dy: &Tensor, which: usize) -> Vec<f64> {
     let h = 1e-6;
