@@ -73,20 +73,10 @@ fn matches_reference_every_dtype_shape_and_affine() {
 #[test]
 fn hard_data_normalizes_correctly() {
     let mut rng = Rng::new(2);
-    let data: &[(&str, f64, f64)] = &[
-        ("offset 1000, spread 0.1", 1000.0, 0.1),
-        ("magnitude 1e4", 0.0, 1e4),
-        ("offset 1e4, spread 1e-2", 1e4, 1e-2),
-    ];
-    for norm in [Norm::Layer, Norm::Rms, Norm::Group(2)] {
+    for (norm, shape) in HARD_CASES {
         // All three accumulate in f32; f64 accuracy is covered by the main test.
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            for &(name, offset, scale) in data {
-                let shape: &[usize] = if norm == Norm::Group(2) {
-                    &[3, 4, 257]
-                } else {
-                    &[9, 1023]
-                };
+            for (name, offset, scale) in HARD_DATA {
                 let mut case = Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5);
                 case.x = rng.tensor(shape, dtype, offset, scale);
                 let want = case.to_dtype(DType::F64).reference().unwrap();

@@ -39,6 +39,21 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 
 pub const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::F64];
 
+/// Data that breaks naive code, as (name, offset, spread): large offset with small
+/// spread, large magnitudes.
+pub const HARD_DATA: [(&str, f64, f64); 3] = [
+    ("offset 1000, spread 0.1", 1000.0, 0.1),
+    ("magnitude 1e4", 0.0, 1e4),
+    ("offset 1e4, spread 1e-2", 1e4, 1e-2),
+];
+
+/// The norms the hard-data tests run, each with its shape.
+pub const HARD_CASES: [(Norm, &[usize]); 3] = [
+    (Norm::Layer, &[9, 1023]),
+    (Norm::Rms, &[9, 1023]),
+    (Norm::Group(2), &[3, 4, 257]),
+];
+
 /// SplitMix64: reproducible data without a dependency.
 pub struct Rng(u64);
 
