@@ -11,10 +11,11 @@
 //! served from L1/L2. The moments of each block are taken in two passes over the block
 //! (never E[x²] − mean²) and merged across blocks and chunks with Chan's formula.
 //!
-//! The forward makes two passes over a row (moments, then y). So does the backward:
-//! the first reads x and dy from memory and gathers the moments together with Σg and
-//! the co-moment Σg·(x − mean) ([`GradSums`]); the second, from cache, accumulates
-//! dγ/dβ and writes dx.
+//! The forward makes two passes over a row (moments, then y), and writes y piece by
+//! piece into memory that is never zeroed first ([`collect`]). The backward makes two
+//! passes too: the first reads x and dy from memory and gathers the moments together
+//! with Σg and the co-moment Σg·(x − mean) ([`GradSums`]); the second, from cache,
+//! accumulates dγ/dβ and writes dx.
 //!
 //! A library cannot count on its users building with `target-cpu=native`, so each
 //! task runs through [`simd`], which compiles the hot loops for AVX2+FMA and AVX-512
@@ -595,8 +596,10 @@ fn affine<T: Elem>(spec: &Spec, w: Option<&[T]>, b: Option<&[T]>) -> (Vec<T::Acc
 }
 
 /// `n` zeros with room for `capacity` elements, in memory asked to be backed by huge
-/// pages. Large outputs are zeroed by all threads, so that the first touch of fresh
-/// pages is shared among the cores instead of falling on the calling thread alone.
+/// pages, for the backward's dx, whose tasks (fixed, for deterministic dγ/dβ
+/// partials) write into it in place. Large outputs are zeroed by all threads, so that
+/// the first touch of fresh pages is shared among the cores instead of falling on the
+/// calling thread alone.
 fn output<T: Elem>(n: usize, capacity: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(capacity);
     advise_huge_pages(&v);
@@ -675,42 +678,84 @@ fn split_stats<T: Elem>(spec: &Spec, x: &[T]) -> Vec<(T::Acc, T::Acc)> {
         .collect()
 }
 
+/// Elements of one piece of a [`collect`]ed output: a few KiB, so that a piece is
+/// filled in L1 before it is moved to its place.
+const PIECE: usize = 2048;
+
+/// A vector of `n` elements filled in parallel by `fill(state, start, out)`, which
+/// writes elements `start..start + out.len()`; `state` is made by `init` once per
+/// rayon job and sees that job's pieces in order.
+///
+/// Rayon's indexed collect writes each piece straight into the vector's spare
+/// capacity, so the output is never zeroed first: zeroing it would move as many bytes
+/// again as writing it (docs/perf-notes.md).
+fn collect<T: Elem, S>(
+    n: usize,
+    init: impl Fn() -> S + Send + Sync,
+    fill: impl Fn(&mut S, usize, &mut [T]) + Send + Sync,
+) -> Vec<T> {
+    let count = n.div_ceil(PIECE);
+    let mut pieces: Vec<[T; PIECE]> = Vec::with_capacity(count);
+    advise_huge_pages(&pieces);
+    (0..count)
+        .into_par_iter()
+        .with_min_len(TASK_ELEMS / PIECE)
+        .map_init(init, |state, k| {
+            let mut piece = [T::zero(); PIECE];
+            let start = k * PIECE;
+            fill(state, start, &mut piece[..PIECE.min(n - start)]);
+            piece
+        })
+        .collect_into_vec(&mut pieces);
+    let mut v = pieces.into_flattened();
+    v.truncate(n);
+    v
+}
+
+/// A row and its (mean, rstd), kept by a forward job for the pieces that follow.
+type CachedStats<A> = (usize, (A, A));
+
 /// Forward: y for every element of `x`, laid out as `x`.
 pub(crate) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<&[T]>) -> Vec<T> {
-    let mut y = output(x.len(), x.len());
     if x.is_empty() {
-        return y;
+        return Vec::new();
     }
     let (w, b) = affine(spec, w, b);
     let wb = (&w[..], &b[..]);
-    if split_rows(spec) {
-        let stats = split_stats(spec, x);
-        chunks_mut(spec, &mut y).for_each(|(r, k, yc)| {
-            let xc = chunk_of(spec, x, r, k);
-            simd(
-                #[inline(always)]
-                || forward_part(spec, (r, k * CHUNK), xc, yc, stats[r], wb),
-            )
-        });
-        return y;
-    }
+    let len = spec.len;
+    // Split rows have their statistics gathered first, across tasks. A whole row has
+    // them taken by each job that meets it, once (the job then finds the row in cache
+    // for the rest of it); only rows cut between two jobs are read twice.
+    let split = split_rows(spec).then(|| split_stats(spec, x));
     let eps = T::Acc::from_f64(spec.eps);
-    let rpt = rows_per_task(spec);
-    y.par_chunks_mut(rpt * spec.len)
-        .zip(x.par_chunks(rpt * spec.len))
-        .enumerate()
-        .for_each(|(t, (yt, xt))| {
+    collect(
+        x.len(),
+        || None,
+        |cached: &mut Option<CachedStats<T::Acc>>, start, out| {
             simd(
                 #[inline(always)]
                 || {
-                    for (i, (yr, xr)) in yt.chunks_mut(spec.len).zip(xt.chunks(spec.len)).enumerate() {
-                        let stats = moments(xr, spec.center()).stats(eps);
-                        forward_part(spec, (t * rpt + i, 0), xr, yr, stats, wb);
+                    let mut done = 0;
+                    while done < out.len() {
+                        let (r, i0) = ((start + done) / len, (start + done) % len);
+                        let n = (len - i0).min(out.len() - done);
+                        let xr = &x[r * len..(r + 1) * len];
+                        let stats = match (&split, *cached) {
+                            (Some(s), _) => s[r],
+                            (None, Some((cr, s))) if cr == r => s,
+                            (None, _) => {
+                                let s = moments(xr, spec.center()).stats(eps);
+                                *cached = Some((r, s));
+                                s
+                            }
+                        };
+                        forward_part(spec, (r, i0), &xr[i0..i0 + n], &mut out[done..done + n], stats, wb);
+                        done += n;
                     }
                 },
             )
-        });
-    y
+        },
+    )
 }
 
 /// Gradients of one backward call.
