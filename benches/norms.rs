@@ -1,12 +1,21 @@
-//! Forward and forward+backward of the three norms against candle-nn's fused forward,
-//! candle autograd through the composed ops, and a plain copy of the same tensor (the
-//! bandwidth reference), on the CPU and, with `--features cuda`, on the GPU.
+//! Criterion benches of every case in `common::cases`, on the CPU and, with
+//! `--features cuda`, on the GPU:
 //!
-//! Throughput counts the bytes a memory-bound kernel must move: 2·M·N·b for a forward
-//! (read x, write y) and a copy, 5·M·N·b for forward+backward (the backward reads x
-//! and dy and writes dx).
+//! - `forward`: this crate against candle-nn's fused forward and a copy of the same
+//!   tensor (the bandwidth reference), 2·M·N·b bytes (read x, write y);
+//! - `backward`: this crate's standalone fused backward against the backward pass of
+//!   the composed ops through candle autograd (its graph built once, outside the
+//!   timing), 3·M·N·b bytes (read x and dy, write dx), with dy = 1 for both;
+//! - `forward+backward`: `Tensor::backward` through this crate's op against the same
+//!   through the composed ops, 5·M·N·b bytes.
+//!
+//! Byte counts are those of docs/semantics.md. `cargo bench --bench norms -- cpu/`
+//! runs the CPU groups alone.
+
+mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::{cases, dtypes, randn, Case};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
@@ -23,74 +32,55 @@ fn devices() -> Vec<(&'static str, Device)> {
     v
 }
 
-fn dtypes(dev: &Device) -> Vec<DType> {
-    if dev.is_cpu() {
-        vec![DType::F32, DType::BF16]
-    } else {
-        vec![DType::F32, DType::F16, DType::BF16]
-    }
-}
+fn run(c: &mut Criterion, dev_name: &str, dev: &Device, case: &Case, dtype: DType) {
+    let elems: usize = case.shape.iter().product();
+    let bytes = (elems * dtype.size_in_bytes()) as u64;
+    let id = format!("{:?}", case.shape);
+    let group = |what: &str| format!("{dev_name}/{}/{what}/{dtype:?}", case.name());
+    let x = randn(&case.shape, dtype, dev);
+    let w = (randn(&[case.params()], dtype, dev) + 1.0).unwrap();
+    let b = randn(&[case.params()], dtype, dev);
 
-/// (rows, hidden) of LLM-style activations.
-fn row_shapes(dev: &Device) -> Vec<(usize, usize)> {
-    if dev.is_cpu() {
-        vec![(4096, 768), (2048, 4096), (1024, 8192)]
-    } else {
-        vec![(4096, 768), (16384, 4096), (8192, 8192), (2048, 65536), (256, 4096)]
-    }
-}
-
-const GROUP_SHAPES: [([usize; 4], usize); 2] = [([8, 128, 32, 32], 32), ([1, 320, 64, 64], 32)];
-
-type Op = fn(&Tensor, Option<&Tensor>, Option<&Tensor>) -> candle_core::Result<Tensor>;
-
-struct Bench<'a> {
-    name: String,
-    shape: Vec<usize>,
-    params: usize,
-    dtype: DType,
-    dev: &'a Device,
-    ours: Op,
-    composed: Op,
-    candle_fused: Option<Op>,
-}
-
-fn input(shape: &[usize], dtype: DType, dev: &Device) -> Tensor {
-    Tensor::randn(0f32, 1., shape, dev).unwrap().to_dtype(dtype).unwrap()
-}
-
-fn run(c: &mut Criterion, b: Bench) {
-    let elems: usize = b.shape.iter().product();
-    let bytes = (elems * b.dtype.size_in_bytes()) as u64;
-    let id = format!("{:?}", b.shape);
-    let x = input(&b.shape, b.dtype, b.dev);
-    let w = (input(&[b.params], b.dtype, b.dev) + 1.0).unwrap();
-    let bias = input(&[b.params], b.dtype, b.dev);
-
-    let mut g = c.benchmark_group(format!("{}/forward/{:?}", b.name, b.dtype));
+    let mut g = c.benchmark_group(group("forward"));
     g.throughput(Throughput::Bytes(2 * bytes));
     g.bench_function(BenchmarkId::new("copy", &id), |bn| bn.iter(|| sync(&x.copy().unwrap())));
     g.bench_function(BenchmarkId::new("candle-norm", &id), |bn| {
-        bn.iter(|| sync(&(b.ours)(&x, Some(&w), Some(&bias)).unwrap()))
+        bn.iter(|| sync(&case.ours(&x, &w, &b).unwrap()))
     });
-    if let Some(f) = b.candle_fused {
+    if case.candle_fused(&x, &w, &b).is_some() {
         g.bench_function(BenchmarkId::new("candle-nn fused", &id), |bn| {
-            bn.iter(|| sync(&f(&x, Some(&w), Some(&bias)).unwrap()))
+            bn.iter(|| sync(&case.candle_fused(&x, &w, &b).unwrap().unwrap()))
         });
     }
     g.finish();
 
-    let xv = Var::from_tensor(&x).unwrap();
-    let wv = Var::from_tensor(&w).unwrap();
-    let bv = Var::from_tensor(&bias).unwrap();
-    let mut g = c.benchmark_group(format!("{}/forward+backward/{:?}", b.name, b.dtype));
+    let (xv, wv, bv) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
+    let mut g = c.benchmark_group(group("backward"));
+    g.throughput(Throughput::Bytes(3 * bytes));
+    let ones = x.ones_like().unwrap();
+    g.bench_function(BenchmarkId::new("candle-norm", &id), |bn| {
+        bn.iter(|| sync(&case.backward(&x, &w, &b, &ones).unwrap()))
+    });
+    let y = case.composed(&xv, &wv, &bv).unwrap();
+    g.bench_function(BenchmarkId::new("candle autograd (composed)", &id), |bn| {
+        bn.iter(|| sync(y.backward().unwrap().get(&xv).unwrap()))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group(group("forward+backward"));
     g.throughput(Throughput::Bytes(5 * bytes));
-    for (label, f) in [("candle-norm", b.ours), ("candle autograd (composed)", b.composed)] {
+    type Op = fn(&Case, &Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+    let ops: [(&str, Op); 2] = [
+        ("candle-norm", Case::ours),
+        ("candle autograd (composed)", Case::composed),
+    ];
+    for (label, f) in ops {
         g.bench_function(BenchmarkId::new(label, &id), |bn| {
-            bn.iter(|| {
-                let grads = f(&xv, Some(&wv), Some(&bv)).unwrap().backward().unwrap();
-                sync(grads.get(&xv).unwrap())
-            })
+            bn.iter(|| sync(f(case, &xv, &wv, &bv).unwrap().backward().unwrap().get(&xv).unwrap()))
         });
     }
     g.finish();
@@ -99,46 +89,8 @@ fn run(c: &mut Criterion, b: Bench) {
 fn norms(c: &mut Criterion) {
     for (dev_name, dev) in devices() {
         for dtype in dtypes(&dev) {
-            for (m, n) in row_shapes(&dev) {
-                run(
-                    c,
-                    Bench {
-                        name: format!("{dev_name}/layer_norm"),
-                        shape: vec![m, n],
-                        params: n,
-                        dtype,
-                        dev: &dev,
-                        ours: |x, w, b| candle_norm::layer_norm(x, w, b, 1e-5),
-                        composed: |x, w, b| candle_norm::reference::layer_norm(x, w, b, 1e-5),
-                        candle_fused: Some(|x, w, b| candle_nn::ops::layer_norm(x, w.unwrap(), b.unwrap(), 1e-5)),
-                    },
-                );
-                run(
-                    c,
-                    Bench {
-                        name: format!("{dev_name}/rms_norm"),
-                        shape: vec![m, n],
-                        params: n,
-                        dtype,
-                        dev: &dev,
-                        ours: |x, w, _| candle_norm::rms_norm(x, w, 1e-5),
-                        composed: |x, w, _| candle_norm::reference::rms_norm(x, w, 1e-5),
-                        candle_fused: Some(|x, w, _| candle_nn::ops::rms_norm(x, w.unwrap(), 1e-5)),
-                    },
-                );
-            }
-            for (shape, groups) in GROUP_SHAPES {
-                let bench = Bench {
-                    name: format!("{dev_name}/group_norm/{groups}g"),
-                    shape: shape.to_vec(),
-                    params: shape[1],
-                    dtype,
-                    dev: &dev,
-                    ours: |x, w, b| candle_norm::group_norm(x, 32, w, b, 1e-5),
-                    composed: |x, w, b| candle_norm::reference::group_norm(x, 32, w, b, 1e-5),
-                    candle_fused: None,
-                };
-                run(c, bench);
+            for case in cases(&dev) {
+                run(c, dev_name, &dev, &case, dtype);
             }
         }
     }

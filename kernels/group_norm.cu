@@ -22,8 +22,6 @@
 
 namespace cn {
 
-enum GroupFlags { GVEC = 1 };
-
 struct GroupShape {
     int rows, K, S, cpg, G, C, splits, chunk;
 };

@@ -2,8 +2,9 @@
 // (CENTER: subtract the mean) and RMSNorm (no mean, no bias).
 //
 // A "team" owns one row at a time: a warp when the row has at most 32 × ROW_REG
-// elements (several rows per block), else the whole block (up to CN_MAX_THREADS). Each thread keeps its part
-// of the row in registers (ROW_REG elements forward, ROW_REG_BWD backward), so x and dy
+// elements (several rows per block), else the whole block (up to MAX_THREADS). Each
+// thread keeps its part of the row in registers (ROW_REG elements forward, ROW_REG_BWD
+// backward; these constants and the flags come from launch.h), so x and dy
 // are read once; rows too long for that take a multi-pass path that re-reads them
 // (mostly from L2). Loads are 16-byte vectors when every pointer is 16-byte aligned
 // and N is a multiple of the vector width (flag VEC), else scalar.
@@ -16,11 +17,6 @@
 #include "common.cuh"
 
 namespace cn {
-
-constexpr int ROW_REG = 32;
-constexpr int ROW_REG_BWD = 16;
-
-enum RowFlags { VEC = 1, WARP_TEAM = 2, MULTI = 4 };
 
 struct Team {
     int size, tid, first, stride;

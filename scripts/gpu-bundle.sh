@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Builds, on this machine, everything a GPU run needs and packs it for the device
-# machine (which has the CUDA driver and libraries but no cargo):
+# Builds everything a GPU run needs and packs it for a GPU machine that has the CUDA
+# driver and libraries but need not have cargo or nvcc:
 #
 #   scripts/gpu-bundle.sh [ARCH]    # ARCH: compute capability, default 90 (H100/H200)
 #
 # It writes gpu-bundle/candle-norm-gpu.tar.xz (git-ignored): the release test binaries
 # that touch the GPU (tests/cuda.rs, tests/errors.rs) and the bench binaries, built
 # with `--features cuda` and stripped (each carries candle's kernels: ~40 MiB before
-# compression, and a device call carries at most 64 MiB), plus
-# scripts/gpu-run.sh, the runner that executes them there. docs/gpu.md gives the
-# device command that carries and runs it.
+# compression), plus scripts/gpu-run.sh, the runner that executes them there.
+# docs/gpu.md says how to run it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

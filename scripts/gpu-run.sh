@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the device machine, from the bundle made by scripts/gpu-bundle.sh:
+# Runs on a GPU machine, from the bundle made by scripts/gpu-bundle.sh:
 #
 #   tar -xJf gpu-bundle/candle-norm-gpu.tar.xz -C /tmp/cn && /tmp/cn/run.sh STEP...
 #

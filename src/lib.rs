@@ -11,12 +11,16 @@
 //!   passes and benchmarks;
 //! - [`nn`]: drop-in modules ([`LayerNorm`], [`RmsNorm`], [`GroupNorm`]) and their
 //!   `VarBuilder` builders, loading PyTorch/Hugging Face checkpoints;
-//! - [`reference`]: slow composed-op implementations used by the tests and benches.
+//! - [`mod@reference`]: slow composed-op implementations used by the tests and benches;
+//! - [`cpu_level`], [`set_cpu_level_limit`]: which vector instructions the CPU path
+//!   runs with (picked at run time), and a cap for benchmarks and tests.
 //!
 //! Semantics are PyTorch's: biased variance, eps inside the square root, statistics
 //! accumulated in f32 (f64 for f64 inputs), output in the input's dtype, rounded once.
 //! Supported dtypes are f32, f16, bf16 and f64 on the CPU (multi-threaded); with the
-//! `cuda` feature, f32, f16 and bf16 run on this crate's own CUDA kernels.
+//! `cuda` feature, f32, f16 and bf16 run on this crate's own CUDA kernels. The
+//! contract in full (formulas, precision, bytes moved, errors) is `docs/semantics.md`
+//! in the repository.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -33,18 +37,18 @@
 //!
 //! [candle]: https://github.com/huggingface/candle
 
+mod check;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
-mod group_norm;
-mod layer_norm;
+mod custom_op;
 pub mod nn;
-mod op;
+mod ops;
 pub mod reference;
-mod rms_norm;
+mod spec;
 
-pub use group_norm::{group_norm, group_norm_backward};
-pub use layer_norm::{layer_norm, layer_norm_backward};
+pub use cpu::simd::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel};
 pub use nn::{GroupNorm, LayerNorm, RmsNorm};
-pub use op::NormGrads;
-pub use rms_norm::{rms_norm, rms_norm_backward};
+pub use ops::{
+    group_norm, group_norm_backward, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, NormGrads,
+};

@@ -73,7 +73,7 @@ fn rows_match_cpu_on_every_path() {
     for &shape in shapes {
         for norm in [Norm::Layer, Norm::Rms] {
             for dtype in GPU_DTYPES {
-                for affine in [Affine::None, Affine::WeightBias, Affine::Weight] {
+                for affine in AFFINES {
                     check(&dev, &Case::new(&mut rng, norm, shape, dtype, affine, 1e-5), &mut rng);
                 }
             }
@@ -98,7 +98,7 @@ fn groups_match_cpu_from_tiny_to_huge() {
     ];
     for &(shape, g) in cases {
         for dtype in GPU_DTYPES {
-            for affine in [Affine::None, Affine::WeightBias, Affine::Weight] {
+            for affine in AFFINES {
                 check(
                     &dev,
                     &Case::new(&mut rng, Norm::Group(g), shape, dtype, affine, 1e-5),

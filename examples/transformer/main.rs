@@ -15,6 +15,8 @@
 mod data;
 mod model;
 mod report;
+#[cfg(test)]
+mod tests;
 mod train;
 
 use candle_core::{DType, Device};

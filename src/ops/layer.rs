@@ -1,6 +1,8 @@
-//! LayerNorm: input checks and the [`Spec`] of the op.
+//! LayerNorm: the public functions and their checks.
 
-use crate::op::{self, Kind, NormGrads, Spec};
+use super::NormGrads;
+use crate::check;
+use crate::spec::{Kind, Spec};
 use candle_core::{Result, Tensor};
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`,
@@ -16,7 +18,7 @@ use candle_core::{Result, Tensor};
 /// A rank-0 `x`, an unsupported dtype, a `weight`/`bias` of another shape, dtype or
 /// device, or an `eps` that is negative or not finite.
 pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    op::apply(spec(x, weight, bias, eps)?, x, weight, bias)
+    super::forward(spec(x, weight, bias, eps)?, x, weight, bias)
 }
 
 /// The backward of [`layer_norm`] on its own, outside autograd: given the upstream
@@ -34,34 +36,14 @@ pub fn layer_norm_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    op::apply_backward(spec(x, weight, bias, eps)?, x, weight, bias, dy)
+    super::backward(spec(x, weight, bias, eps)?, x, weight, bias, dy)
 }
 
 fn spec(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
     let op = Kind::Layer.name();
-    let spec = row_spec(Kind::Layer, x, eps)?;
-    op::check_param(op, x, weight, "weight", spec.len, "the last dimension")?;
-    op::check_param(op, x, bias, "bias", spec.len, "the last dimension")?;
-    Ok(spec)
-}
-
-/// Checks `x` and `eps` for a norm over the last dimension and returns its [`Spec`].
-pub(crate) fn row_spec(kind: Kind, x: &Tensor, eps: f64) -> Result<Spec> {
-    let op = kind.name();
-    op::check_input(op, x, 1, "the last dimension is normalized")?;
-    op::check_eps(op, eps)?;
-    let (rows, len) = x
-        .dims()
-        .split_last()
-        .map(|(&n, rest)| (rest.iter().product(), n))
-        .unwrap_or((0, 0));
-    Ok(Spec {
-        kind,
-        rows,
-        len,
-        inner: 1,
-        params_per_row: len,
-        groups: 1,
-        eps,
-    })
+    super::check_last_dim(op, x, eps)?;
+    let n = x.dims()[x.rank() - 1];
+    check::param(op, x, weight, "weight", n, "the last dimension")?;
+    check::param(op, x, bias, "bias", n, "the last dimension")?;
+    Ok(Spec::last_dim(Kind::Layer, x.dims(), eps))
 }

@@ -1,7 +1,8 @@
-//! RMSNorm: input checks and the [`Spec`](crate::op::Spec) of the op.
+//! RMSNorm: the public functions and their checks.
 
-use crate::layer_norm::row_spec;
-use crate::op::{self, Kind, NormGrads, Spec};
+use super::NormGrads;
+use crate::check;
+use crate::spec::{Kind, Spec};
 use candle_core::{Result, Tensor};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`, as
@@ -17,7 +18,7 @@ use candle_core::{Result, Tensor};
 /// A rank-0 `x`, an unsupported dtype, a `weight` of another shape, dtype or device, or
 /// an `eps` that is negative or not finite.
 pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    op::apply(spec(x, weight, eps)?, x, weight, None)
+    super::forward(spec(x, weight, eps)?, x, weight, None)
 }
 
 /// The backward of [`rms_norm`] on its own, outside autograd: given the upstream
@@ -29,11 +30,12 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor>
 /// # Errors
 /// Those of [`rms_norm`], and a `dy` whose shape, dtype or device differ from `x`'s.
 pub fn rms_norm_backward(x: &Tensor, weight: Option<&Tensor>, dy: &Tensor, eps: f64) -> Result<NormGrads> {
-    op::apply_backward(spec(x, weight, eps)?, x, weight, None, dy)
+    super::backward(spec(x, weight, eps)?, x, weight, None, dy)
 }
 
 fn spec(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Spec> {
-    let spec = row_spec(Kind::Rms, x, eps)?;
-    op::check_param(Kind::Rms.name(), x, weight, "weight", spec.len, "the last dimension")?;
-    Ok(spec)
+    let op = Kind::Rms.name();
+    super::check_last_dim(op, x, eps)?;
+    check::param(op, x, weight, "weight", x.dims()[x.rank() - 1], "the last dimension")?;
+    Ok(Spec::last_dim(Kind::Rms, x.dims(), eps))
 }

@@ -1,7 +1,9 @@
-//! GroupNorm: input checks and the [`Spec`](crate::op::Spec) of the op.
+//! GroupNorm (channels-first): the public functions and their checks.
 
-use crate::op::{self, Kind, NormGrads, Spec};
-use candle_core::{bail, Result, Tensor};
+use super::NormGrads;
+use crate::check;
+use crate::spec::{Kind, Spec};
+use candle_core::{Result, Tensor};
 
 /// GroupNorm over channels-first input `[B, C, *spatial]`: the C channels are split
 /// into `num_groups` groups and each (sample, group) is normalized over its
@@ -26,7 +28,7 @@ pub fn group_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    op::apply(spec(x, num_groups, weight, bias, eps)?, x, weight, bias)
+    super::forward(spec(x, num_groups, weight, bias, eps)?, x, weight, bias)
 }
 
 /// The backward of [`group_norm`] on its own, outside autograd: given the upstream
@@ -45,29 +47,16 @@ pub fn group_norm_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    op::apply_backward(spec(x, num_groups, weight, bias, eps)?, x, weight, bias, dy)
+    super::backward(spec(x, num_groups, weight, bias, eps)?, x, weight, bias, dy)
 }
 
 fn spec(x: &Tensor, num_groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
     let op = Kind::Group.name();
-    op::check_input(op, x, 2, "[B, C, *spatial]")?;
-    op::check_eps(op, eps)?;
-    let dims = x.dims();
-    let (b, c) = (dims[0], dims[1]);
-    if num_groups == 0 || !c.is_multiple_of(num_groups) {
-        bail!("{op}: num_groups ({num_groups}) must be > 0 and divide the {c} channels of x, whose shape is {dims:?}")
-    }
-    op::check_param(op, x, weight, "weight", c, "the channel dimension")?;
-    op::check_param(op, x, bias, "bias", c, "the channel dimension")?;
-    let inner: usize = dims[2..].iter().product();
-    let params_per_row = c / num_groups;
-    Ok(Spec {
-        kind: Kind::Group,
-        rows: b * num_groups,
-        len: params_per_row * inner,
-        inner,
-        params_per_row,
-        groups: num_groups,
-        eps,
-    })
+    check::input(op, x, 2, "[B, C, *spatial]")?;
+    check::eps(op, eps)?;
+    check::groups(op, x, num_groups)?;
+    let c = x.dims()[1];
+    check::param(op, x, weight, "weight", c, "the channel dimension")?;
+    check::param(op, x, bias, "bias", c, "the channel dimension")?;
+    Ok(Spec::channel_groups(x.dims(), num_groups, eps))
 }

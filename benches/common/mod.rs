@@ -1,0 +1,117 @@
+//! The cases both benches measure, and the ops each case runs: this crate's forward and
+//! standalone backward, candle-nn's fused forward where it has one, and the composed
+//! reference (candle autograd's baseline).
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Which norm a case runs (GroupNorm with its number of groups).
+#[derive(Clone, Copy, Debug)]
+pub enum Norm {
+    Layer,
+    Rms,
+    Group(usize),
+}
+
+/// One benchmarked op on one shape.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub norm: Norm,
+    pub shape: Vec<usize>,
+}
+
+/// The grid of a device: on the CPU LLM-style rows of medium size and two diffusion-style
+/// GroupNorm shapes; on a GPU rows of 2^27 elements from N = 256 to 262144, small M at
+/// N = 4096, and three GroupNorm shapes of a diffusion UNet.
+pub fn cases(dev: &Device) -> Vec<Case> {
+    let rows: Vec<Vec<usize>> = if dev.is_cpu() {
+        vec![vec![4096, 768], vec![2048, 4096], vec![1024, 8192]]
+    } else {
+        let large = [256usize, 1024, 4096, 8192, 16384, 65536, 262144].map(|n| vec![(1 << 27) / n, n]);
+        large.into_iter().chain([1, 16, 256].map(|m| vec![m, 4096])).collect()
+    };
+    let groups: &[[usize; 4]] = if dev.is_cpu() {
+        &[[8, 128, 32, 32], [1, 320, 64, 64]]
+    } else {
+        &[[1, 320, 64, 64], [8, 128, 32, 32], [16, 512, 16, 16]]
+    };
+    let mut v = Vec::new();
+    for norm in [Norm::Layer, Norm::Rms] {
+        v.extend(rows.iter().map(|s| Case { norm, shape: s.clone() }));
+    }
+    v.extend(groups.iter().map(|s| Case {
+        norm: Norm::Group(32),
+        shape: s.to_vec(),
+    }));
+    v
+}
+
+/// The dtypes measured on a device (f16 behaves as bf16 on the CPU).
+pub fn dtypes(dev: &Device) -> Vec<DType> {
+    if dev.is_cpu() {
+        vec![DType::F32, DType::BF16]
+    } else {
+        vec![DType::F32, DType::F16, DType::BF16]
+    }
+}
+
+/// Standard normal values of `shape` in `dtype`.
+pub fn randn(shape: &[usize], dtype: DType, dev: &Device) -> Tensor {
+    Tensor::randn(0f32, 1., shape, dev).unwrap().to_dtype(dtype).unwrap()
+}
+
+impl Case {
+    /// The public function's name.
+    pub fn name(&self) -> &'static str {
+        match self.norm {
+            Norm::Layer => "layer_norm",
+            Norm::Rms => "rms_norm",
+            Norm::Group(_) => "group_norm",
+        }
+    }
+
+    /// Length of the weight and bias.
+    pub fn params(&self) -> usize {
+        match self.norm {
+            Norm::Group(_) => self.shape[1],
+            _ => *self.shape.last().unwrap(),
+        }
+    }
+
+    /// This crate's forward (RMSNorm takes no bias).
+    pub fn ours(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        match self.norm {
+            Norm::Layer => candle_norm::layer_norm(x, Some(w), Some(b), 1e-5),
+            Norm::Rms => candle_norm::rms_norm(x, Some(w), 1e-5),
+            Norm::Group(g) => candle_norm::group_norm(x, g, Some(w), Some(b), 1e-5),
+        }
+    }
+
+    /// This crate's standalone fused backward; dx (dγ and dβ are computed too).
+    pub fn backward(&self, x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let g = match self.norm {
+            Norm::Layer => candle_norm::layer_norm_backward(x, Some(w), Some(b), dy, 1e-5),
+            Norm::Rms => candle_norm::rms_norm_backward(x, Some(w), dy, 1e-5),
+            Norm::Group(g) => candle_norm::group_norm_backward(x, g, Some(w), Some(b), dy, 1e-5),
+        }?;
+        Ok(g.dx)
+    }
+
+    /// The composed reference, differentiable through candle autograd.
+    pub fn composed(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        use candle_norm::reference as r;
+        match self.norm {
+            Norm::Layer => r::layer_norm(x, Some(w), Some(b), 1e-5),
+            Norm::Rms => r::rms_norm(x, Some(w), 1e-5),
+            Norm::Group(g) => r::group_norm(x, g, Some(w), Some(b), 1e-5),
+        }
+    }
+
+    /// candle-nn's fused forward (no backward), for the norms it has one for.
+    pub fn candle_fused(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Option<Result<Tensor>> {
+        match self.norm {
+            Norm::Layer => Some(candle_nn::ops::layer_norm(x, w, b, 1e-5)),
+            Norm::Rms => Some(candle_nn::ops::rms_norm(x, w, 1e-5)),
+            Norm::Group(_) => None,
+        }
+    }
+}

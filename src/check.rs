@@ -1,0 +1,121 @@
+//! Input validation and the crate's error texts. Every error names the op (its public
+//! function's name) and the shapes, dtypes or devices involved, so that a bad call is a
+//! `candle_core::Error` a user can act on, never a panic inside a kernel.
+
+use candle_core::{bail, DType, Layout, Result, Tensor};
+
+/// The dtypes the CPU path supports; CUDA supports the first three.
+const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::F64];
+
+/// Checks the input tensor: a supported dtype and at least `min_rank` dimensions
+/// (`what` says why, e.g. "[B, C, *spatial]").
+pub(crate) fn input(op: &str, x: &Tensor, min_rank: usize, what: &str) -> Result<()> {
+    if !DTYPES.contains(&x.dtype()) {
+        bail!(
+            "{op}: x has dtype {:?}; supported dtypes are f32, f16, bf16 and f64",
+            x.dtype()
+        )
+    }
+    if x.rank() < min_rank {
+        bail!(
+            "{op}: x must have rank >= {min_rank} ({what}), got shape {:?}",
+            x.dims()
+        )
+    }
+    Ok(())
+}
+
+/// Checks eps: finite and not negative (0 is allowed, as in PyTorch; a constant row
+/// then has an infinite rstd).
+pub(crate) fn eps(op: &str, eps: f64) -> Result<()> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        bail!("{op}: eps must be finite and >= 0, got {eps}")
+    }
+    Ok(())
+}
+
+/// Checks that `num_groups` is positive and divides the channel dimension of `x`
+/// (of rank >= 2, checked before).
+pub(crate) fn groups(op: &str, x: &Tensor, num_groups: usize) -> Result<()> {
+    let c = x.dims()[1];
+    if num_groups == 0 || !c.is_multiple_of(num_groups) {
+        bail!(
+            "{op}: num_groups ({num_groups}) must be > 0 and divide the {c} channels of x, whose shape is {:?}",
+            x.dims()
+        )
+    }
+    Ok(())
+}
+
+/// Checks an optional affine parameter: shape `[len]`, the dtype and device of x.
+/// `of` names the dimension of x that `len` is ("the last dimension").
+pub(crate) fn param(op: &str, x: &Tensor, p: Option<&Tensor>, name: &str, len: usize, of: &str) -> Result<()> {
+    let Some(p) = p else { return Ok(()) };
+    if p.dims() != [len] {
+        bail!(
+            "{op}: {name} has shape {:?}, expected [{len}] ({of} of x, whose shape is {:?})",
+            p.dims(),
+            x.dims()
+        )
+    }
+    if p.dtype() != x.dtype() {
+        bail!(
+            "{op}: {name} has dtype {:?} but x has dtype {:?}; they must match",
+            p.dtype(),
+            x.dtype()
+        )
+    }
+    if !p.device().same_device(x.device()) {
+        bail!(
+            "{op}: {name} is on {:?} but x is on {:?}",
+            p.device().location(),
+            x.device().location()
+        )
+    }
+    Ok(())
+}
+
+/// Checks an upstream gradient: the shape, dtype and device of x.
+pub(crate) fn dy(op: &str, x: &Tensor, dy: &Tensor) -> Result<()> {
+    if dy.dims() != x.dims() || dy.dtype() != x.dtype() || !dy.device().same_device(x.device()) {
+        bail!(
+            "{op}: dy must have the shape, dtype and device of x: dy is {:?} {:?} on {:?}, x is {:?} {:?} on {:?}",
+            dy.dims(),
+            dy.dtype(),
+            dy.device().location(),
+            x.dims(),
+            x.dtype(),
+            x.device().location()
+        )
+    }
+    Ok(())
+}
+
+/// The element range of a storage that a contiguous layout covers. The public ops make
+/// every input contiguous first, so anything else is a bug of this crate.
+pub(crate) fn contiguous_range(op: &str, l: &Layout) -> Result<std::ops::Range<usize>> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(start..end),
+        None => bail!("{op}: internal error: a non-contiguous input reached the kernel"),
+    }
+}
+
+/// The error for a dtype a backend has no kernel for.
+pub(crate) fn unsupported_dtype(op: &str, dtype: DType, device: &str, supported: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{op}: {dtype:?} is not supported on {device} ({supported} are)"
+    ))
+    .bt()
+}
+
+/// The one `match` on the dtype of each backend: calls `$run::<T>(args)` with `T` the
+/// element type listed for `$dtype`, or returns [`unsupported_dtype`].
+macro_rules! dispatch_dtype {
+    ($op:expr, $dtype:expr, $device:literal, [$($variant:ident => $t:ty),+], $run:ident $args:tt) => {
+        match $dtype {
+            $(candle_core::DType::$variant => $run::<$t> $args,)+
+            dt => Err($crate::check::unsupported_dtype($op, dt, $device, stringify!($($t),+))),
+        }
+    };
+}
+pub(crate) use dispatch_dtype;

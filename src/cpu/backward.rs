@@ -1,0 +1,332 @@
+//! The fused backward of every norm: dx, dγ and dβ in two passes over a row. The
+//! first reads x and dy from memory and gathers the moments together with Σg and the
+//! co-moment Σg·(x − mean) ([`GradSums`]); the second, from cache, accumulates dγ/dβ
+//! and writes dx. dγ/dβ partials are per task (or chunk) and summed in task order.
+
+use super::alloc::output;
+use super::blocks::{read_blocks, write_blocks, BLOCK};
+use super::elem::{Acc, Elem};
+use super::reduce::{lane_dot, lane_sum, lane_sum2, Moments};
+use super::rows::{
+    affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK, MAX_PARTIALS, TASK_ELEMS,
+};
+use super::simd::run;
+use crate::spec::{Affine, Spec};
+use rayon::prelude::*;
+
+/// dγ/dβ accumulators of one task or chunk, indexed by parameter − `p_base`. A
+/// gradient nobody asked for (no weight, no bias) has an empty vector and is never
+/// computed.
+struct ParamGrads<A> {
+    p_base: usize,
+    dg: Vec<A>,
+    db: Vec<A>,
+}
+
+impl<A: Acc> ParamGrads<A> {
+    fn zeros(p_base: usize, n: usize, want: Affine) -> Self {
+        let zeros = |wanted: bool| vec![A::ZERO; if wanted { n } else { 0 }];
+        Self {
+            p_base,
+            dg: zeros(want.weight),
+            db: zeros(want.bias),
+        }
+    }
+
+    /// Adds `o` into `self`, which covers every parameter of `o`.
+    fn add(&mut self, o: &Self) {
+        let off = o.p_base - self.p_base;
+        for (mine, theirs) in [(&mut self.dg, &o.dg), (&mut self.db, &o.db)] {
+            if !theirs.is_empty() {
+                for (d, &v) in mine[off..].iter_mut().zip(theirs) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
+/// `total += partials[0] + partials[1] + ...`, in that order for every element, with
+/// the elements spread over threads.
+fn sum_partials<A: Acc>(total: &mut [A], partials: &[&[A]]) {
+    total.par_chunks_mut(TASK_ELEMS).enumerate().for_each(|(k, out)| {
+        let o = k * TASK_ELEMS;
+        for p in partials {
+            for (d, &v) in out.iter_mut().zip(&p[o..]) {
+                *d += v;
+            }
+        }
+    });
+}
+
+/// g = dy·w for the block at `i0..` of `row`, into `g`.
+#[inline(always)]
+fn dy_times_w<A: Acc>(spec: &Spec, (row, i0): (usize, usize), dy: &[A], w: &[A], g: &mut [A]) {
+    if spec.inner == 1 {
+        let p = spec.param_offset(row) + i0;
+        for ((g, &d), &w) in g.iter_mut().zip(dy).zip(&w[p..p + dy.len()]) {
+            *g = d * w;
+        }
+    } else {
+        for_segments(
+            spec,
+            row,
+            i0,
+            dy.len(),
+            #[inline(always)]
+            |p, r| {
+                for (g, &d) in g[r.clone()].iter_mut().zip(&dy[r]) {
+                    *g = d * w[p];
+                }
+            },
+        );
+    }
+}
+
+/// Adds dy·x̂ and dy of the block at `i0..` of `row` to the dγ/dβ partials.
+#[inline(always)]
+fn accumulate_params<A: Acc>(spec: &Spec, (row, i0): (usize, usize), xh: &[A], dy: &[A], acc: &mut ParamGrads<A>) {
+    let (dg, db, base) = (&mut acc.dg, &mut acc.db, acc.p_base);
+    if spec.inner == 1 {
+        let o = spec.param_offset(row) + i0 - base;
+        let n = dy.len();
+        if !dg.is_empty() {
+            for ((dg, &x), &d) in dg[o..o + n].iter_mut().zip(xh).zip(dy) {
+                *dg += d * x;
+            }
+        }
+        if !db.is_empty() {
+            for (db, &d) in db[o..o + n].iter_mut().zip(dy) {
+                *db += d;
+            }
+        }
+    } else {
+        for_segments(
+            spec,
+            row,
+            i0,
+            dy.len(),
+            #[inline(always)]
+            |p, r| {
+                if !dg.is_empty() {
+                    dg[p - base] += lane_dot(&xh[r.clone()], &dy[r.clone()]);
+                }
+                if !db.is_empty() {
+                    db[p - base] += lane_sum(&dy[r], |v| v);
+                }
+            },
+        );
+    }
+}
+
+/// What the first backward pass learns about a run of elements of a row: the moments
+/// of x, Σg and the co-moment Σg·(x − mean) (g = dy·w, mean the run's own), merged
+/// like [`Moments`]. The co-moment is summed over deviations from each block's mean,
+/// as the variance is, rather than as Σg·x − mean·Σg, whose terms are |mean|/std times
+/// larger than what is left of them.
+#[derive(Clone, Copy)]
+struct GradSums<A> {
+    x: Moments<A>,
+    sg: A,
+    cgx: A,
+}
+
+impl<A: Acc> GradSums<A> {
+    const EMPTY: Self = Self {
+        x: Moments::EMPTY,
+        sg: A::ZERO,
+        cgx: A::ZERO,
+    };
+
+    #[inline(always)]
+    fn merge(self, o: Self) -> Self {
+        let x = self.x.merge(o.x);
+        Self {
+            x,
+            sg: self.sg + o.sg,
+            cgx: self.cgx + o.cgx + self.sg * (self.x.mean - x.mean) + o.sg * (o.x.mean - x.mean),
+        }
+    }
+
+    /// What the second pass needs, once the sums cover the whole row.
+    fn finish(self, spec: &Spec) -> RowGrad<A> {
+        let (mean, rstd) = self.x.stats(A::from_f64(spec.eps));
+        let inv_n = A::ONE / self.x.n;
+        RowGrad {
+            mean,
+            rstd,
+            mean_g: if spec.center() { self.sg * inv_n } else { A::ZERO },
+            mean_gx: rstd * self.cgx * inv_n,
+        }
+    }
+}
+
+/// A row's statistics for its second backward pass: mean and rstd of x, mean(g) (0
+/// for a norm that does not center) and mean(g·x̂).
+#[derive(Clone, Copy)]
+struct RowGrad<A> {
+    mean: A,
+    rstd: A,
+    mean_g: A,
+    mean_gx: A,
+}
+
+/// First backward pass over the elements of a row from `at = (row, i0)` on, the one
+/// that reads x and dy from memory: their [`GradSums`], block by block.
+#[inline(always)]
+fn backward_sums<T: Elem>(spec: &Spec, at: (usize, usize), (x, dy): (&[T], &[T]), w: &[T::Acc]) -> GradSums<T::Acc> {
+    let mut g = [T::Acc::ZERO; BLOCK];
+    let mut sums = GradSums::EMPTY;
+    read_blocks(
+        [x, dy],
+        #[inline(always)]
+        |o, [xa, da]| {
+            let g = &mut g[..xa.len()];
+            dy_times_w(spec, (at.0, at.1 + o), da, w, g);
+            let m = Moments::of(xa, spec.center());
+            let sg = lane_sum(g, |v| v);
+            let cgx = lane_sum2(g, xa, |g, x| g * (x - m.mean));
+            sums = sums.merge(GradSums { x: m, sg, cgx });
+        },
+    );
+    sums
+}
+
+/// Second backward pass over the same elements, from cache: adds dy·x̂ and dy
+/// to `acc` and writes dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)).
+#[inline(always)]
+fn backward_dx<T: Elem>(
+    spec: &Spec,
+    at: (usize, usize),
+    (x, dy): (&[T], &[T]),
+    dx: &mut [T],
+    r: RowGrad<T::Acc>,
+    w: &[T::Acc],
+    acc: &mut ParamGrads<T::Acc>,
+) {
+    let (mut xh, mut g) = ([T::Acc::ZERO; BLOCK], [T::Acc::ZERO; BLOCK]);
+    write_blocks(
+        [x, dy],
+        dx,
+        #[inline(always)]
+        |o, [xa, da], out| {
+            let at = (at.0, at.1 + o);
+            let (xh, g) = (&mut xh[..xa.len()], &mut g[..xa.len()]);
+            for (h, &x) in xh.iter_mut().zip(xa) {
+                *h = (x - r.mean) * r.rstd;
+            }
+            accumulate_params(spec, at, xh, da, acc);
+            dy_times_w(spec, at, da, w, g);
+            for ((d, &g), &x) in out.iter_mut().zip(&*g).zip(&*xh) {
+                *d = r.rstd * (g - r.mean_g - x * r.mean_gx);
+            }
+        },
+    );
+}
+
+/// Backward: dx, then dγ with a weight, then dβ with a bias, in one vector (the fused
+/// backward op's output), from x, the weight and dy, recomputing the row statistics.
+pub(super) fn backward<T: Elem>(spec: &Spec, want: Affine, x: &[T], w: Option<&[T]>, dy: &[T]) -> Vec<T> {
+    let np = spec.params();
+    let mut out = output(x.len(), spec.packed_grads(want));
+    let (w, _) = affine_params(spec, w, None);
+    let acc = if x.is_empty() {
+        ParamGrads::zeros(0, np, want)
+    } else if split_rows(spec) {
+        backward_split(spec, want, x, &w, dy, &mut out)
+    } else {
+        backward_rows(spec, want, x, &w, dy, &mut out)
+    };
+    for g in [&acc.dg, &acc.db] {
+        if !g.is_empty() {
+            let at = out.len();
+            out.resize(at + np, T::zero());
+            T::store(g, &mut out[at..]);
+        }
+    }
+    out
+}
+
+/// Backward for rows held whole: one task per block of rows, each with its own dγ/dβ
+/// partial, summed in task order.
+fn backward_rows<T: Elem>(
+    spec: &Spec,
+    want: Affine,
+    x: &[T],
+    w: &[T::Acc],
+    dy: &[T],
+    dx: &mut [T],
+) -> ParamGrads<T::Acc> {
+    let (np, len) = (spec.params(), spec.len);
+    let rpt = rows_per_task(spec).max(spec.rows.div_ceil(MAX_PARTIALS));
+    let partials: Vec<ParamGrads<T::Acc>> = dx
+        .par_chunks_mut(rpt * len)
+        .zip(x.par_chunks(rpt * len).zip(dy.par_chunks(rpt * len)))
+        .enumerate()
+        .map(|(t, (dxt, (xt, dyt)))| {
+            let mut acc = ParamGrads::zeros(0, np, want);
+            run(
+                #[inline(always)]
+                || {
+                    let rows = dxt.chunks_mut(len).zip(xt.chunks(len).zip(dyt.chunks(len)));
+                    for (i, (dxr, (xr, dyr))) in rows.enumerate() {
+                        let at = (t * rpt + i, 0);
+                        let stats = backward_sums(spec, at, (xr, dyr), w).finish(spec);
+                        backward_dx(spec, at, (xr, dyr), dxr, stats, w, &mut acc);
+                    }
+                },
+            );
+            acc
+        })
+        .collect();
+    let mut total = ParamGrads::zeros(0, np, want);
+    sum_partials(&mut total.dg, &partials.iter().map(|p| &p.dg[..]).collect::<Vec<_>>());
+    sum_partials(&mut total.db, &partials.iter().map(|p| &p.db[..]).collect::<Vec<_>>());
+    total
+}
+
+/// Backward for split rows: per-chunk [`GradSums`] merged per row in chunk order, then
+/// dx and a dγ/dβ partial per chunk, the partials summed in chunk order.
+fn backward_split<T: Elem>(
+    spec: &Spec,
+    want: Affine,
+    x: &[T],
+    w: &[T::Acc],
+    dy: &[T],
+    dx: &mut [T],
+) -> ParamGrads<T::Acc> {
+    let nck = spec.len.div_ceil(CHUNK);
+    let sums: Vec<GradSums<T::Acc>> = (0..spec.rows * nck)
+        .into_par_iter()
+        .map(|item| {
+            let (r, k) = (item / nck, item % nck);
+            let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
+            run(
+                #[inline(always)]
+                || backward_sums(spec, (r, k * CHUNK), (xc, dyc), w),
+            )
+        })
+        .collect();
+    let rows: Vec<_> = sums
+        .chunks(nck)
+        .map(|s| s.iter().fold(GradSums::EMPTY, |a, &b| a.merge(b)).finish(spec))
+        .collect();
+    let parts: Vec<ParamGrads<T::Acc>> = chunks_mut(spec, dx)
+        .map(|(r, k, dxc)| {
+            let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
+            let i0 = k * CHUNK;
+            let p_base = spec.param(r, i0);
+            let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + xc.len() - 1) - p_base + 1, want);
+            run(
+                #[inline(always)]
+                || backward_dx(spec, (r, i0), (xc, dyc), dxc, rows[r], w, &mut acc),
+            );
+            acc
+        })
+        .collect();
+    let mut total = ParamGrads::zeros(0, spec.params(), want);
+    for p in &parts {
+        total.add(p);
+    }
+    total
+}

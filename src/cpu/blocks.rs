@@ -1,0 +1,65 @@
+//! Walking rows in blocks of [`BLOCK`] elements: f16/bf16 blocks are converted
+//! into f32 stack buffers as they are read and back as they are written, so no pass
+//! needs row-sized scratch; f32 and f64 are read and written in place.
+
+use super::elem::{Acc, Elem};
+
+/// Elements per block of a pass (a multiple of [`LANES`]); f16/bf16 blocks are
+/// converted through stack buffers of this many f32.
+pub(super) const BLOCK: usize = 512;
+
+/// The `K` inputs as accumulators, when their element type already is one.
+#[inline(always)]
+fn direct<T: Elem, const K: usize>(ins: [&[T]; K]) -> Option<[&[T::Acc]; K]> {
+    let d = ins.map(T::as_acc);
+    d.iter().all(Option::is_some).then(|| d.map(Option::unwrap_or_default))
+}
+
+/// Calls `f(offset, blocks)` for consecutive blocks of at most [`BLOCK`] elements of
+/// the `K` equally long inputs, seen as accumulators: slices of the inputs themselves
+/// for f32 and f64, stack buffers converted from them otherwise.
+#[inline(always)]
+pub(super) fn read_blocks<T: Elem, const K: usize>(ins: [&[T]; K], mut f: impl FnMut(usize, [&[T::Acc]; K])) {
+    let n = ins.first().map_or(0, |s| s.len());
+    if let Some(d) = direct(ins) {
+        for o in (0..n).step_by(BLOCK) {
+            f(o, d.map(|s| &s[o..n.min(o + BLOCK)]));
+        }
+        return;
+    }
+    let mut bufs = [[T::Acc::ZERO; BLOCK]; K];
+    for o in (0..n).step_by(BLOCK) {
+        let m = BLOCK.min(n - o);
+        for (b, s) in bufs.iter_mut().zip(ins) {
+            T::load(&s[o..o + m], &mut b[..m]);
+        }
+        f(o, std::array::from_fn(|k| &bufs[k][..m]));
+    }
+}
+
+/// As [`read_blocks`], with an output block that `f` fills and that is then stored
+/// into `out` (written in place for f32 and f64).
+#[inline(always)]
+pub(super) fn write_blocks<T: Elem, const K: usize>(
+    ins: [&[T]; K],
+    out: &mut [T],
+    mut f: impl FnMut(usize, [&[T::Acc]; K], &mut [T::Acc]),
+) {
+    let n = out.len();
+    if let (Some(d), Some(o_acc)) = (direct(ins), T::as_acc_mut(out)) {
+        for (o, ob) in (0..n).step_by(BLOCK).zip(o_acc.chunks_mut(BLOCK)) {
+            f(o, d.map(|s| &s[o..o + ob.len()]), ob);
+        }
+        return;
+    }
+    let mut ybuf = [T::Acc::ZERO; BLOCK];
+    read_blocks(
+        ins,
+        #[inline(always)]
+        |o, blocks| {
+            let yb = &mut ybuf[..blocks[0].len()];
+            f(o, blocks, yb);
+            T::store(yb, &mut out[o..o + yb.len()]);
+        },
+    );
+}

@@ -1,0 +1,95 @@
+//! The element types of the CPU path and the type they are accumulated in.
+
+use super::convert;
+use half::{bf16, f16};
+use std::ops::{Add, AddAssign, Div, Mul, Sub};
+
+/// The accumulation type: f32 for f32/f16/bf16 inputs, f64 for f64.
+pub(super) trait Acc:
+    Copy + Send + Sync + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64(v: f64) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+macro_rules! impl_acc {
+    ($($t:ty),*) => {$(
+        impl Acc for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+        }
+    )*};
+}
+impl_acc!(f32, f64);
+
+/// An element type the CPU path accepts, with block conversion to and from its
+/// accumulator type.
+pub(super) trait Elem: candle_core::WithDType {
+    type Acc: Acc;
+    fn load(src: &[Self], dst: &mut [Self::Acc]);
+    fn store(src: &[Self::Acc], dst: &mut [Self]);
+    /// The elements as accumulators when they already are (f32, f64): no conversion.
+    fn as_acc(v: &[Self]) -> Option<&[Self::Acc]>;
+    fn as_acc_mut(v: &mut [Self]) -> Option<&mut [Self::Acc]>;
+}
+
+macro_rules! impl_full_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            type Acc = $t;
+            #[inline(always)]
+            fn load(src: &[$t], dst: &mut [$t]) {
+                dst.copy_from_slice(src)
+            }
+            #[inline(always)]
+            fn store(src: &[$t], dst: &mut [$t]) {
+                dst.copy_from_slice(src)
+            }
+            #[inline(always)]
+            fn as_acc(v: &[$t]) -> Option<&[$t]> {
+                Some(v)
+            }
+            #[inline(always)]
+            fn as_acc_mut(v: &mut [$t]) -> Option<&mut [$t]> {
+                Some(v)
+            }
+        }
+    )*};
+}
+impl_full_elem!(f32, f64);
+
+macro_rules! impl_half_elem {
+    ($($t:ty => $load:path, $store:path);*) => {$(
+        impl Elem for $t {
+            type Acc = f32;
+            #[inline(always)]
+            fn load(src: &[$t], dst: &mut [f32]) {
+                $load(src, dst)
+            }
+            #[inline(always)]
+            fn store(src: &[f32], dst: &mut [$t]) {
+                $store(src, dst)
+            }
+            #[inline(always)]
+            fn as_acc(_: &[$t]) -> Option<&[f32]> {
+                None
+            }
+            #[inline(always)]
+            fn as_acc_mut(_: &mut [$t]) -> Option<&mut [f32]> {
+                None
+            }
+        }
+    )*};
+}
+impl_half_elem!(
+    f16 => convert::f16_to_f32, convert::f32_to_f16;
+    bf16 => convert::bf16_to_f32, convert::f32_to_bf16
+);

@@ -1,0 +1,96 @@
+//! The CPU path: one generic forward and one generic backward for every norm, over
+//! f32, f64, f16 and bf16.
+//!
+//! Every norm is a set of rows of `len` elements (see [`Spec`]). Rows are spread over
+//! rayon tasks (`rows`). When there are too few rows to keep every core busy, or a row
+//! is too long for one task, each row is cut into chunks whose partial results are
+//! merged in chunk order.
+//!
+//! Every pass over a row walks it in blocks (`blocks`); f16 and bf16 blocks are
+//! converted into f32 stack buffers (`convert`), so there is no row-sized scratch and a
+//! row is read from memory once and then served from L1/L2. The moments of each block
+//! are taken in two passes over the block (never E[x²] − mean²) and merged across
+//! blocks and chunks with Chan's formula (`reduce`).
+//!
+//! The forward (`forward`) makes two passes over a row, moments then y, and writes y
+//! piece by piece into memory that is never zeroed first (`alloc`). The backward
+//! (`backward`) makes two passes too, the first reading x and dy from memory, the
+//! second from cache.
+//!
+//! Each task runs through `simd::run`, compiled for AVX2 and AVX-512 as well as the
+//! baseline, at the widest level the CPU has. Sums run over four groups of lanes folded
+//! in a fixed order, and the dγ/dβ partials are per task and reduced in task order:
+//! results are identical from run to run, on any number of threads.
+
+mod alloc;
+mod backward;
+mod blocks;
+mod convert;
+mod elem;
+mod forward;
+mod reduce;
+mod rows;
+pub(crate) mod simd;
+
+use crate::check::{self, dispatch_dtype};
+use crate::custom_op::Arg;
+use crate::spec::{Affine, Spec};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Result};
+use elem::Elem;
+use half::{bf16, f16};
+
+/// The elements of a contiguous input.
+fn slice<'a, T: Elem>(spec: &Spec, (s, l): Arg<'a, CpuStorage>) -> Result<&'a [T]> {
+    Ok(&T::cpu_storage_as_slice(s)?[check::contiguous_range(spec.kind.name(), l)?])
+}
+
+/// The forward of `spec`: y, laid out as x.
+pub(crate) fn forward(
+    spec: &Spec,
+    x: Arg<CpuStorage>,
+    w: Option<Arg<CpuStorage>>,
+    b: Option<Arg<CpuStorage>>,
+) -> Result<CpuStorage> {
+    fn run<T: Elem>(
+        spec: &Spec,
+        x: Arg<CpuStorage>,
+        w: Option<Arg<CpuStorage>>,
+        b: Option<Arg<CpuStorage>>,
+    ) -> Result<CpuStorage> {
+        let (w, b) = (
+            w.map(|a| slice::<T>(spec, a)).transpose()?,
+            b.map(|a| slice::<T>(spec, a)).transpose()?,
+        );
+        Ok(T::to_cpu_storage_owned(forward::forward(
+            spec,
+            slice::<T>(spec, x)?,
+            w,
+            b,
+        )))
+    }
+    dispatch_dtype!(spec.kind.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, x, w, b))
+}
+
+/// The fused backward of `spec`: dx, then dγ when `want.weight`, then dβ when
+/// `want.bias`, in one flat storage.
+pub(crate) fn backward(
+    spec: &Spec,
+    want: Affine,
+    x: Arg<CpuStorage>,
+    w: Option<Arg<CpuStorage>>,
+    dy: Arg<CpuStorage>,
+) -> Result<CpuStorage> {
+    fn run<T: Elem>(
+        spec: &Spec,
+        want: Affine,
+        x: Arg<CpuStorage>,
+        w: Option<Arg<CpuStorage>>,
+        dy: Arg<CpuStorage>,
+    ) -> Result<CpuStorage> {
+        let w = w.map(|a| slice::<T>(spec, a)).transpose()?;
+        let out = backward::backward(spec, want, slice::<T>(spec, x)?, w, slice::<T>(spec, dy)?);
+        Ok(T::to_cpu_storage_owned(out))
+    }
+    dispatch_dtype!(spec.kind.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, x, w, dy))
+}

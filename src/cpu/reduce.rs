@@ -1,0 +1,119 @@
+//! Sums in a fixed order over lanes the compiler keeps in vector registers, and the
+//! (count, mean, M2) moments of a block, merged with Chan et al.'s formula.
+
+use super::blocks::read_blocks;
+use super::elem::{Acc, Elem};
+
+/// f32 lanes of an AVX-512 register: the width of one of the four accumulator groups
+/// of a reduction (four, so that the adds of a pass do not wait on each other).
+const LANES: usize = 16;
+
+/// `a[l] += f(x[l], y[l])` for one group of lanes.
+#[inline(always)]
+fn add_lanes<A: Acc>(a: &mut [A; LANES], x: &[A], y: &[A], f: &impl Fn(A, A) -> A) {
+    for l in 0..LANES {
+        a[l] += f(x[l], y[l]);
+    }
+}
+
+/// Sum of `f(x[i], y[i])` in a fixed order: over four groups of [`LANES`]
+/// accumulators, then over the first group for what is left, then the last few
+/// elements one by one; the groups are added lane by lane and the lanes halved. The
+/// groups are four separate arrays updated by straight-line calls, which the compiler
+/// keeps in vector registers (a loop over groups makes it spill or gather them).
+#[inline(always)]
+pub(super) fn lane_sum2<A: Acc>(x: &[A], y: &[A], f: impl Fn(A, A) -> A) -> A {
+    let (mut a0, mut a1, mut a2, mut a3) = ([A::ZERO; LANES], [A::ZERO; LANES], [A::ZERO; LANES], [A::ZERO; LANES]);
+    let (xw, yw) = (x.chunks_exact(4 * LANES), y.chunks_exact(4 * LANES));
+    let (xr, yr) = (xw.remainder().chunks_exact(LANES), yw.remainder().chunks_exact(LANES));
+    let (xt, yt) = (xr.remainder(), yr.remainder());
+    for (a, b) in xw.zip(yw) {
+        add_lanes(&mut a0, a, b, &f);
+        add_lanes(&mut a1, &a[LANES..], &b[LANES..], &f);
+        add_lanes(&mut a2, &a[2 * LANES..], &b[2 * LANES..], &f);
+        add_lanes(&mut a3, &a[3 * LANES..], &b[3 * LANES..], &f);
+    }
+    for (a, b) in xr.zip(yr) {
+        add_lanes(&mut a0, a, b, &f);
+    }
+    for l in 0..LANES {
+        a0[l] = (a0[l] + a1[l]) + (a2[l] + a3[l]);
+    }
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            a0[l] += a0[l + width];
+        }
+    }
+    a0[0] + xt.iter().zip(yt).fold(A::ZERO, |s, (&a, &b)| s + f(a, b))
+}
+
+/// Sum of `f(x[i])`, accumulated as in [`lane_sum2`].
+#[inline(always)]
+pub(super) fn lane_sum<A: Acc>(x: &[A], f: impl Fn(A) -> A) -> A {
+    lane_sum2(x, x, |v, _| f(v))
+}
+
+/// Sum of `x[i] * y[i]`, accumulated as in [`lane_sum2`].
+#[inline(always)]
+pub(super) fn lane_dot<A: Acc>(x: &[A], y: &[A]) -> A {
+    lane_sum2(x, y, |a, b| a * b)
+}
+
+/// Count, mean and sum of squared deviations of a block (mean 0 and plain sum of
+/// squares when the norm does not center).
+#[derive(Clone, Copy)]
+pub(super) struct Moments<A> {
+    pub n: A,
+    pub mean: A,
+    pub m2: A,
+}
+
+impl<A: Acc> Moments<A> {
+    /// No elements: merging it into anything changes nothing.
+    pub(super) const EMPTY: Self = Self {
+        n: A::ZERO,
+        mean: A::ZERO,
+        m2: A::ZERO,
+    };
+
+    /// Two passes over a block held in L1: never E[x²] − mean².
+    #[inline(always)]
+    pub(super) fn of(x: &[A], center: bool) -> Self {
+        let n = A::from_f64(x.len() as f64);
+        let mean = if center { lane_sum(x, |v| v) / n } else { A::ZERO };
+        let m2 = lane_sum(x, |v| (v - mean) * (v - mean));
+        Self { n, mean, m2 }
+    }
+
+    /// Chan et al.'s pairwise merge of two non-empty blocks, or of [`Self::EMPTY`] and
+    /// a non-empty block; exact for the non-centered case (delta is 0).
+    #[inline(always)]
+    pub(super) fn merge(self, o: Self) -> Self {
+        let n = self.n + o.n;
+        let delta = o.mean - self.mean;
+        Self {
+            n,
+            mean: self.mean + delta * (o.n / n),
+            m2: self.m2 + o.m2 + delta * delta * (self.n * o.n / n),
+        }
+    }
+
+    /// (mean, rstd) with eps inside the square root.
+    pub(super) fn stats(self, eps: A) -> (A, A) {
+        (self.mean, A::ONE / (self.m2 / self.n + eps).sqrt())
+    }
+}
+
+/// Moments of a non-empty part of a row, block by block.
+#[inline(always)]
+pub(super) fn moments<T: Elem>(x: &[T], center: bool) -> Moments<T::Acc> {
+    let mut m = Moments::EMPTY;
+    read_blocks(
+        [x],
+        #[inline(always)]
+        |_, [b]| m = m.merge(Moments::of(b, center)),
+    );
+    m
+}

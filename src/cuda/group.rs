@@ -1,0 +1,155 @@
+//! GroupNorm launches (kernels/group_norm.cu): each group is split over enough blocks
+//! to fill the GPU, a statistics kernel first, then the forward or the two backward
+//! kernels.
+
+use super::launch::GVEC;
+use super::module::{function, sm_count, CudaElem};
+use super::{cfg, int, push_opt, Partials, BLOCK};
+use crate::spec::Spec;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::Result;
+
+/// Elements a GroupNorm block should own at least when a group is split.
+const MIN_SLICE: usize = 2048;
+
+/// The `GroupShape` struct of kernels/group_norm.cu, passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GroupShape {
+    rows: i32,
+    k: i32,
+    s: i32,
+    cpg: i32,
+    g: i32,
+    c: i32,
+    splits: i32,
+    chunk: i32,
+}
+
+// SAFETY: a #[repr(C)] struct of eight i32, laid out as the kernels' `cn::GroupShape`.
+unsafe impl DeviceRepr for GroupShape {}
+
+/// GroupNorm launch shape: each group cut into `splits` slices so that about four
+/// blocks per SM have work, each slice at least [`MIN_SLICE`] elements.
+fn group_shape<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<(GroupShape, i32)> {
+    let v = 16 / std::mem::size_of::<T>();
+    let vec = aligned && spec.inner.is_multiple_of(v);
+    let want = (4 * sm_count(dev)?).div_ceil(spec.rows);
+    let splits = want.clamp(1, spec.len.div_ceil(MIN_SLICE).max(1)).min(65535);
+    let chunk = spec.len.div_ceil(splits).next_multiple_of(if vec { v } else { 1 });
+    let g = GroupShape {
+        rows: int(spec, "B·G", spec.rows)?,
+        k: int(spec, "group size", spec.len)?,
+        s: int(spec, "spatial size", spec.inner)?,
+        cpg: int(spec, "channels per group", spec.params_per_row)?,
+        g: int(spec, "groups", spec.groups)?,
+        c: int(spec, "channels", spec.params())?,
+        splits: int(spec, "splits", spec.len.div_ceil(chunk))?,
+        chunk: int(spec, "slice", chunk)?,
+    };
+    int(spec, "element count", spec.rows * spec.len)?;
+    Ok((g, if vec { GVEC } else { 0 }))
+}
+
+/// GroupNorm's first kernel, shared by forward and backward: the launch shape and the
+/// per-slice partial statistics of every group (rows·splits·3 floats).
+fn group_stats<T: CudaElem>(
+    spec: &Spec,
+    dev: &CudaDevice,
+    xv: &CudaView<'_, T>,
+    aligned: bool,
+) -> Result<(GroupShape, i32, CudaSlice<f32>)> {
+    let (g, flags) = group_shape::<T>(spec, dev, aligned)?;
+    let part = dev.alloc_zeros::<f32>(spec.rows * g.splits as usize * 3)?;
+    let f = function::<T>(dev, spec.kind, "stats")?;
+    let stream = dev.cuda_stream();
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(xv).arg(&part).arg(&g).arg(&flags);
+    // SAFETY: the argument list matches group_norm_stats (x, part, g, flags); part holds
+    // rows·splits·3 floats, x holds rows·K elements.
+    unsafe { lb.launch(cfg((spec.rows, g.splits as usize), BLOCK, 0)) }.w()?;
+    Ok((g, flags, part))
+}
+
+/// x, the weight (or none) and the bias (or none) of the forward.
+type Ins<'a, 'b, T> = (
+    &'b CudaView<'a, T>,
+    &'b Option<CudaView<'a, T>>,
+    &'b Option<CudaView<'a, T>>,
+);
+
+/// The forward: y for every element of x.
+pub(super) fn forward<T: CudaElem>(
+    spec: &Spec,
+    dev: &CudaDevice,
+    (xv, wv, bv): Ins<'_, '_, T>,
+    y: &mut CudaSlice<T>,
+    aligned: bool,
+) -> Result<()> {
+    let (eps, null) = (spec.eps as f32, 0u64);
+    let (g, flags, part) = group_stats::<T>(spec, dev, xv, aligned)?;
+    let grid = (spec.rows, g.splits as usize);
+    let f = function::<T>(dev, spec.kind, "fwd")?;
+    let stream = dev.cuda_stream();
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(xv);
+    push_opt(&mut lb, wv, &null);
+    push_opt(&mut lb, bv, &null);
+    lb.arg(&part).arg(y).arg(&g).arg(&eps).arg(&flags);
+    // SAFETY: matches group_norm_fwd (x, w, b, part, y, g, eps, flags); w and b are
+    // [C] or null, y has as many elements as x.
+    unsafe { lb.launch(cfg(grid, BLOCK, 0)) }.w()?;
+    Ok(())
+}
+
+/// The backward: per-(sample, channel) sums, then dx; the sums are the dγ/dβ partials,
+/// one row per sample.
+pub(super) fn backward<T: CudaElem>(
+    spec: &Spec,
+    dev: &CudaDevice,
+    (xv, wv, dyv): (&CudaView<'_, T>, &Option<CudaView<'_, T>>, &CudaView<'_, T>),
+    dx: &mut CudaViewMut<'_, T>,
+    aligned: bool,
+) -> Result<Partials> {
+    let (eps, null) = (spec.eps as f32, 0u64);
+    let np = spec.params();
+    let stream = dev.cuda_stream();
+    let (g, flags, part) = group_stats::<T>(spec, dev, xv, aligned)?;
+    let b = spec.rows / spec.groups;
+    let (s1, s2) = (dev.alloc_zeros::<f32>(b * np)?, dev.alloc_zeros::<f32>(b * np)?);
+    let grid = (spec.rows, g.splits as usize);
+    let f = function::<T>(dev, spec.kind, "bwd_sums")?;
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(xv)
+        .arg(dyv)
+        .arg(&part)
+        .arg(&s1)
+        .arg(&s2)
+        .arg(&g)
+        .arg(&eps)
+        .arg(&flags);
+    // SAFETY: matches group_norm_bwd_sums (x, dy, part, s1, s2, g, eps, flags); one
+    // block per (b, c), s1 and s2 hold B·C floats.
+    unsafe { lb.launch(cfg((b * np, 1), BLOCK, 0)) }.w()?;
+    let f = function::<T>(dev, spec.kind, "bwd_dx")?;
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(xv);
+    push_opt(&mut lb, wv, &null);
+    lb.arg(dyv)
+        .arg(&part)
+        .arg(&s1)
+        .arg(&s2)
+        .arg(dx)
+        .arg(&g)
+        .arg(&eps)
+        .arg(&flags);
+    // SAFETY: matches group_norm_bwd_dx (x, w, dy, part, s1, s2, dx, g, eps, flags);
+    // dx is the first B·C·S elements of the output.
+    unsafe { lb.launch(cfg(grid, BLOCK, 0)) }.w()?;
+    Ok(Partials {
+        dg: s1,
+        db: s2,
+        count: b,
+    })
+}

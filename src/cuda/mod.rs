@@ -1,0 +1,179 @@
+//! The CUDA path: launch code for this crate's kernels (kernels/, compiled by
+//! build.rs). Each call picks its kernels' path and grid on the host, launches them on
+//! the stream of the tensor's candle device, and returns any failure as a candle error.
+//!
+//! `row` launches LayerNorm/RMSNorm, `group` GroupNorm; both end in the shared dγ/dβ
+//! reduction below. `module` loads the kernels, `launch` holds the constants the
+//! kernels share with this code.
+
+/// Declares the constants of `launch.rs` for the launch code (build.rs declares the same
+/// list as the kernels' header).
+macro_rules! launch_constants {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty = $value:expr;)*) => {
+        $($(#[doc = $doc])* pub(super) const $name: $ty = $value;)*
+    };
+}
+
+mod group;
+mod launch;
+mod module;
+mod row;
+
+use crate::check::{self, dispatch_dtype};
+use crate::custom_op::Arg;
+use crate::spec::{Affine, Kind, Spec};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::{bail, CudaStorage, Result};
+use half::{bf16, f16};
+use module::{function, CudaElem};
+
+/// Threads of the kernels whose block size is not tied to the row length.
+const BLOCK: usize = 256;
+
+/// A size as the kernels' `int`, or an error naming the op.
+fn int(spec: &Spec, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).or_else(|_| bail!("{}: {what} = {v} is too large for the CUDA kernels", spec.kind.name()))
+}
+
+fn cfg(grid: (usize, usize), block: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0 as u32, grid.1 as u32, 1),
+        block_dim: (block as u32, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
+}
+
+/// The view of a contiguous input's elements, and whether it starts 16-byte aligned
+/// (candle's allocations are; an offset view may not be).
+fn view<'a, T: CudaElem>(spec: &Spec, (s, l): Arg<'a, CudaStorage>) -> Result<(CudaView<'a, T>, bool)> {
+    let range = check::contiguous_range(spec.kind.name(), l)?;
+    let aligned = (range.start * std::mem::size_of::<T>()).is_multiple_of(16);
+    Ok((s.as_cuda_slice::<T>()?.slice(range), aligned))
+}
+
+/// Pushes a view, or a null pointer when there is none.
+fn push_opt<'a, T>(lb: &mut LaunchArgs<'a>, v: &'a Option<CudaView<'a, T>>, null: &'a u64) {
+    match v {
+        Some(v) => lb.arg(v),
+        None => lb.arg(null),
+    };
+}
+
+/// Forward on the GPU: y, laid out as x.
+pub(crate) fn forward(
+    spec: &Spec,
+    x: Arg<CudaStorage>,
+    w: Option<Arg<CudaStorage>>,
+    b: Option<Arg<CudaStorage>>,
+) -> Result<CudaStorage> {
+    fn run<T: CudaElem>(
+        spec: &Spec,
+        x: Arg<CudaStorage>,
+        w: Option<Arg<CudaStorage>>,
+        b: Option<Arg<CudaStorage>>,
+    ) -> Result<CudaStorage> {
+        let dev = &x.0.device;
+        let (xv, mut aligned) = view::<T>(spec, x)?;
+        let wv = w.map(|a| view::<T>(spec, a)).transpose()?;
+        let bv = b.map(|a| view::<T>(spec, a)).transpose()?;
+        aligned &= wv.as_ref().is_none_or(|v| v.1) && bv.as_ref().is_none_or(|v| v.1);
+        let (wv, bv) = (wv.map(|v| v.0), bv.map(|v| v.0));
+        // SAFETY: every element of y is written by the kernels below before it is read.
+        let mut y = unsafe { dev.alloc::<T>(xv.len()) }?;
+        if !xv.is_empty() {
+            match spec.kind {
+                Kind::Group => group::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
+                Kind::Layer | Kind::Rms => row::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
+            }
+        }
+        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    }
+    dispatch_dtype!(spec.kind.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, x, w, b))
+}
+
+/// Per-block (rows) or per-sample (groups) f32 partials of dγ and dβ, `[count, N]`.
+struct Partials {
+    dg: CudaSlice<f32>,
+    db: CudaSlice<f32>,
+    count: usize,
+}
+
+/// Backward on the GPU: one flat storage holding dx, then dγ when `want.weight`, then
+/// dβ when `want.bias`, as the CPU path returns it.
+pub(crate) fn backward(
+    spec: &Spec,
+    want: Affine,
+    x: Arg<CudaStorage>,
+    w: Option<Arg<CudaStorage>>,
+    dy: Arg<CudaStorage>,
+) -> Result<CudaStorage> {
+    fn run<T: CudaElem>(
+        spec: &Spec,
+        want: Affine,
+        x: Arg<CudaStorage>,
+        w: Option<Arg<CudaStorage>>,
+        dy: Arg<CudaStorage>,
+    ) -> Result<CudaStorage> {
+        let dev = &x.0.device;
+        let (xv, xa) = view::<T>(spec, x)?;
+        let (dyv, dya) = view::<T>(spec, dy)?;
+        let wv = w.map(|a| view::<T>(spec, a)).transpose()?;
+        let aligned = xa && dya && wv.as_ref().is_none_or(|v| v.1);
+        let wv = wv.map(|v| v.0);
+        let (len, total) = (xv.len(), spec.packed_grads(want));
+        if len == 0 {
+            // dγ/dβ of an empty input are zeros.
+            return Ok(CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<T>(total)?, dev.clone()));
+        }
+        // SAFETY: dx is written by the backward kernels below, and dγ/dβ, present only
+        // when wanted, by the dparams kernel, launched whenever one of them is.
+        let mut out = unsafe { dev.alloc::<T>(total) }?;
+        let (mut dx, mut params) = out.split_at_mut(len);
+        let partials = match spec.kind {
+            Kind::Group => group::backward(spec, dev, (&xv, &wv, &dyv), &mut dx, aligned)?,
+            Kind::Layer | Kind::Rms => row::backward(spec, dev, (&xv, &wv, &dyv), &mut dx, aligned)?,
+        };
+        if want.weight || want.bias {
+            reduce_params::<T>(spec, dev, want, &partials, &mut params)?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+    dispatch_dtype!(spec.kind.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, want, x, w, dy))
+}
+
+/// Sums the partials in a fixed order into dγ (the first N elements of `params`, with
+/// a weight) and dβ (the N after, with a bias).
+fn reduce_params<T: CudaElem>(
+    spec: &Spec,
+    dev: &CudaDevice,
+    want: Affine,
+    p: &Partials,
+    params: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    let np = spec.params();
+    let (mut dw, mut db) = params.split_at_mut(if want.weight { np } else { 0 });
+    let (count, n, null) = (int(spec, "partials", p.count)?, int(spec, "parameters", np)?, 0u64);
+    let f = function::<T>(dev, spec.kind, "dparams")?;
+    let stream = dev.cuda_stream();
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(&p.dg).arg(&p.db);
+    if want.weight {
+        lb.arg(&mut dw);
+    } else {
+        lb.arg(&null);
+    }
+    if want.bias {
+        lb.arg(&mut db);
+    } else {
+        lb.arg(&null);
+    }
+    lb.arg(&count).arg(&n);
+    // SAFETY: matches *_dparams (dg, db, dw, dbias, P, N): the partials hold P·N floats,
+    // dw and dbias are N elements of the output each, or null when not wanted.
+    unsafe { lb.launch(cfg((np.div_ceil(32), 1), launch::DPARAMS_THREADS, 0)) }.w()?;
+    Ok(())
+}

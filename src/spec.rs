@@ -1,0 +1,109 @@
+//! What a normalization computes, independent of device and dtype.
+//!
+//! Every norm of this crate reduces to one [`Spec`]: `rows` rows of `len` contiguous
+//! elements, each normalized over itself, with an affine parameter that changes every
+//! `inner` elements. The backends (`cpu`, `cuda`) work on a `Spec` alone; the public ops
+//! build one from checked inputs. This module depends on nothing else in the crate.
+
+/// Which norm a [`Spec`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Layer,
+    Rms,
+    Group,
+}
+
+impl Kind {
+    /// The public function's name, used in custom-op names, kernel names and errors.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Layer => "layer_norm",
+            Kind::Rms => "rms_norm",
+            Kind::Group => "group_norm",
+        }
+    }
+}
+
+/// Which affine parameters a call has. Either may be absent: a missing weight acts as
+/// ones and a missing bias as zeros, and neither gets a gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Affine {
+    pub weight: bool,
+    pub bias: bool,
+}
+
+/// The shape of a normalization.
+///
+/// LayerNorm/RMSNorm over [M, N]: `rows = M`, `len = N`, `inner = 1`,
+/// `params_per_row = N`, `groups = 1`. GroupNorm over [B, C, *S] with G groups:
+/// `rows = B·G`, `len = (C/G)·S`, `inner = S`, `params_per_row = C/G`, `groups = G`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spec {
+    pub kind: Kind,
+    pub rows: usize,
+    pub len: usize,
+    /// Consecutive elements of a row that share one affine parameter.
+    pub inner: usize,
+    pub params_per_row: usize,
+    /// Rows cycle through this many blocks of `params_per_row` parameters.
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl Spec {
+    /// A norm over the last dimension of `dims` (at least one dimension).
+    pub(crate) fn last_dim(kind: Kind, dims: &[usize], eps: f64) -> Self {
+        let (len, rest) = dims.split_last().map_or((0, &[][..]), |(&n, rest)| (n, rest));
+        Self {
+            kind,
+            rows: rest.iter().product(),
+            len,
+            inner: 1,
+            params_per_row: len,
+            groups: 1,
+            eps,
+        }
+    }
+
+    /// GroupNorm over channels-first `dims` = [B, C, *spatial], with `groups` dividing C.
+    pub(crate) fn channel_groups(dims: &[usize], groups: usize, eps: f64) -> Self {
+        let (b, c) = (dims[0], dims[1]);
+        let inner: usize = dims[2..].iter().product();
+        let params_per_row = c / groups;
+        Self {
+            kind: Kind::Group,
+            rows: b * groups,
+            len: params_per_row * inner,
+            inner,
+            params_per_row,
+            groups,
+            eps,
+        }
+    }
+
+    /// LayerNorm subtracts the mean (GroupNorm too); RMSNorm does not.
+    pub(crate) fn center(&self) -> bool {
+        self.kind != Kind::Rms
+    }
+
+    /// Length of the weight and bias (N, or C for GroupNorm).
+    pub(crate) fn params(&self) -> usize {
+        self.groups * self.params_per_row
+    }
+
+    /// Index of the first parameter used by `row`.
+    pub(crate) fn param_offset(&self, row: usize) -> usize {
+        (row % self.groups) * self.params_per_row
+    }
+
+    /// Index of the parameter of element `i` of `row`.
+    pub(crate) fn param(&self, row: usize, i: usize) -> usize {
+        self.param_offset(row) + i / self.inner
+    }
+
+    /// Elements of the fused backward's flat output: dx, then dγ with a weight, then
+    /// dβ with a bias.
+    pub(crate) fn packed_grads(&self, affine: Affine) -> usize {
+        self.rows * self.len + self.params() * (usize::from(affine.weight) + usize::from(affine.bias))
+    }
+}

@@ -1,0 +1,89 @@
+//! Every vector-instruction level this CPU has gives the same bits as the portable
+//! baseline, forward and backward, for every dtype and for the paths that shapes
+//! select: short and long rows, split rows, GroupNorm segments, lengths that leave a
+//! tail in every vector width. One test in its own binary, because the level cap it
+//! sets is process-wide.
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use candle_norm::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel};
+use common::*;
+
+const LEVELS: [CpuLevel; 4] = [
+    CpuLevel::Baseline,
+    CpuLevel::Avx2,
+    CpuLevel::Avx512,
+    CpuLevel::Avx512Bf16,
+];
+
+fn bits(t: &Tensor) -> Vec<u64> {
+    let t = t.flatten_all().unwrap();
+    match t.dtype() {
+        DType::F64 => t.to_vec1::<f64>().unwrap().iter().map(|v| v.to_bits()).collect(),
+        _ => t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| u64::from(v.to_bits()))
+            .collect(),
+    }
+}
+
+/// Forward output and the three gradients of every case, as bits.
+fn run(cases: &[Case], dys: &[Tensor]) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for (case, dy) in cases.iter().zip(dys) {
+        out.push(bits(&case.ours().unwrap()));
+        let g = case.backward(dy).unwrap();
+        out.push(bits(&g.dx));
+        out.extend(g.dweight.iter().chain(&g.dbias).map(bits));
+    }
+    out
+}
+
+#[test]
+fn every_level_gives_the_bits_of_the_baseline() {
+    let mut rng = Rng::new(5);
+    let shapes: &[(Norm, &[usize])] = &[
+        (Norm::Layer, &[7, 1]),
+        (Norm::Layer, &[5, 37]),
+        (Norm::Rms, &[9, 1023]),
+        (Norm::Layer, &[3, 4099]),
+        (Norm::Rms, &[2, 70_001]),
+        (Norm::Layer, &[1, 40_000]),
+        (Norm::Group(2), &[3, 4, 257]),
+        (Norm::Group(4), &[2, 8, 5, 5]),
+    ];
+    let mut cases = Vec::new();
+    let mut dys = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+        for &(norm, shape) in shapes {
+            for affine in AFFINES {
+                cases.push(Case::new(&mut rng, norm, shape, dtype, affine, 1e-5));
+                dys.push(rng.tensor(shape, dtype, 0.0, 1.0));
+            }
+        }
+    }
+    let detected = detected_cpu_level();
+    set_cpu_level_limit(Some(CpuLevel::Baseline));
+    assert_eq!(cpu_level(), CpuLevel::Baseline);
+    let want = run(&cases, &dys);
+    for level in LEVELS.into_iter().filter(|&l| l > CpuLevel::Baseline) {
+        if level > detected {
+            println!("{level:?}: not on this CPU ({detected:?}), not run");
+            continue;
+        }
+        set_cpu_level_limit(Some(level));
+        assert_eq!(cpu_level(), level);
+        let got = run(&cases, &dys);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g == w, "{level:?}: output {i} differs from the baseline's");
+        }
+        println!("{level:?}: {} outputs identical to the baseline's", got.len());
+    }
+    set_cpu_level_limit(None);
+    assert_eq!(cpu_level(), detected);
+}
