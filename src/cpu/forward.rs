@@ -1,11 +1,11 @@
-//! The forward of every norm: two passes over a row (moments, then y), y written piece
-//! by piece into memory that is never zeroed first.
+//! The forward of every norm: two passes over a row (moments, then y), y written in
+//! place by the task that owns the row (or the chunk of a split row).
 
-use super::alloc::collect;
+use super::alloc::output;
 use super::blocks::write_blocks;
 use super::elem::{Acc, Elem};
 use super::reduce::{moments, Moments};
-use super::rows::{affine_params, chunk_of, for_segments, split_rows, CHUNK};
+use super::rows::{affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK};
 use super::simd::run;
 use crate::spec::Spec;
 use rayon::prelude::*;
@@ -84,10 +84,9 @@ fn split_stats<T: Elem>(spec: &Spec, x: &[T]) -> Vec<(T::Acc, T::Acc)> {
         .collect()
 }
 
-/// A row and its (mean, rstd), kept by a forward job for the pieces that follow.
-type CachedStats<A> = (usize, (A, A));
-
-/// Forward: y for every element of `x`, laid out as `x`.
+/// Forward: y for every element of `x`, laid out as `x`, written in place by tasks of
+/// whole rows, or of chunks of rows too long for one task (whose statistics are then
+/// gathered first, across tasks).
 pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<&[T]>) -> Vec<T> {
     if x.is_empty() {
         return Vec::new();
@@ -95,37 +94,33 @@ pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<
     let (w, b) = affine_params(spec, w, b);
     let wb = (&w[..], &b[..]);
     let len = spec.len;
-    // Split rows have their statistics gathered first, across tasks. A whole row has
-    // them taken by each job that meets it, once (the job then finds the row in cache
-    // for the rest of it); only rows cut between two jobs are read twice.
-    let split = split_rows(spec).then(|| split_stats(spec, x));
-    let eps = T::Acc::from_f64(spec.eps);
-    collect(
-        x.len(),
-        || None,
-        |cached: &mut Option<CachedStats<T::Acc>>, start, out| {
+    let mut y = output(x.len(), x.len());
+    if split_rows(spec) {
+        let stats = split_stats(spec, x);
+        chunks_mut(spec, &mut y).for_each(|(r, k, yc)| {
+            let xc = chunk_of(spec, x, r, k);
             run(
                 #[inline(always)]
-                || {
-                    let mut done = 0;
-                    while done < out.len() {
-                        let (r, i0) = ((start + done) / len, (start + done) % len);
-                        let n = (len - i0).min(out.len() - done);
-                        let xr = &x[r * len..(r + 1) * len];
-                        let stats = match (&split, *cached) {
-                            (Some(s), _) => s[r],
-                            (None, Some((cr, s))) if cr == r => s,
-                            (None, _) => {
-                                let s = moments(xr, spec.center()).stats(eps);
-                                *cached = Some((r, s));
-                                s
-                            }
-                        };
-                        forward_part(spec, (r, i0), &xr[i0..i0 + n], &mut out[done..done + n], stats, wb);
-                        done += n;
-                    }
-                },
+                || forward_part(spec, (r, k * CHUNK), xc, yc, stats[r], wb),
             )
-        },
-    )
+        });
+    } else {
+        let eps = T::Acc::from_f64(spec.eps);
+        let rpt = rows_per_task(spec);
+        y.par_chunks_mut(rpt * len)
+            .zip(x.par_chunks(rpt * len))
+            .enumerate()
+            .for_each(|(t, (yt, xt))| {
+                run(
+                    #[inline(always)]
+                    || {
+                        for (i, (yr, xr)) in yt.chunks_mut(len).zip(xt.chunks(len)).enumerate() {
+                            let stats = moments(xr, spec.center()).stats(eps);
+                            forward_part(spec, (t * rpt + i, 0), xr, yr, stats, wb);
+                        }
+                    },
+                )
+            });
+    }
+    y
 }

@@ -13,7 +13,7 @@
 //! blocks and chunks with Chan's formula (`reduce`).
 //!
 //! The forward (`forward`) makes two passes over a row, moments then y, and writes y
-//! piece by piece into memory that is never zeroed first (`alloc`). The backward
+//! in place into an output zeroed by every thread (`alloc`). The backward
 //! (`backward`) makes two passes too, the first reading x and dy from memory, the
 //! second from cache.
 //!

@@ -83,7 +83,7 @@ pub fn cpu_level() -> CpuLevel {
 
 /// Runs `f` compiled for the level in use. Only code inlined into `f` gets the wider
 /// instructions, hence the `#[inline(always)]` on the CPU path's hot functions.
-#[inline(always)]
+#[inline]
 pub(crate) fn run<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     match cpu_level() {
