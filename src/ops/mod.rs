@@ -8,10 +8,12 @@
 mod group;
 mod layer;
 mod rms;
+mod weight;
 
 pub use group::{group_norm, group_norm_backward};
 pub use layer::{layer_norm, layer_norm_backward};
 pub use rms::{rms_norm, rms_norm_backward};
+pub use weight::weight_standardization;
 
 use crate::custom_op::{self, Arg, Fused};
 use crate::spec::{Affine, Spec};
