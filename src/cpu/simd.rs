@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum CpuLevel {
-    /// The target's baseline instructions (SSE2 on x86-64): portable code only.
+    /// The target's baseline instructions (SSE2 on x86-64): portable code, except that
+    /// f16 goes through the `half` crate, which uses F16C itself where the CPU has it.
     Baseline,
     /// x86-64 AVX2 with FMA and F16C (`vcvtps2ph`/`vcvtph2ps` for f16; bf16 rounded
     /// to nearest even with integer vector instructions).
