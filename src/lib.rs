@@ -11,8 +11,8 @@
 //!   passes and benchmarks;
 //! - [`nn`]: drop-in modules ([`LayerNorm`], [`RmsNorm`], [`GroupNorm`]) and their
 //!   `VarBuilder` builders, loading PyTorch/Hugging Face checkpoints;
-//! - [`weight_standardization`] and [`nn::WsConv2d`]: a norm of a layer's weight,
-//!   on the same kernels;
+//! - [`weight_standardization`], [`weight_norm`], [`nn::WsConv2d`] and
+//!   [`nn::WeightNorm`]: norms of a layer's weight;
 //! - [`mod@reference`]: slow composed-op implementations used by the tests and benches;
 //! - [`cpu_level`], [`set_cpu_level_limit`]: which vector instructions the CPU path
 //!   runs with (picked at run time), and a cap for benchmarks and tests.
@@ -52,6 +52,6 @@ mod spec;
 pub use cpu::simd::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel};
 pub use nn::{GroupNorm, LayerNorm, RmsNorm, WsConv2d};
 pub use ops::{
-    group_norm, group_norm_backward, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward,
+    group_norm, group_norm_backward, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, weight_norm,
     weight_standardization, NormGrads,
 };

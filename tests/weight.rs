@@ -1,15 +1,18 @@
-//! Weight standardization and the convolution that applies it: against a composed f64
-//! reference, gradients against autograd through that reference and against f64 finite
-//! differences, the module against candle-nn's convolution on the standardized weight,
-//! the builder's tensor names, and bad input.
+//! The weight-side norms. Weight standardization and the convolution that applies it:
+//! against a composed f64 reference, gradients against autograd through that reference
+//! and against f64 finite differences, the module against candle-nn's convolution on the
+//! standardized weight, the builder's tensor names. Weight normalization: each unit's
+//! norm equals g, gradients of v and g against f64 finite differences, PyTorch's two
+//! checkpoint layouts, a round trip through safetensors. Bad input for both.
 
 mod common;
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Conv2dConfig, VarBuilder, VarMap};
-use candle_norm::nn::{ws_conv2d, WsConv2d};
-use candle_norm::weight_standardization;
+use candle_norm::nn::{weight_norm_conv2d, weight_norm_linear, ws_conv2d, WsConv2d};
+use candle_norm::{weight_norm, weight_standardization};
 use common::*;
+use std::collections::HashMap;
 
 /// `(w − mean) / sqrt(var + eps)` per output unit, composed from candle ops.
 fn reference(w: &Tensor, eps: f64) -> Tensor {
@@ -148,4 +151,176 @@ fn bad_input_is_a_clear_error() {
     };
     let e = ws_conv2d(4, 6, 3, config, vb).unwrap_err().to_string();
     assert!(e.contains("ws_conv2d") && e.contains("groups"), "{e}");
+}
+
+/// The 2-norm of every slice of `w` along `dim` (of all of `w` for `None`), in f64.
+fn slice_norms(w: &Tensor, dim: Option<usize>) -> Vec<f64> {
+    let w = w.to_dtype(DType::F64).unwrap();
+    let w = match dim {
+        Some(d) => w.transpose(0, d).unwrap().flatten_from(1).unwrap(),
+        None => w.flatten_all().unwrap().unsqueeze(0).unwrap(),
+    };
+    w.sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn weight_norm_gives_each_slice_the_norm_g() {
+    let mut rng = Rng::new(6);
+    let cases: [(&[usize], Option<usize>); 5] = [
+        (&[6, 4], Some(0)),
+        (&[5, 3, 3, 3], Some(0)),
+        (&[4, 7], Some(1)),
+        (&[3, 2, 2], None),
+        (&[1, 1], Some(0)),
+    ];
+    for (shape, dim) in cases {
+        for dtype in DTYPES {
+            let v = rng.tensor(shape, dtype, 0.0, 1.0);
+            let keep: Vec<usize> = (0..shape.len())
+                .map(|a| if Some(a) == dim { shape[a] } else { 1 })
+                .collect();
+            let g = rng.tensor(&keep, dtype, 1.5, 0.5);
+            let w = weight_norm(&v, &g, dim).unwrap();
+            assert_eq!(w.dims(), shape);
+            let gv: Vec<f64> = g
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (i, (n, g)) in slice_norms(&w, dim).iter().zip(&gv).enumerate() {
+                let tol = 4.0 * tol(dtype).fwd * (1.0 + g.abs());
+                assert!(
+                    (n.abs() - g.abs()).abs() <= tol,
+                    "{shape:?} {dim:?} {dtype:?} slice {i}: norm {n}, g {g}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn weight_norm_gradients_match_finite_differences() {
+    let mut rng = Rng::new(7);
+    let v = rng.tensor(&[3, 4], DType::F64, 0.0, 1.0);
+    let g = rng.tensor(&[3, 1], DType::F64, 1.0, 0.5);
+    let probe = rng.tensor(&[3, 4], DType::F64, 0.0, 1.0);
+    let loss = |v: &Tensor, g: &Tensor| {
+        (weight_norm(v, g, Some(0)).unwrap() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let (vv, gv) = (Var::from_tensor(&v).unwrap(), Var::from_tensor(&g).unwrap());
+    let grads = loss(&vv, &gv).backward().unwrap();
+    for (name, t, var) in [("v", &v, &vv), ("g", &g, &gv)] {
+        let analytic: Vec<f64> = grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let base: Vec<f64> = t.flatten_all().unwrap().to_vec1().unwrap();
+        for i in 0..base.len() {
+            let at = |d: f64| {
+                let mut b = base.clone();
+                b[i] += d;
+                let p = Tensor::from_vec(b, t.shape(), &Device::Cpu).unwrap();
+                let l = if name == "v" { loss(&p, &g) } else { loss(&v, &p) };
+                l.to_scalar::<f64>().unwrap()
+            };
+            let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+            assert!(
+                (fd - analytic[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "d{name}[{i}]: {fd} vs {}",
+                analytic[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn weight_norm_layers_load_both_pytorch_layouts_and_round_trip() {
+    let mut rng = Rng::new(8);
+    let dir = tempfile::tempdir().unwrap();
+    let (g, v, b) = (
+        rng.tensor(&[5, 1], DType::F32, 1.0, 0.3),
+        rng.tensor(&[5, 3], DType::F32, 0.0, 1.0),
+        rng.tensor(&[5], DType::F32, 0.0, 0.5),
+    );
+    let x = rng.tensor(&[2, 3], DType::F32, 0.0, 1.0);
+    let want = candle_nn::Linear::new(weight_norm(&v, &g, Some(0)).unwrap(), Some(b.clone()))
+        .forward(&x)
+        .unwrap();
+    for (gn, vn) in [
+        ("weight_g", "weight_v"),
+        ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+    ] {
+        let path = dir.path().join("wn.safetensors");
+        let tensors: HashMap<String, Tensor> = [(gn, &g), (vn, &v), ("bias", &b)]
+            .into_iter()
+            .map(|(n, t)| (format!("fc.{n}"), t.clone()))
+            .collect();
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let vb =
+            VarBuilder::from_buffered_safetensors(std::fs::read(&path).unwrap(), DType::F32, &Device::Cpu).unwrap();
+        let layer = weight_norm_linear(3, 5, vb.pp("fc")).unwrap();
+        assert_close(gn, &layer.forward(&x).unwrap(), &want, 0.0);
+    }
+
+    // A new layer saved and loaded again gives the same outputs; its weight trains.
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    let conv = weight_norm_conv2d(2, 4, 3, cfg, vb.pp("conv")).unwrap();
+    assert_eq!(
+        (conv.g().dims(), conv.v().dims()),
+        (&[4, 1, 1, 1][..], &[4, 2, 3, 3][..])
+    );
+    let xc = rng.tensor(&[1, 2, 5, 5], DType::F32, 0.0, 1.0);
+    let path = dir.path().join("new.safetensors");
+    varmap.save(&path).unwrap();
+    let vb = VarBuilder::from_buffered_safetensors(std::fs::read(&path).unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let again = weight_norm_conv2d(2, 4, 3, cfg, vb.pp("conv")).unwrap();
+    assert_close(
+        "round trip",
+        &again.forward(&xc).unwrap(),
+        &conv.forward(&xc).unwrap(),
+        0.0,
+    );
+    let grads = conv
+        .forward(&xc)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let data = varmap.data().lock().unwrap();
+    for name in ["conv.weight_g", "conv.weight_v", "conv.bias"] {
+        let g = grads
+            .get(&data[name])
+            .unwrap_or_else(|| panic!("{name} gets no gradient"));
+        assert!(
+            g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn weight_norm_bad_input_is_a_clear_error() {
+    let t = |s: &[usize], d: DType| Tensor::ones(s, d, &Device::Cpu).unwrap();
+    let err = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    let e = err(weight_norm(&t(&[4, 3], DType::F32), &t(&[4], DType::F32), Some(0)));
+    assert!(
+        e.contains("weight_norm") && e.contains("[4]") && e.contains("[4, 1]"),
+        "{e}"
+    );
+    let e = err(weight_norm(&t(&[4, 3], DType::F32), &t(&[4, 1], DType::F32), Some(2)));
+    assert!(e.contains("weight_norm") && e.contains("dim 2"), "{e}");
+    let e = err(weight_norm(&t(&[4, 3], DType::F32), &t(&[4, 1], DType::F16), Some(0)));
+    assert!(e.contains("weight_norm") && e.contains("F16"), "{e}");
+    let e = err(weight_norm(&t(&[], DType::F32), &t(&[], DType::F32), None));
+    assert!(e.contains("weight_norm") && e.contains("rank"), "{e}");
 }

@@ -13,7 +13,7 @@ mod weight;
 pub use group::{group_norm, group_norm_backward};
 pub use layer::{layer_norm, layer_norm_backward};
 pub use rms::{rms_norm, rms_norm_backward};
-pub use weight::weight_standardization;
+pub use weight::{weight_norm, weight_standardization};
 
 use crate::custom_op::{self, Arg, Fused};
 use crate::spec::{Affine, Spec};

@@ -1,5 +1,6 @@
-//! Weight standardization: a norm of a layer's weight rather than of its activations,
-//! run on the row kernels.
+//! The weight-side norms: norms of a layer's weight rather than of its activations.
+//! Weight standardization runs on the row kernels; weight normalization is composed
+//! from candle ops.
 
 use crate::check;
 use candle_core::{bail, Result, Tensor};
@@ -23,4 +24,46 @@ pub fn weight_standardization(w: &Tensor, eps: f64) -> Result<Tensor> {
         bail!("{op}: w has shape {:?}; every dimension must be non-zero", w.dims())
     }
     super::layer_norm(&w.flatten_from(1)?, None, None, eps)?.reshape(w.shape())
+}
+
+/// Weight normalization (Salimans and Kingma 2016), as PyTorch's
+/// `torch._weight_norm(v, g, dim)`: `w = g · v / ‖v‖`, the 2-norm taken over every axis
+/// of `v` but `dim` (one norm per slice along `dim`; `None`: one norm of all of `v`).
+/// `g` has `v`'s shape with every axis but `dim` of size 1 (PyTorch's `weight_g`, e.g.
+/// `[out, 1]` for a `Linear` weight with `dim = Some(0)`), or one element for `None`.
+/// Composed from candle ops (weights are small), so it runs on any device and is
+/// differentiable in `v` and `g`. A `v` slice of zeros gives NaN, as in PyTorch.
+///
+/// # Errors
+/// `v` of rank 0 or an unsupported dtype, `dim` out of range, or a `g` of another shape,
+/// dtype or device.
+pub fn weight_norm(v: &Tensor, g: &Tensor, dim: Option<usize>) -> Result<Tensor> {
+    let op = "weight_norm";
+    check::input(op, v, 1, "a weight")?;
+    if let Some(d) = dim.filter(|&d| d >= v.rank()) {
+        bail!("{op}: dim {d} is out of range for v of shape {:?}", v.dims())
+    }
+    let keep: Vec<usize> = (0..v.rank())
+        .map(|a| if Some(a) == dim { v.dims()[a] } else { 1 })
+        .collect();
+    let g_ok = g.dims() == keep || (dim.is_none() && g.elem_count() == 1);
+    if !g_ok {
+        bail!(
+            "{op}: g has shape {:?}, expected {keep:?} for v of shape {:?} and dim {dim:?}",
+            g.dims(),
+            v.dims()
+        )
+    }
+    if g.dtype() != v.dtype() || !g.device().same_device(v.device()) {
+        bail!(
+            "{op}: g is {:?} on {:?} but v is {:?} on {:?}; they must match",
+            g.dtype(),
+            g.device().location(),
+            v.dtype(),
+            v.device().location()
+        )
+    }
+    let axes: Vec<usize> = (0..v.rank()).filter(|&a| Some(a) != dim).collect();
+    let norm = v.sqr()?.sum_keepdim(axes)?.sqrt()?;
+    v.broadcast_mul(&g.reshape(norm.shape())?.broadcast_div(&norm)?)
 }

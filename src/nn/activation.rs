@@ -1,15 +1,10 @@
-//! Drop-in replacements for candle-nn's norm layers and their `VarBuilder` builders.
-//!
-//! Each type mirrors its candle-nn namesake (constructors, accessors, builder
-//! functions and tensor names), so a model switches by changing
-//! `use candle_nn::{layer_norm, LayerNorm}` into `use candle_norm::nn::{layer_norm, LayerNorm}`.
-//! Unlike candle-nn's fused paths, every forward here is differentiable.
-//! [`WsConv2d`] is a convolution with weight standardization, which candle-nn lacks.
+//! The activation norms as modules: drop-in replacements for candle-nn's norm layers
+//! and their `VarBuilder` builders.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2dConfig, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
-pub use candle_nn::LayerNormConfig;
+use candle_nn::LayerNormConfig;
 
 /// LayerNorm (or, with `remove_mean = false`, RMSNorm) over the last dimension with a
 /// learned weight and an optional bias; see [`crate::layer_norm`].
@@ -259,81 +254,4 @@ pub fn group_norm(num_groups: usize, num_channels: usize, eps: f64, vb: VarBuild
     let weight = vb.get_with_hints(num_channels, "weight", Init::Const(1.))?;
     let bias = vb.get_with_hints(num_channels, "bias", Init::Const(0.))?;
     GroupNorm::new(weight, bias, num_channels, num_groups, eps)
-}
-
-/// A 2-D convolution whose weight is standardized on every forward
-/// ([`crate::weight_standardization`]): each output filter has mean 0 and variance 1
-/// over its input channels and kernel window before the convolution, as in Qiao et
-/// al.'s "Weight Standardization" (2019), which pairs it with GroupNorm for small
-/// batches. The stored weight is the raw one, so checkpoints keep PyTorch's names and
-/// shapes (`weight` `[out, in/groups, k, k]`, `bias` `[out]`), and gradients flow to it
-/// through the standardization.
-#[derive(Clone, Debug)]
-pub struct WsConv2d {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    config: Conv2dConfig,
-    eps: f64,
-}
-
-impl WsConv2d {
-    /// A convolution with raw weight `weight` (`[out, in/groups, kh, kw]`), an optional
-    /// bias `[out]`, candle-nn's convolution settings and the standardization's eps.
-    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig, eps: f64) -> Self {
-        Self {
-            weight,
-            bias,
-            config,
-            eps,
-        }
-    }
-
-    /// The raw (unstandardized) weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    /// The bias, if any.
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-
-    /// Padding, stride, dilation and groups.
-    pub fn config(&self) -> &Conv2dConfig {
-        &self.config
-    }
-
-    /// The eps added to each filter's variance inside the square root.
-    pub fn eps(&self) -> f64 {
-        self.eps
-    }
-}
-
-impl Module for WsConv2d {
-    /// Standardizes the weight, then convolves `x` (`[B, in, H, W]`) as
-    /// `candle_nn::Conv2d` does. Errors as [`crate::weight_standardization`] and the
-    /// convolution do.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = crate::weight_standardization(&self.weight, self.eps)?;
-        candle_nn::Conv2d::new(w, self.bias.clone(), self.config).forward(x)
-    }
-}
-
-/// Builds a [`WsConv2d`] from `vb` with the tensor names and initializations of
-/// `candle_nn::conv2d` (`weight`, `bias`), and eps 1e-5.
-///
-/// # Errors
-/// A tensor missing from a checkpoint or of another shape, or `groups` of 0.
-pub fn ws_conv2d(
-    in_channels: usize,
-    out_channels: usize,
-    kernel_size: usize,
-    config: Conv2dConfig,
-    vb: VarBuilder,
-) -> Result<WsConv2d> {
-    if config.groups == 0 {
-        candle_core::bail!("ws_conv2d: groups must be > 0")
-    }
-    let conv = candle_nn::conv2d(in_channels, out_channels, kernel_size, config, vb)?;
-    Ok(WsConv2d::new(conv.weight().clone(), conv.bias().cloned(), config, 1e-5))
 }

@@ -1,0 +1,14 @@
+//! Modules and their `VarBuilder` builders.
+//!
+//! The norm layers mirror their candle-nn namesakes (constructors, accessors, builder
+//! functions and tensor names), so a model switches by changing
+//! `use candle_nn::{layer_norm, LayerNorm}` into `use candle_norm::nn::{layer_norm, LayerNorm}`.
+//! Unlike candle-nn's fused paths, every forward here is differentiable. The
+//! weight-side layers ([`WsConv2d`], [`WeightNorm`]) have no candle-nn counterpart.
+
+mod activation;
+mod weight;
+
+pub use activation::{group_norm, layer_norm, layer_norm_no_bias, rms_norm, GroupNorm, LayerNorm, RmsNorm};
+pub use candle_nn::LayerNormConfig;
+pub use weight::{weight_norm_conv2d, weight_norm_linear, ws_conv2d, WeightNorm, WeightedLayer, WsConv2d};

@@ -1,0 +1,225 @@
+//! The weight-side norms as layers: a layer whose weight is reparametrized on every
+//! forward, its raw parameters stored under PyTorch's names.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+/// A 2-D convolution whose weight is standardized on every forward
+/// ([`crate::weight_standardization`]): each output filter has mean 0 and variance 1
+/// over its input channels and kernel window before the convolution, as in Qiao et
+/// al.'s "Weight Standardization" (2019), which pairs it with GroupNorm for small
+/// batches. The stored weight is the raw one, so checkpoints keep PyTorch's names and
+/// shapes (`weight` `[out, in/groups, k, k]`, `bias` `[out]`), and gradients flow to it
+/// through the standardization.
+#[derive(Clone, Debug)]
+pub struct WsConv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+    eps: f64,
+}
+
+impl WsConv2d {
+    /// A convolution with raw weight `weight` (`[out, in/groups, kh, kw]`), an optional
+    /// bias `[out]`, candle-nn's convolution settings and the standardization's eps.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig, eps: f64) -> Self {
+        Self {
+            weight,
+            bias,
+            config,
+            eps,
+        }
+    }
+
+    /// The raw (unstandardized) weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Padding, stride, dilation and groups.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+
+    /// The eps added to each filter's variance inside the square root.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+}
+
+impl Module for WsConv2d {
+    /// Standardizes the weight, then convolves `x` (`[B, in, H, W]`) as
+    /// `candle_nn::Conv2d` does. Errors as [`crate::weight_standardization`] and the
+    /// convolution do.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = crate::weight_standardization(&self.weight, self.eps)?;
+        candle_nn::Conv2d::new(w, self.bias.clone(), self.config).forward(x)
+    }
+}
+
+/// Builds a [`WsConv2d`] from `vb` with the tensor names and initializations of
+/// `candle_nn::conv2d` (`weight`, `bias`), and eps 1e-5.
+///
+/// # Errors
+/// A tensor missing from a checkpoint or of another shape, or `groups` of 0.
+pub fn ws_conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<WsConv2d> {
+    if config.groups == 0 {
+        candle_core::bail!("ws_conv2d: groups must be > 0")
+    }
+    let conv = candle_nn::conv2d(in_channels, out_channels, kernel_size, config, vb)?;
+    Ok(WsConv2d::new(conv.weight().clone(), conv.bias().cloned(), config, 1e-5))
+}
+
+/// A layer with a weight that [`WeightNorm`] can reparametrize: candle-nn's `Linear` and
+/// `Conv2d`.
+pub trait WeightedLayer: Module {
+    /// The layer's weight.
+    fn weight(&self) -> &Tensor;
+    /// The same layer (bias, configuration) with another weight of the same shape.
+    fn with_weight(&self, weight: Tensor) -> Self;
+}
+
+impl WeightedLayer for candle_nn::Linear {
+    fn weight(&self) -> &Tensor {
+        candle_nn::Linear::weight(self)
+    }
+
+    fn with_weight(&self, weight: Tensor) -> Self {
+        candle_nn::Linear::new(weight, self.bias().cloned())
+    }
+}
+
+impl WeightedLayer for candle_nn::Conv2d {
+    fn weight(&self) -> &Tensor {
+        candle_nn::Conv2d::weight(self)
+    }
+
+    fn with_weight(&self, weight: Tensor) -> Self {
+        candle_nn::Conv2d::new(weight, self.bias().cloned(), *self.config())
+    }
+}
+
+/// Weight normalization of a layer's weight ([`crate::weight_norm`]): the layer's own
+/// weight is the direction `v`, and every forward uses `w = g · v / ‖v‖`, so gradients
+/// reach `g` and `v`. As PyTorch's `torch.nn.utils.weight_norm`, whose checkpoint names
+/// the builders read ([`weight_norm_linear`], [`weight_norm_conv2d`]).
+#[derive(Clone, Debug)]
+pub struct WeightNorm<L> {
+    layer: L,
+    g: Tensor,
+    dim: Option<usize>,
+}
+
+impl<L: WeightedLayer> WeightNorm<L> {
+    /// Wraps `layer`, whose weight becomes `v`, with magnitude `g` (shape: see
+    /// [`crate::weight_norm`]) and the axis `dim` that keeps one norm per slice
+    /// (PyTorch's default is `Some(0)`: one per output unit).
+    ///
+    /// # Errors
+    /// As [`crate::weight_norm`] for this `v`, `g` and `dim`.
+    pub fn new(layer: L, g: Tensor, dim: Option<usize>) -> Result<Self> {
+        crate::weight_norm(layer.weight(), &g, dim)?;
+        Ok(Self { layer, g, dim })
+    }
+
+    /// The weight the layer runs with, `g · v / ‖v‖`.
+    ///
+    /// # Errors
+    /// Those of the candle ops that compute it.
+    pub fn weight(&self) -> Result<Tensor> {
+        crate::weight_norm(self.layer.weight(), &self.g, self.dim)
+    }
+
+    /// The magnitude `g`.
+    pub fn g(&self) -> &Tensor {
+        &self.g
+    }
+
+    /// The direction `v` (the wrapped layer's stored weight).
+    pub fn v(&self) -> &Tensor {
+        self.layer.weight()
+    }
+
+    /// The axis with one norm per slice, or `None` for one norm of the whole weight.
+    pub fn dim(&self) -> Option<usize> {
+        self.dim
+    }
+}
+
+impl<L: WeightedLayer> Module for WeightNorm<L> {
+    /// The wrapped layer's forward with the normalized weight.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.layer.with_weight(self.weight()?).forward(x)
+    }
+}
+
+/// PyTorch's two checkpoint layouts of a weight-normalized weight, as (g, v) names:
+/// `torch.nn.utils.weight_norm` and `torch.nn.utils.parametrizations.weight_norm`.
+const WEIGHT_NORM_NAMES: [(&str, &str); 2] = [
+    ("weight_g", "weight_v"),
+    ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+];
+
+/// `g` (of `[out, 1, ...]`, one norm per output unit) and `v` from `vb`, under whichever
+/// of PyTorch's names it holds; created as `weight_g` (ones) and `weight_v` (candle-nn's
+/// Kaiming-normal weight init) when it holds neither.
+fn load_gv(v_shape: &[usize], vb: &VarBuilder) -> Result<(Tensor, Tensor)> {
+    let (g_name, v_name) = WEIGHT_NORM_NAMES
+        .into_iter()
+        .find(|(g, v)| vb.contains_tensor(g) && vb.contains_tensor(v))
+        .unwrap_or(WEIGHT_NORM_NAMES[0]);
+    let mut g_shape = vec![1; v_shape.len()];
+    g_shape[0] = v_shape[0];
+    let v = vb.get_with_hints(v_shape, v_name, candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+    let g = vb.get_with_hints(g_shape, g_name, candle_nn::Init::Const(1.))?;
+    Ok((g, v))
+}
+
+/// A weight-normalized `Linear` from `vb`: `weight_g` `[out, 1]` and `weight_v`
+/// `[out, in]` (or their `parametrizations.weight.original0/1` names) and `bias`
+/// `[out]`, `dim = Some(0)`. A new layer starts with `g` = 1, so each output unit's
+/// weight has norm 1 (PyTorch instead sets `g` to the norm of the weight it wraps).
+///
+/// # Errors
+/// A tensor missing from a checkpoint or of another shape.
+pub fn weight_norm_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<WeightNorm<candle_nn::Linear>> {
+    let (g, v) = load_gv(&[out_dim, in_dim], &vb)?;
+    let bound = 1. / (in_dim as f64).sqrt();
+    let bias = vb.get_with_hints(out_dim, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    WeightNorm::new(candle_nn::Linear::new(v, Some(bias)), g, Some(0))
+}
+
+/// A weight-normalized `Conv2d` from `vb`, as [`weight_norm_linear`]: `weight_g`
+/// `[out, 1, 1, 1]`, `weight_v` `[out, in/groups, k, k]`, `bias` `[out]`.
+///
+/// # Errors
+/// A tensor missing from a checkpoint or of another shape, or `groups` of 0.
+pub fn weight_norm_conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<WeightNorm<candle_nn::Conv2d>> {
+    if config.groups == 0 {
+        candle_core::bail!("weight_norm_conv2d: groups must be > 0")
+    }
+    let (g, v) = load_gv(
+        &[out_channels, in_channels / config.groups, kernel_size, kernel_size],
+        &vb,
+    )?;
+    let bound = 1. / (in_channels as f64).sqrt();
+    let bias = vb.get_with_hints(out_channels, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    WeightNorm::new(candle_nn::Conv2d::new(v, Some(bias), config), g, Some(0))
+}
