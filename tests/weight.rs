@@ -40,6 +40,26 @@ fn standardizes_each_output_unit() {
     }
 }
 
+/// Checks `grad`, the gradient of `f` at `t`, against central differences of `f` at
+/// the given elements of `t` (f64).
+fn check_finite_differences(what: &str, t: &Tensor, grad: &Tensor, elements: &[usize], f: impl Fn(&Tensor) -> f64) {
+    let base: Vec<f64> = t.flatten_all().unwrap().to_vec1().unwrap();
+    let analytic: Vec<f64> = grad.flatten_all().unwrap().to_vec1().unwrap();
+    for &i in elements {
+        let at = |d: f64| {
+            let mut v = base.clone();
+            v[i] += d;
+            f(&Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap())
+        };
+        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+        assert!(
+            (fd - analytic[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
+            "{what}[{i}]: {fd} vs {}",
+            analytic[i]
+        );
+    }
+}
+
 #[test]
 fn gradient_matches_autograd_and_finite_differences() {
     let mut rng = Rng::new(4);
@@ -51,26 +71,10 @@ fn gradient_matches_autograd_and_finite_differences() {
         let theirs = loss(&reference(&w, 1e-5)).backward().unwrap();
         let (g, r) = (ours.get(&w).unwrap(), theirs.get(&w).unwrap());
         assert_close_max(&format!("{shape:?} autograd"), g, r, tol(DType::F64).bwd);
-        // Central differences on a few elements.
-        let base: Vec<f64> = w.flatten_all().unwrap().to_vec1().unwrap();
-        let gv: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
-        for i in [0, base.len() / 2, base.len() - 1] {
-            let at = |d: f64| {
-                let mut v = base.clone();
-                v[i] += d;
-                let t = Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
-                loss(&weight_standardization(&t, 1e-5).unwrap())
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let h = 1e-6;
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            assert!(
-                (fd - gv[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                "{shape:?}[{i}]: {fd} vs {}",
-                gv[i]
-            );
-        }
+        let n = w.elem_count();
+        check_finite_differences(&format!("{shape:?}"), &w, g, &[0, n / 2, n - 1], |t| {
+            loss(&weight_standardization(t, 1e-5).unwrap()).to_scalar().unwrap()
+        });
     }
 }
 
@@ -214,25 +218,12 @@ fn weight_norm_gradients_match_finite_differences() {
     };
     let (vv, gv) = (Var::from_tensor(&v).unwrap(), Var::from_tensor(&g).unwrap());
     let grads = loss(&vv, &gv).backward().unwrap();
-    for (name, t, var) in [("v", &v, &vv), ("g", &g, &gv)] {
-        let analytic: Vec<f64> = grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let base: Vec<f64> = t.flatten_all().unwrap().to_vec1().unwrap();
-        for i in 0..base.len() {
-            let at = |d: f64| {
-                let mut b = base.clone();
-                b[i] += d;
-                let p = Tensor::from_vec(b, t.shape(), &Device::Cpu).unwrap();
-                let l = if name == "v" { loss(&p, &g) } else { loss(&v, &p) };
-                l.to_scalar::<f64>().unwrap()
-            };
-            let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-            assert!(
-                (fd - analytic[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                "d{name}[{i}]: {fd} vs {}",
-                analytic[i]
-            );
-        }
-    }
+    check_finite_differences("dv", &v, grads.get(&vv).unwrap(), &(0..12).collect::<Vec<_>>(), |p| {
+        loss(p, &g).to_scalar().unwrap()
+    });
+    check_finite_differences("dg", &g, grads.get(&gv).unwrap(), &[0, 1, 2], |p| {
+        loss(&v, p).to_scalar().unwrap()
+    });
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use super::launch::GVEC;
 use super::module::{function, sm_count, CudaElem};
-use super::{cfg, int, push_opt, Partials, BLOCK};
+use super::{cfg, int, push_opt, FwdIns, Partials, BLOCK};
 use crate::spec::Spec;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
@@ -72,18 +72,11 @@ fn group_stats<T: CudaElem>(
     Ok((g, flags, part))
 }
 
-/// x, the weight (or none) and the bias (or none) of the forward.
-type Ins<'a, 'b, T> = (
-    &'b CudaView<'a, T>,
-    &'b Option<CudaView<'a, T>>,
-    &'b Option<CudaView<'a, T>>,
-);
-
 /// The forward: y for every element of x.
 pub(super) fn forward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
-    (xv, wv, bv): Ins<'_, '_, T>,
+    (xv, wv, bv): FwdIns<'_, '_, T>,
     y: &mut CudaSlice<T>,
     aligned: bool,
 ) -> Result<()> {

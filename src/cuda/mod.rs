@@ -55,6 +55,13 @@ fn view<'a, T: CudaElem>(spec: &Spec, (s, l): Arg<'a, CudaStorage>) -> Result<(C
     Ok((s.as_cuda_slice::<T>()?.slice(range), aligned))
 }
 
+/// The forward's inputs on the device: x, and the weight and bias when given.
+type FwdIns<'a, 'b, T> = (
+    &'b CudaView<'a, T>,
+    &'b Option<CudaView<'a, T>>,
+    &'b Option<CudaView<'a, T>>,
+);
+
 /// Pushes a view, or a null pointer when there is none.
 fn push_opt<'a, T>(lb: &mut LaunchArgs<'a>, v: &'a Option<CudaView<'a, T>>, null: &'a u64) {
     match v {

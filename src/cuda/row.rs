@@ -3,7 +3,7 @@
 
 use super::launch::{MAX_THREADS, MULTI, ROW_REG, ROW_REG_BWD, VEC, WARP_TEAM};
 use super::module::{function, sm_count, CudaElem};
-use super::{cfg, int, push_opt, Partials, BLOCK};
+use super::{cfg, int, push_opt, FwdIns, Partials, BLOCK};
 use crate::spec::Spec;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
@@ -31,18 +31,11 @@ fn row_launch<T>(spec: &Spec, aligned: bool, reg: usize) -> (usize, usize, i32) 
     (grid.max(1), block, flags)
 }
 
-/// x, the weight (or none) and the bias or dy of a row launch.
-type Ins<'a, 'b, T> = (
-    &'b CudaView<'a, T>,
-    &'b Option<CudaView<'a, T>>,
-    &'b Option<CudaView<'a, T>>,
-);
-
 /// The forward: y for the `M·N` elements of x.
 pub(super) fn forward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
-    (xv, wv, bv): Ins<'_, '_, T>,
+    (xv, wv, bv): FwdIns<'_, '_, T>,
     y: &mut CudaSlice<T>,
     aligned: bool,
 ) -> Result<()> {
