@@ -3,13 +3,19 @@
 //! and against f64 finite differences, the module against candle-nn's convolution on the
 //! standardized weight, the builder's tensor names. Weight normalization: each unit's
 //! norm equals g, gradients of v and g against f64 finite differences, PyTorch's two
-//! checkpoint layouts, a round trip through safetensors. Bad input for both.
+//! checkpoint layouts, a round trip through safetensors. Spectral normalization: σ of the
+//! normalized weight is 1 against an exact eigen-decomposition in f64, the power
+//! iteration runs in training only, gradients against finite differences, PyTorch's
+//! names and a round trip. Bad input for all three.
 
 mod common;
 
+use candle_core::ModuleT;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Conv2dConfig, VarBuilder, VarMap};
-use candle_norm::nn::{weight_norm_conv2d, weight_norm_linear, ws_conv2d, WsConv2d};
+use candle_norm::nn::{
+    spectral_norm_linear, weight_norm_conv2d, weight_norm_linear, ws_conv2d, SpectralNorm, WsConv2d,
+};
 use candle_norm::{weight_norm, weight_standardization};
 use common::*;
 use std::collections::HashMap;
@@ -314,4 +320,177 @@ fn weight_norm_bad_input_is_a_clear_error() {
     assert!(e.contains("weight_norm") && e.contains("F16"), "{e}");
     let e = err(weight_norm(&t(&[], DType::F32), &t(&[], DType::F32), None));
     assert!(e.contains("weight_norm") && e.contains("rank"), "{e}");
+}
+
+/// The largest singular value of a matrix, exactly: the square root of the largest
+/// eigenvalue of `AᵀA`, by cyclic Jacobi rotations in f64.
+fn largest_singular_value(a: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let ata: Vec<Vec<f64>> = a.t().unwrap().matmul(&a).unwrap().to_vec2().unwrap();
+    let n = ata.len();
+    let mut m = ata;
+    for _ in 0..100 {
+        for p in 0..n {
+            for q in p + 1..n {
+                if m[p][q].abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (m[q][q] - m[p][p]) / (2.0 * m[p][q]);
+                let t = theta.signum().max(0.0).mul_add(2.0, -1.0) / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
+                for row in m.iter_mut() {
+                    let (mkp, mkq) = (row[p], row[q]);
+                    row[p] = c * mkp - s * mkq;
+                    row[q] = s * mkp + c * mkq;
+                }
+                let (mp, mq) = (m[p].clone(), m[q].clone());
+                for (k, (a, b)) in mp.iter().zip(&mq).enumerate() {
+                    m[p][k] = c * a - s * b;
+                    m[q][k] = s * a + c * b;
+                }
+            }
+        }
+    }
+    (0..n).map(|i| m[i][i]).fold(f64::MIN, f64::max).sqrt()
+}
+
+fn spectral(w: &Tensor, rng: &mut Rng, iterations: usize) -> SpectralNorm<candle_nn::Linear> {
+    let (out, rest) = w.dims2().unwrap();
+    let u = rng.tensor(&[out], w.dtype(), 0.0, 1.0);
+    let v = rng.tensor(&[rest], w.dtype(), 0.0, 1.0);
+    SpectralNorm::new(candle_nn::Linear::new(w.clone(), None), u, v, iterations, 1e-12).unwrap()
+}
+
+#[test]
+fn spectral_norm_divides_by_the_largest_singular_value() {
+    let mut rng = Rng::new(9);
+    for shape in [[6, 4], [3, 7], [1, 5], [5, 1]] {
+        let w = rng.tensor(&shape, DType::F64, 0.0, 1.0);
+        let sn = spectral(&w, &mut rng, 1);
+        // Training steps converge; eval uses the state as it is.
+        for _ in 0..200 {
+            sn.weight_t(true).unwrap();
+        }
+        let (u, v) = (sn.buffers()[0].1.clone(), sn.buffers()[1].1.clone());
+        let w_sn = sn.weight_t(false).unwrap();
+        assert_eq!(sn.buffers()[0].1.to_vec1::<f64>().unwrap(), u.to_vec1::<f64>().unwrap());
+        assert_eq!(sn.buffers()[1].1.to_vec1::<f64>().unwrap(), v.to_vec1::<f64>().unwrap());
+        let exact = largest_singular_value(&w);
+        let after = largest_singular_value(&w_sn);
+        assert!(
+            (after - 1.0).abs() < 1e-9,
+            "{shape:?}: σ(W_sn) = {after} (σ(W) = {exact})"
+        );
+        let scale: f64 = (&w / &w_sn).unwrap().mean_all().unwrap().to_scalar().unwrap();
+        assert!(
+            (scale - exact).abs() < 1e-9 * exact,
+            "{shape:?}: σ estimate {scale}, exact {exact}"
+        );
+    }
+    // One step from a random start moves u; an eval forward does not.
+    let w = rng.tensor(&[4, 3], DType::F32, 0.0, 1.0);
+    let sn = spectral(&w, &mut rng, 1);
+    let x = rng.tensor(&[2, 3], DType::F32, 0.0, 1.0);
+    let before = sn.buffers()[0].1.to_vec1::<f32>().unwrap();
+    sn.forward_t(&x, false).unwrap();
+    assert_eq!(sn.buffers()[0].1.to_vec1::<f32>().unwrap(), before);
+    sn.forward_t(&x, true).unwrap();
+    assert_ne!(sn.buffers()[0].1.to_vec1::<f32>().unwrap(), before);
+}
+
+#[test]
+fn spectral_norm_gradient_matches_finite_differences() {
+    let mut rng = Rng::new(10);
+    let w = rng.tensor(&[3, 4], DType::F64, 0.0, 1.0);
+    let (u, v) = (
+        rng.tensor(&[3], DType::F64, 0.0, 1.0),
+        rng.tensor(&[4], DType::F64, 0.0, 1.0),
+    );
+    let probe = rng.tensor(&[3, 4], DType::F64, 0.0, 1.0);
+    let loss = |w: &Tensor| {
+        let sn = SpectralNorm::new(candle_nn::Linear::new(w.clone(), None), u.clone(), v.clone(), 1, 1e-12).unwrap();
+        (sn.weight_t(false).unwrap() * &probe).unwrap().sum_all().unwrap()
+    };
+    let wv = Var::from_tensor(&w).unwrap();
+    let grads = loss(&wv).backward().unwrap();
+    check_finite_differences("dW", &w, grads.get(&wv).unwrap(), &(0..12).collect::<Vec<_>>(), |p| {
+        loss(p).to_scalar().unwrap()
+    });
+}
+
+#[test]
+fn spectral_norm_loads_pytorch_names_and_round_trips() {
+    let mut rng = Rng::new(11);
+    let dir = tempfile::tempdir().unwrap();
+    let (w, b) = (
+        rng.tensor(&[4, 3], DType::F32, 0.0, 1.0),
+        rng.tensor(&[4], DType::F32, 0.0, 0.5),
+    );
+    let (u, v) = (
+        normalized(&rng.tensor(&[4], DType::F32, 0.0, 1.0)),
+        normalized(&rng.tensor(&[3], DType::F32, 0.0, 1.0)),
+    );
+    let x = rng.tensor(&[2, 3], DType::F32, 0.0, 1.0);
+    let path = dir.path().join("sn.safetensors");
+    let tensors: HashMap<String, Tensor> = [("weight_orig", &w), ("weight_u", &u), ("weight_v", &v), ("bias", &b)]
+        .into_iter()
+        .map(|(n, t)| (format!("fc.{n}"), t.clone()))
+        .collect();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let vb = VarBuilder::from_buffered_safetensors(std::fs::read(&path).unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let sn = spectral_norm_linear(3, 4, 1, vb.pp("fc")).unwrap();
+    let sigma: f32 = u
+        .unsqueeze(0)
+        .unwrap()
+        .matmul(&w.matmul(&v.unsqueeze(1).unwrap()).unwrap())
+        .unwrap()
+        .reshape(())
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let want = candle_nn::Linear::new((&w / sigma as f64).unwrap(), Some(b.clone()))
+        .forward(&x)
+        .unwrap();
+    assert_close("eval after loading", &sn.forward_t(&x, false).unwrap(), &want, 1e-6);
+
+    // Train a step, save the variables and the buffers, load again: same eval output.
+    let varmap = VarMap::new();
+    let fresh = spectral_norm_linear(
+        3,
+        4,
+        2,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu).pp("fc"),
+    )
+    .unwrap();
+    fresh.forward_t(&x, true).unwrap();
+    let mut all: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, var)| (n.clone(), var.as_tensor().clone()))
+        .collect();
+    for (n, t) in fresh.buffers() {
+        all.insert(format!("fc.{n}"), t);
+    }
+    let path = dir.path().join("round.safetensors");
+    candle_core::safetensors::save(&all, &path).unwrap();
+    let vb = VarBuilder::from_buffered_safetensors(std::fs::read(&path).unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let again = spectral_norm_linear(3, 4, 2, vb.pp("fc")).unwrap();
+    assert_close(
+        "round trip",
+        &again.forward_t(&x, false).unwrap(),
+        &fresh.forward_t(&x, false).unwrap(),
+        1e-6,
+    );
+
+    let e = SpectralNorm::new(candle_nn::Linear::new(w.clone(), None), v.clone(), u.clone(), 1, 1e-12)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spectral_norm") && e.contains("[4]"), "{e}");
+}
+
+fn normalized(t: &Tensor) -> Tensor {
+    let n: f32 = t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar().unwrap();
+    (t / n as f64).unwrap()
 }

@@ -4,11 +4,14 @@
 //! functions and tensor names), so a model switches by changing
 //! `use candle_nn::{layer_norm, LayerNorm}` into `use candle_norm::nn::{layer_norm, LayerNorm}`.
 //! Unlike candle-nn's fused paths, every forward here is differentiable. The
-//! weight-side layers ([`WsConv2d`], [`WeightNorm`]) have no candle-nn counterpart.
+//! weight-side layers ([`WsConv2d`], [`WeightNorm`], [`SpectralNorm`]) have no candle-nn counterpart.
 
 mod activation;
 mod weight;
 
 pub use activation::{group_norm, layer_norm, layer_norm_no_bias, rms_norm, GroupNorm, LayerNorm, RmsNorm};
 pub use candle_nn::LayerNormConfig;
-pub use weight::{weight_norm_conv2d, weight_norm_linear, ws_conv2d, WeightNorm, WeightedLayer, WsConv2d};
+pub use weight::{
+    spectral_norm_linear, weight_norm_conv2d, weight_norm_linear, ws_conv2d, SpectralNorm, WeightNorm, WeightedLayer,
+    WsConv2d,
+};

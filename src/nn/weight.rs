@@ -223,3 +223,127 @@ pub fn weight_norm_conv2d(
     let bias = vb.get_with_hints(out_channels, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
     WeightNorm::new(candle_nn::Conv2d::new(v, Some(bias), config), g, Some(0))
 }
+
+/// `t / max(‖t‖, eps)`, as PyTorch's `F.normalize`.
+fn normalize(t: &Tensor, eps: f64) -> Result<Tensor> {
+    let norm = t.sqr()?.sum_all()?.sqrt()?.maximum(eps)?;
+    t.broadcast_div(&norm)
+}
+
+/// Spectral normalization of a layer's weight (Miyato et al. 2018), as PyTorch's
+/// `torch.nn.utils.spectral_norm` with `dim = 0`: the layer runs with `W / σ(W)`, σ the
+/// largest singular value of `W` seen as `[out, rest]`, estimated by power iteration.
+/// The vectors `u` (`[out]`) and `v` (`[rest]`) persist between calls: each training
+/// forward ([`candle_core::ModuleT::forward_t`] with `train`) first runs `n_power_iterations` steps
+/// `v = normalize(Wᵀu)`, `u = normalize(Wv)`; an eval forward uses them as they are.
+/// σ = uᵀWv with `u` and `v` held constant, so the gradient reaches `W` through σ and
+/// the division only. `u` and `v` are buffers, not variables: save them with
+/// [`SpectralNorm::buffers`] next to the `VarMap`.
+#[derive(Clone, Debug)]
+pub struct SpectralNorm<L> {
+    layer: L,
+    uv: std::sync::Arc<std::sync::Mutex<(Tensor, Tensor)>>,
+    n_power_iterations: usize,
+    eps: f64,
+}
+
+impl<L: WeightedLayer> SpectralNorm<L> {
+    /// Wraps `layer`, whose weight becomes `weight_orig`, with the power-iteration state
+    /// `u` `[out]` and `v` `[rest]` (say, from a checkpoint, or random), the number of
+    /// steps per training forward (PyTorch's default is 1) and the eps of the
+    /// normalizations (PyTorch's default is 1e-12).
+    ///
+    /// # Errors
+    /// `u` or `v` of the wrong length, dtype or device, or a weight of rank 0.
+    pub fn new(layer: L, u: Tensor, v: Tensor, n_power_iterations: usize, eps: f64) -> Result<Self> {
+        let w = layer.weight();
+        let (out, rest) = w.flatten_from(1)?.dims2()?;
+        for (name, t, n) in [("u", &u, out), ("v", &v, rest)] {
+            if t.dims() != [n] || t.dtype() != w.dtype() || !t.device().same_device(w.device()) {
+                candle_core::bail!(
+                    "spectral_norm: {name} is {:?} {:?} on {:?}, expected [{n}] {:?} on {:?} for a weight of shape {:?}",
+                    t.dims(),
+                    t.dtype(),
+                    t.device().location(),
+                    w.dtype(),
+                    w.device().location(),
+                    w.dims()
+                )
+            }
+        }
+        Ok(Self {
+            layer,
+            uv: std::sync::Arc::new(std::sync::Mutex::new((u, v))),
+            n_power_iterations,
+            eps,
+        })
+    }
+
+    /// The weight the layer runs with, `W / σ(W)`, after the power iterations of a
+    /// training forward when `train`.
+    ///
+    /// # Errors
+    /// Those of the candle ops that compute it.
+    pub fn weight_t(&self, train: bool) -> Result<Tensor> {
+        let w = self.layer.weight();
+        let mat = w.flatten_from(1)?;
+        let mut uv = self.uv.lock().unwrap_or_else(|e| e.into_inner());
+        if train {
+            let m = mat.detach();
+            for _ in 0..self.n_power_iterations {
+                let v = normalize(&m.t()?.matmul(&uv.0.unsqueeze(1)?)?.squeeze(1)?, self.eps)?;
+                let u = normalize(&m.matmul(&v.unsqueeze(1)?)?.squeeze(1)?, self.eps)?;
+                *uv = (u, v);
+            }
+        }
+        let (u, v) = (uv.0.detach(), uv.1.detach());
+        let sigma = u.unsqueeze(0)?.matmul(&mat.matmul(&v.unsqueeze(1)?)?)?.reshape(())?;
+        w.broadcast_div(&sigma)
+    }
+
+    /// The unnormalized weight (`weight_orig`).
+    pub fn weight_orig(&self) -> &Tensor {
+        self.layer.weight()
+    }
+
+    /// The power-iteration state under PyTorch's names, `weight_u` and `weight_v`, for
+    /// saving beside the variables.
+    pub fn buffers(&self) -> [(&'static str, Tensor); 2] {
+        let uv = self.uv.lock().unwrap_or_else(|e| e.into_inner());
+        [("weight_u", uv.0.clone()), ("weight_v", uv.1.clone())]
+    }
+}
+
+impl<L: WeightedLayer> candle_core::ModuleT for SpectralNorm<L> {
+    /// The wrapped layer's forward with `W / σ(W)`; `train` runs the power iterations
+    /// first.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.layer.with_weight(self.weight_t(train)?).forward(x)
+    }
+}
+
+/// A spectrally normalized `Linear` from `vb`, with PyTorch's names: `weight_orig`
+/// `[out, in]`, `bias` `[out]`, and the buffers `weight_u` `[out]` and `weight_v`
+/// `[in]` (drawn at random and normalized when `vb` does not hold them), eps 1e-12.
+///
+/// # Errors
+/// A tensor missing from a checkpoint or of another shape.
+pub fn spectral_norm_linear(
+    in_dim: usize,
+    out_dim: usize,
+    n_power_iterations: usize,
+    vb: VarBuilder,
+) -> Result<SpectralNorm<candle_nn::Linear>> {
+    let eps = 1e-12;
+    let w = vb.get_with_hints(
+        (out_dim, in_dim),
+        "weight_orig",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bound = 1. / (in_dim as f64).sqrt();
+    let bias = vb.get_with_hints(out_dim, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    let randn = candle_nn::Init::Randn { mean: 0., stdev: 1. };
+    let u = normalize(&vb.get_with_hints(out_dim, "weight_u", randn)?, eps)?;
+    let v = normalize(&vb.get_with_hints(in_dim, "weight_v", randn)?, eps)?;
+    SpectralNorm::new(candle_nn::Linear::new(w, Some(bias)), u, v, n_power_iterations, eps)
+}
