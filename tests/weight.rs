@@ -30,6 +30,11 @@ fn reference(w: &Tensor, eps: f64) -> Tensor {
     centered.broadcast_mul(&rstd).unwrap().reshape(w.shape()).unwrap()
 }
 
+/// The gradients of Σy².
+fn square_loss_grads(y: &Tensor) -> candle_core::backprop::GradStore {
+    y.sqr().unwrap().sum_all().unwrap().backward().unwrap()
+}
+
 const SHAPES: [&[usize]; 5] = [&[1, 1], &[7, 3], &[16, 3, 3, 3], &[5, 2, 1, 1], &[3, 1025]];
 
 #[test]
@@ -113,15 +118,7 @@ fn ws_conv2d_convolves_with_the_standardized_weight() {
         "{names:?}"
     );
     assert_eq!(conv.weight().dims(), [6, 2, 3, 3]);
-    let grads = conv
-        .forward(&x)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let grads = square_loss_grads(&conv.forward(&x).unwrap());
     let var = varmap.data().lock().unwrap()["conv.weight"].clone();
     let g = grads.get(&var).expect("the raw weight gets a gradient");
     assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
@@ -284,15 +281,7 @@ fn weight_norm_layers_load_both_pytorch_layouts_and_round_trip() {
         &conv.forward(&xc).unwrap(),
         0.0,
     );
-    let grads = conv
-        .forward(&xc)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let grads = square_loss_grads(&conv.forward(&xc).unwrap());
     let data = varmap.data().lock().unwrap();
     for name in ["conv.weight_g", "conv.weight_v", "conv.bias"] {
         let g = grads
