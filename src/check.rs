@@ -58,16 +58,22 @@ pub(crate) fn param(op: &str, x: &Tensor, p: Option<&Tensor>, name: &str, len: u
             x.dims()
         )
     }
+    like(op, p, name, x, "x")
+}
+
+/// Checks that a tensor `p` given with `x` has `x`'s dtype and device (`name` and
+/// `x_name` name them in the error).
+pub(crate) fn like(op: &str, p: &Tensor, name: &str, x: &Tensor, x_name: &str) -> Result<()> {
     if p.dtype() != x.dtype() {
         bail!(
-            "{op}: {name} has dtype {:?} but x has dtype {:?}; they must match",
+            "{op}: {name} has dtype {:?} but {x_name} has dtype {:?}; they must match",
             p.dtype(),
             x.dtype()
         )
     }
     if !p.device().same_device(x.device()) {
         bail!(
-            "{op}: {name} is on {:?} but x is on {:?}",
+            "{op}: {name} is on {:?} but {x_name} is on {:?}",
             p.device().location(),
             x.device().location()
         )

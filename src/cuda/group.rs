@@ -4,7 +4,7 @@
 
 use super::launch::GVEC;
 use super::module::{function, sm_count, CudaElem};
-use super::{cfg, int, push_opt, FwdIns, Partials, BLOCK};
+use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials, BLOCK};
 use crate::spec::Spec;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
@@ -101,7 +101,7 @@ pub(super) fn forward<T: CudaElem>(
 pub(super) fn backward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
-    (xv, wv, dyv): (&CudaView<'_, T>, &Option<CudaView<'_, T>>, &CudaView<'_, T>),
+    (xv, wv, dyv): BwdIns<'_, '_, T>,
     dx: &mut CudaViewMut<'_, T>,
     aligned: bool,
 ) -> Result<Partials> {

@@ -62,6 +62,9 @@ type FwdIns<'a, 'b, T> = (
     &'b Option<CudaView<'a, T>>,
 );
 
+/// The backward's inputs on the device: x, the weight when given, and dy.
+type BwdIns<'a, 'b, T> = (&'b CudaView<'a, T>, &'b Option<CudaView<'a, T>>, &'b CudaView<'a, T>);
+
 /// Pushes a view, or a null pointer when there is none.
 fn push_opt<'a, T>(lb: &mut LaunchArgs<'a>, v: &'a Option<CudaView<'a, T>>, null: &'a u64) {
     match v {

@@ -3,9 +3,9 @@
 
 use super::launch::{MAX_THREADS, MULTI, ROW_REG, ROW_REG_BWD, VEC, WARP_TEAM};
 use super::module::{function, sm_count, CudaElem};
-use super::{cfg, int, push_opt, FwdIns, Partials, BLOCK};
+use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials, BLOCK};
 use crate::spec::Spec;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::Result;
 
@@ -59,7 +59,7 @@ pub(super) fn forward<T: CudaElem>(
 pub(super) fn backward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
-    (xv, wv, dyv): (&CudaView<'_, T>, &Option<CudaView<'_, T>>, &CudaView<'_, T>),
+    (xv, wv, dyv): BwdIns<'_, '_, T>,
     dx: &mut CudaViewMut<'_, T>,
     aligned: bool,
 ) -> Result<Partials> {

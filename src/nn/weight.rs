@@ -186,6 +186,13 @@ fn load_gv(v_shape: &[usize], vb: &VarBuilder) -> Result<(Tensor, Tensor)> {
     Ok((g, v))
 }
 
+/// The bias `[out]` of a layer from `vb`, named and initialized as candle-nn's `linear`
+/// and `conv2d` do (uniform in ±1/√fan_in).
+fn bias(out: usize, fan_in: usize, vb: &VarBuilder) -> Result<Tensor> {
+    let bound = 1. / (fan_in as f64).sqrt();
+    vb.get_with_hints(out, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })
+}
+
 /// A weight-normalized `Linear` from `vb`: `weight_g` `[out, 1]` and `weight_v`
 /// `[out, in]` (or their `parametrizations.weight.original0/1` names) and `bias`
 /// `[out]`, `dim = Some(0)`. A new layer starts with `g` = 1, so each output unit's
@@ -195,8 +202,7 @@ fn load_gv(v_shape: &[usize], vb: &VarBuilder) -> Result<(Tensor, Tensor)> {
 /// A tensor missing from a checkpoint or of another shape.
 pub fn weight_norm_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<WeightNorm<candle_nn::Linear>> {
     let (g, v) = load_gv(&[out_dim, in_dim], &vb)?;
-    let bound = 1. / (in_dim as f64).sqrt();
-    let bias = vb.get_with_hints(out_dim, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    let bias = bias(out_dim, in_dim, &vb)?;
     WeightNorm::new(candle_nn::Linear::new(v, Some(bias)), g, Some(0))
 }
 
@@ -219,8 +225,7 @@ pub fn weight_norm_conv2d(
         &[out_channels, in_channels / config.groups, kernel_size, kernel_size],
         &vb,
     )?;
-    let bound = 1. / (in_channels as f64).sqrt();
-    let bias = vb.get_with_hints(out_channels, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    let bias = bias(out_channels, in_channels, &vb)?;
     WeightNorm::new(candle_nn::Conv2d::new(v, Some(bias), config), g, Some(0))
 }
 
@@ -259,17 +264,14 @@ impl<L: WeightedLayer> SpectralNorm<L> {
         let w = layer.weight();
         let (out, rest) = w.flatten_from(1)?.dims2()?;
         for (name, t, n) in [("u", &u, out), ("v", &v, rest)] {
-            if t.dims() != [n] || t.dtype() != w.dtype() || !t.device().same_device(w.device()) {
+            if t.dims() != [n] {
                 candle_core::bail!(
-                    "spectral_norm: {name} is {:?} {:?} on {:?}, expected [{n}] {:?} on {:?} for a weight of shape {:?}",
+                    "spectral_norm: {name} has shape {:?}, expected [{n}] for a weight of shape {:?}",
                     t.dims(),
-                    t.dtype(),
-                    t.device().location(),
-                    w.dtype(),
-                    w.device().location(),
                     w.dims()
                 )
             }
+            crate::check::like("spectral_norm", t, name, w, "the weight")?;
         }
         Ok(Self {
             layer,
@@ -340,8 +342,7 @@ pub fn spectral_norm_linear(
         "weight_orig",
         candle_nn::init::DEFAULT_KAIMING_NORMAL,
     )?;
-    let bound = 1. / (in_dim as f64).sqrt();
-    let bias = vb.get_with_hints(out_dim, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+    let bias = bias(out_dim, in_dim, &vb)?;
     let randn = candle_nn::Init::Randn { mean: 0., stdev: 1. };
     let u = normalize(&vb.get_with_hints(out_dim, "weight_u", randn)?, eps)?;
     let v = normalize(&vb.get_with_hints(in_dim, "weight_v", randn)?, eps)?;

@@ -54,15 +54,7 @@ pub fn weight_norm(v: &Tensor, g: &Tensor, dim: Option<usize>) -> Result<Tensor>
             v.dims()
         )
     }
-    if g.dtype() != v.dtype() || !g.device().same_device(v.device()) {
-        bail!(
-            "{op}: g is {:?} on {:?} but v is {:?} on {:?}; they must match",
-            g.dtype(),
-            g.device().location(),
-            v.dtype(),
-            v.device().location()
-        )
-    }
+    check::like(op, g, "g", v, "v")?;
     let axes: Vec<usize> = (0..v.rank()).filter(|&a| Some(a) != dim).collect();
     let norm = v.sqr()?.sum_keepdim(axes)?.sqrt()?;
     v.broadcast_mul(&g.reshape(norm.shape())?.broadcast_div(&norm)?)
