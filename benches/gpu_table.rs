@@ -6,20 +6,26 @@
 //! cargo bench --features cuda --bench gpu_table [-- FILTER]
 //! ```
 //!
-//! FILTER keeps the rows whose op name contains it. Freed device memory stays in
+//! FILTER keeps the rows whose op name contains it. With `GPU_TABLE_CSV=path` set, every
+//! number of the tables is also written to that file, one `op,dtype,shape,quantity,value`
+//! line each. Freed device memory stays in
 //! CUDA's memory pool for the whole run (see [`keep_freed_memory`]). Each time is the median of 21
 //! batches, after a warm-up; a batch launches enough calls back to back to take about a
 //! millisecond and is timed on the host between two synchronizations, so the time of a
 //! call is what it costs inside a stream of work. Inputs rotate through enough copies
 //! to span 200 MB, so that a tensor smaller than L2 is not served from it. Bandwidth
 //! counts the bytes of docs/semantics.md (forward 2·M·N·b, backward 3·M·N·b) and is
-//! compared with a device-to-device copy of the same input timed in the same run.
+//! compared with a device-to-device copy of the same input timed in the same run. A
+//! second table does the same for the fused residual add + norm (4·M·N·b bytes each
+//! way) against the unfused pair: candle's add then this crate's norm forward, this
+//! crate's norm backward then candle's add of dh backward.
 
 mod common;
 
 use candle_core::cuda_backend::cudarc::driver::sys;
 use candle_core::{DType, Device, Tensor, Var};
-use common::{cases, dtypes, randn, Case};
+use common::{add_cases, cases, dtypes, randn, Case};
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 /// candle allocates from the device's default CUDA memory pool, whose release threshold
@@ -98,17 +104,37 @@ fn main() {
         "| op | dtype | shape | copy GB/s | fwd µs | fwd GB/s | fwd/copy | candle-nn fwd µs | bwd µs | bwd GB/s | bwd/copy | autograd fwd+bwd µs | composed autograd µs | speed-up |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for case in cases(&dev) {
-        if filter.as_ref().is_some_and(|f| !case.name().contains(f.as_str())) {
-            continue;
-        }
+    let keep = |name: &str| filter.as_ref().is_none_or(|f| name.contains(f.as_str()));
+    let mut csv = String::from("op,dtype,shape,quantity,value\n");
+    for case in cases(&dev).into_iter().filter(|c| keep(c.name())) {
         for dtype in dtypes(&dev) {
-            measure(&dev, &case, dtype);
+            measure(&dev, &case, dtype, &mut csv);
         }
+    }
+    println!();
+    println!(
+        "| op | dtype | shape | copy GB/s | fwd µs | fwd GB/s | fwd/copy | unfused fwd µs | fwd speed-up | bwd µs | bwd GB/s | bwd/copy | unfused bwd µs | bwd speed-up |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for case in add_cases(&dev).into_iter().filter(|c| keep(c.add_name())) {
+        for dtype in dtypes(&dev) {
+            measure_add(&dev, &case, dtype, &mut csv);
+        }
+    }
+    if let Ok(path) = std::env::var("GPU_TABLE_CSV") {
+        std::fs::write(&path, csv).unwrap_or_else(|e| panic!("writing {path}: {e}"));
     }
 }
 
-fn measure(dev: &Device, case: &Case, dtype: DType) {
+/// Appends `quantity = value` of one table row to the CSV.
+fn csv_row(csv: &mut String, op: &str, dtype: DType, shape: &[usize], values: &[(&str, f64)]) {
+    let shape = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+    for (q, v) in values {
+        let _ = writeln!(csv, "{op},{dtype:?},{shape},{q},{v}");
+    }
+}
+
+fn measure(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
     let elems: usize = case.shape.iter().product();
     let bytes = (elems * dtype.size_in_bytes()) as f64;
     let sets_n = ((200e6 / bytes).ceil() as usize).clamp(1, 256);
@@ -162,4 +188,78 @@ fn measure(dev: &Device, case: &Case, dtype: DType) {
         us(composed),
         composed / train,
     );
+    let mut values = vec![
+        ("copy_gbs", copy_gbs),
+        ("fwd_us", fwd * 1e6),
+        ("fwd_gbs", gbs(2.0, fwd)),
+    ];
+    values.extend(fused.map(|t| ("candle_nn_fwd_us", t * 1e6)));
+    values.extend([
+        ("bwd_us", bwd * 1e6),
+        ("bwd_gbs", gbs(3.0, bwd)),
+        ("autograd_us", train * 1e6),
+        ("composed_autograd_us", composed * 1e6),
+    ]);
+    csv_row(csv, case.name(), dtype, &case.shape, &values);
+}
+
+/// One row of the fused residual add's table.
+fn measure_add(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
+    let elems: usize = case.shape.iter().product();
+    let bytes = (elems * dtype.size_in_bytes()) as f64;
+    let sets_n = ((200e6 / (2.0 * bytes)).ceil() as usize).clamp(1, 256);
+    let sets: Vec<[Tensor; 4]> = (0..sets_n)
+        .map(|_| [0; 4].map(|_| randn(&case.shape, dtype, dev)))
+        .collect();
+    let p = case.params();
+    let w = (randn(&[p], dtype, dev) + 1.0).unwrap();
+    let b = randn(&[p], dtype, dev);
+
+    let copy = time(dev, sets_n, |i| drop(sets[i][0].copy().unwrap()));
+    let fwd = time(dev, sets_n, |i| {
+        drop(case.ours_add(&sets[i][0], &sets[i][1], &w, &b).unwrap())
+    });
+    let unfused = time(dev, sets_n, |i| {
+        drop(case.unfused_add(&sets[i][0], &sets[i][1], &w, &b).unwrap())
+    });
+    // The backward reads h: x stands in for it (the time does not depend on values).
+    let bwd = time(dev, sets_n, |i| {
+        let [h, _, dy, dh] = &sets[i];
+        drop(case.add_backward(h, &w, &b, dy, dh).unwrap())
+    });
+    let unfused_bwd = time(dev, sets_n, |i| {
+        let [h, _, dy, dh] = &sets[i];
+        drop(case.unfused_add_backward(h, &w, &b, dy, dh).unwrap())
+    });
+
+    let gbs = |t: f64| 4.0 * bytes / t / 1e9;
+    let us = |t: f64| format!("{:.1}", t * 1e6);
+    let copy_gbs = 2.0 * bytes / copy / 1e9;
+    println!(
+        "| {} | {:?} | {:?} | {:.0} | {} | {:.0} | {:.0}% | {} | {:.2}× | {} | {:.0} | {:.0}% | {} | {:.2}× |",
+        case.add_name(),
+        dtype,
+        case.shape,
+        copy_gbs,
+        us(fwd),
+        gbs(fwd),
+        100.0 * gbs(fwd) / copy_gbs,
+        us(unfused),
+        unfused / fwd,
+        us(bwd),
+        gbs(bwd),
+        100.0 * gbs(bwd) / copy_gbs,
+        us(unfused_bwd),
+        unfused_bwd / bwd,
+    );
+    let values = [
+        ("copy_gbs", copy_gbs),
+        ("fwd_us", fwd * 1e6),
+        ("fwd_gbs", gbs(fwd)),
+        ("unfused_fwd_us", unfused * 1e6),
+        ("bwd_us", bwd * 1e6),
+        ("bwd_gbs", gbs(bwd)),
+        ("unfused_bwd_us", unfused_bwd * 1e6),
+    ];
+    csv_row(csv, case.add_name(), dtype, &case.shape, &values);
 }

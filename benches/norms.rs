@@ -7,7 +7,13 @@
 //!   the composed ops through candle autograd (its graph built once, outside the
 //!   timing), 3·M·N·b bytes (read x and dy, write dx), with dy = 1 for both;
 //! - `forward+backward`: `Tensor::backward` through this crate's op against the same
-//!   through the composed ops, 5·M·N·b bytes.
+//!   through the composed ops, 5·M·N·b bytes;
+//! - `add_*_norm/forward`: the fused residual add + norm against the unfused pair
+//!   (candle's add, then this crate's norm) and a copy of a tensor twice x's size,
+//!   4·M·N·b bytes (read x and residual, write y and h);
+//! - `add_*_norm/backward`: its standalone backward, h used downstream, against this
+//!   crate's norm backward followed by candle's add of dh, 4·M·N·b bytes (read h, dy and
+//!   dh, write dx).
 //!
 //! Byte counts are those of docs/semantics.md. `cargo bench --bench norms -- cpu/`
 //! runs the CPU groups alone.
@@ -15,7 +21,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{cases, dtypes, randn, Case};
+use common::{add_cases, cases, dtypes, randn, Case};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
@@ -86,11 +92,50 @@ fn run(c: &mut Criterion, dev_name: &str, dev: &Device, case: &Case, dtype: DTyp
     g.finish();
 }
 
+fn run_add(c: &mut Criterion, dev_name: &str, dev: &Device, case: &Case, dtype: DType) {
+    let elems: usize = case.shape.iter().product();
+    let bytes = (elems * dtype.size_in_bytes()) as u64;
+    let id = format!("{:?}", case.shape);
+    let group = |what: &str| format!("{dev_name}/{}/{what}/{dtype:?}", case.add_name());
+    let [x, r, dy, dh] = [0; 4].map(|_| randn(&case.shape, dtype, dev));
+    let w = (randn(&[case.params()], dtype, dev) + 1.0).unwrap();
+    let b = randn(&[case.params()], dtype, dev);
+    let both = Tensor::stack(&[&x, &r], 0).unwrap();
+
+    let mut g = c.benchmark_group(group("forward"));
+    g.throughput(Throughput::Bytes(4 * bytes));
+    g.bench_function(BenchmarkId::new("copy", &id), |bn| {
+        bn.iter(|| sync(&both.copy().unwrap()))
+    });
+    g.bench_function(BenchmarkId::new("candle-norm", &id), |bn| {
+        bn.iter(|| sync(&case.ours_add(&x, &r, &w, &b).unwrap().0))
+    });
+    g.bench_function(BenchmarkId::new("unfused (candle add + candle-norm)", &id), |bn| {
+        bn.iter(|| sync(&case.unfused_add(&x, &r, &w, &b).unwrap().0))
+    });
+    g.finish();
+
+    let h = (&x + &r).unwrap();
+    let mut g = c.benchmark_group(group("backward"));
+    g.throughput(Throughput::Bytes(4 * bytes));
+    g.bench_function(BenchmarkId::new("candle-norm", &id), |bn| {
+        bn.iter(|| sync(&case.add_backward(&h, &w, &b, &dy, &dh).unwrap()))
+    });
+    g.bench_function(
+        BenchmarkId::new("unfused (candle-norm backward + candle add)", &id),
+        |bn| bn.iter(|| sync(&case.unfused_add_backward(&h, &w, &b, &dy, &dh).unwrap())),
+    );
+    g.finish();
+}
+
 fn norms(c: &mut Criterion) {
     for (dev_name, dev) in devices() {
         for dtype in dtypes(&dev) {
             for case in cases(&dev) {
                 run(c, dev_name, &dev, &case, dtype);
+            }
+            for case in add_cases(&dev) {
+                run_add(c, dev_name, &dev, &case, dtype);
             }
         }
     }

@@ -52,6 +52,24 @@ template <typename T, int V> __device__ __forceinline__ void store(T* p, const f
     }
 }
 
+// The fused residual add: v += r (V elements at r), each sum rounded to T, as an add
+// of two T tensors gives, and stored to h. v keeps the rounded sums.
+template <typename T, int V> __device__ __forceinline__ void add_store(const T* r, float* v, T* h) {
+    float rv[V];
+    load<T, V>(r, rv);
+#pragma unroll
+    for (int i = 0; i < V; i++) v[i] = to_f32(from_f32<T>(v[i] + rv[i]));
+    store<T, V>(h, v);
+}
+
+// v += the V elements at p, in f32 (v is rounded once, when it is stored).
+template <typename T, int V> __device__ __forceinline__ void add_loaded(const T* p, float* v) {
+    float pv[V];
+    load<T, V>(p, pv);
+#pragma unroll
+    for (int i = 0; i < V; i++) v[i] += pv[i];
+}
+
 // An optional affine parameter: p[j], or `dflt` when the pointer is null.
 template <typename T> __device__ __forceinline__ float param_or(const T* p, int j, float dflt) {
     return p ? to_f32(p[j]) : dflt;

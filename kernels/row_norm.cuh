@@ -9,6 +9,11 @@
 // (mostly from L2). Loads are 16-byte vectors when every pointer is 16-byte aligned
 // and N is a multiple of the vector width (flag VEC), else scalar.
 //
+// Fused residual add (ADD): the forward also reads r and writes h = x + r, rounded to
+// T, and normalizes that rounded h; the backward reads h for x and adds dh (the
+// gradient reaching h directly) to dx before rounding it. Without ADD these pointers
+// are unused and the code is the plain norm's.
+//
 // Backward: a persistent grid of P blocks. Each thread accumulates dγ/dβ for the
 // columns it owns in f32 registers over all the rows its team visits; the block writes
 // one [N] partial row, and a second kernel sums the P partials in order. No atomics,
@@ -52,8 +57,8 @@ __device__ __forceinline__ float2 multi_stats(const T* xr, int nitems, float inv
     return make_float2(mean, rsqrtf(team_sum<false>(m2, smem) * inv_n + eps));
 }
 
-template <typename T, bool CENTER, int V, bool WARP>
-__device__ void row_fwd_reg(const T* x, const T* w, const T* b, T* y, int M, int N, float eps) {
+template <typename T, bool CENTER, int V, bool WARP, bool ADD>
+__device__ void row_fwd_reg(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps) {
     constexpr int ITEMS = ROW_REG / V;
     __shared__ float smem[32];
     const Team t = team<WARP>();
@@ -68,6 +73,10 @@ __device__ void row_fwd_reg(const T* x, const T* w, const T* b, T* y, int M, int
             const int it = t.tid + k * t.size;
             if (it < nitems) {
                 load<T, V>(xr + it * V, v + k * V);
+                if constexpr (ADD) {
+                    const size_t at = (size_t)row * N + it * V;
+                    add_store<T, V>(r + at, v + k * V, h + at);
+                }
 #pragma unroll
                 for (int i = 0; i < V; i++) s += v[k * V + i];
             }
@@ -98,14 +107,24 @@ __device__ void row_fwd_reg(const T* x, const T* w, const T* b, T* y, int M, int
     }
 }
 
-// One block per row, three passes over the row (mean, variance, output).
-template <typename T, bool CENTER, int V>
-__device__ void row_fwd_multi(const T* x, const T* w, const T* b, T* y, int M, int N, float eps) {
+// One block per row, three passes over the row (mean, variance, output). With ADD, a
+// first pass writes h, which each thread then reads back at the same places it wrote.
+template <typename T, bool CENTER, int V, bool ADD>
+__device__ void row_fwd_multi(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps) {
     __shared__ float smem[32];
     const int nitems = N / V;
     const float inv_n = 1.f / N;
     for (int row = blockIdx.x; row < M; row += gridDim.x) {
         const T* xr = x + (size_t)row * N;
+        if constexpr (ADD) {
+            const size_t off = (size_t)row * N;
+            for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
+                float v[V];
+                load<T, V>(xr + it * V, v);
+                add_store<T, V>(r + off + it * V, v, h + off + it * V);
+            }
+            xr = h + off;
+        }
         const float2 st = multi_stats<T, CENTER, V>(xr, nitems, inv_n, eps, smem);
         const float mean = st.x, rstd = st.y;
         float v[V];
@@ -122,26 +141,27 @@ __device__ void row_fwd_multi(const T* x, const T* w, const T* b, T* y, int M, i
     }
 }
 
-template <typename T, bool CENTER>
-__device__ void row_fwd(const T* x, const T* w, const T* b, T* y, int M, int N, float eps, int flags) {
+template <typename T, bool CENTER, bool ADD>
+__device__ void row_fwd(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps,
+                        int flags) {
     constexpr int V = pack_of<T>();
     if (flags & MULTI) {
-        if (flags & VEC) row_fwd_multi<T, CENTER, V>(x, w, b, y, M, N, eps);
-        else row_fwd_multi<T, CENTER, 1>(x, w, b, y, M, N, eps);
+        if (flags & VEC) row_fwd_multi<T, CENTER, V, ADD>(x, r, w, b, h, y, M, N, eps);
+        else row_fwd_multi<T, CENTER, 1, ADD>(x, r, w, b, h, y, M, N, eps);
     } else if (flags & WARP_TEAM) {
-        if (flags & VEC) row_fwd_reg<T, CENTER, V, true>(x, w, b, y, M, N, eps);
-        else row_fwd_reg<T, CENTER, 1, true>(x, w, b, y, M, N, eps);
+        if (flags & VEC) row_fwd_reg<T, CENTER, V, true, ADD>(x, r, w, b, h, y, M, N, eps);
+        else row_fwd_reg<T, CENTER, 1, true, ADD>(x, r, w, b, h, y, M, N, eps);
     } else {
-        if (flags & VEC) row_fwd_reg<T, CENTER, V, false>(x, w, b, y, M, N, eps);
-        else row_fwd_reg<T, CENTER, 1, false>(x, w, b, y, M, N, eps);
+        if (flags & VEC) row_fwd_reg<T, CENTER, V, false, ADD>(x, r, w, b, h, y, M, N, eps);
+        else row_fwd_reg<T, CENTER, 1, false, ADD>(x, r, w, b, h, y, M, N, eps);
     }
 }
 
 // Backward with the row in registers. Partials: pdg/pdb hold [gridDim.x, N]; with warp
 // teams the block's warps add theirs in warp order through shared memory (2·N floats).
-template <typename T, bool CENTER, int V, bool WARP>
-__device__ void row_bwd_reg(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N,
-                            float eps) {
+template <typename T, bool CENTER, int V, bool WARP, bool ADD>
+__device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M,
+                            int N, float eps) {
     constexpr int ITEMS = ROW_REG_BWD / V;
     __shared__ float smem[32];
     extern __shared__ float part[];
@@ -205,6 +225,7 @@ __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, T* dx, float* p
                 float o[V];
 #pragma unroll
                 for (int i = 0; i < V; i++) o[i] = rstd * (gv[k * V + i] - mean_g - xv[k * V + i] * mean_gx);
+                if constexpr (ADD) add_loaded<T, V>(dh + off + it * V, o);
                 store<T, V>(dx + off + it * V, o);
             }
         }
@@ -253,9 +274,9 @@ __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, T* dx, float* p
 // Backward for rows too long for registers: one block per row, statistics in two
 // passes, then Σg and Σg·x̂ (adding dγ/dβ into this block's zero-initialized partial
 // row, which only this thread touches at these columns), then dx.
-template <typename T, bool CENTER, int V>
-__device__ void row_bwd_multi(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N,
-                              float eps) {
+template <typename T, bool CENTER, int V, bool ADD>
+__device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb,
+                              int M, int N, float eps) {
     __shared__ float smem[32];
     const int nitems = N / V;
     const float inv_n = 1.f / N;
@@ -295,24 +316,25 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, T* dx, float*
                 const float xh = (xv[i] - mean) * rstd;
                 xv[i] = rstd * (gv[i] * wv[i] - mean_g - xh * mean_gx);
             }
+            if constexpr (ADD) add_loaded<T, V>(dh + off + it * V, xv);
             store<T, V>(dx + off + it * V, xv);
         }
     }
 }
 
-template <typename T, bool CENTER>
-__device__ void row_bwd(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N, float eps,
-                        int flags) {
+template <typename T, bool CENTER, bool ADD>
+__device__ void row_bwd(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M, int N,
+                        float eps, int flags) {
     constexpr int V = pack_of<T>();
     if (flags & MULTI) {
-        if (flags & VEC) row_bwd_multi<T, CENTER, V>(x, w, dy, dx, pdg, pdb, M, N, eps);
-        else row_bwd_multi<T, CENTER, 1>(x, w, dy, dx, pdg, pdb, M, N, eps);
+        if (flags & VEC) row_bwd_multi<T, CENTER, V, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
+        else row_bwd_multi<T, CENTER, 1, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
     } else if (flags & WARP_TEAM) {
-        if (flags & VEC) row_bwd_reg<T, CENTER, V, true>(x, w, dy, dx, pdg, pdb, M, N, eps);
-        else row_bwd_reg<T, CENTER, 1, true>(x, w, dy, dx, pdg, pdb, M, N, eps);
+        if (flags & VEC) row_bwd_reg<T, CENTER, V, true, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
+        else row_bwd_reg<T, CENTER, 1, true, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
     } else {
-        if (flags & VEC) row_bwd_reg<T, CENTER, V, false>(x, w, dy, dx, pdg, pdb, M, N, eps);
-        else row_bwd_reg<T, CENTER, 1, false>(x, w, dy, dx, pdg, pdb, M, N, eps);
+        if (flags & VEC) row_bwd_reg<T, CENTER, V, false, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
+        else row_bwd_reg<T, CENTER, 1, false, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
     }
 }
 
@@ -321,3 +343,8 @@ __device__ void row_bwd(const T* x, const T* w, const T* dy, T* dx, float* pdg, 
 #define CN_ROW_FWD_PARAMS(T) (const T* x, const T* w, const T* b, T* y, int M, int N, float eps, int flags)
 #define CN_ROW_BWD_PARAMS(T) \
     (const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N, float eps, int flags)
+#define CN_ADD_FWD_PARAMS(T) \
+    (const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps, int flags)
+#define CN_ADD_BWD_PARAMS(T)                                                                                   \
+    (const T* h, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M, int N, float eps, \
+     int flags)

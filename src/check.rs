@@ -81,14 +81,15 @@ pub(crate) fn like(op: &str, p: &Tensor, name: &str, x: &Tensor, x_name: &str) -
     Ok(())
 }
 
-/// Checks an upstream gradient: the shape, dtype and device of x.
-pub(crate) fn dy(op: &str, x: &Tensor, dy: &Tensor) -> Result<()> {
-    if dy.dims() != x.dims() || dy.dtype() != x.dtype() || !dy.device().same_device(x.device()) {
+/// Checks that a tensor given beside `x` (an upstream gradient, a residual) has the
+/// shape, dtype and device of `x`; `name` and `x_name` name them in the error.
+pub(crate) fn same(op: &str, t: &Tensor, name: &str, x: &Tensor, x_name: &str) -> Result<()> {
+    if t.dims() != x.dims() || t.dtype() != x.dtype() || !t.device().same_device(x.device()) {
         bail!(
-            "{op}: dy must have the shape, dtype and device of x: dy is {:?} {:?} on {:?}, x is {:?} {:?} on {:?}",
-            dy.dims(),
-            dy.dtype(),
-            dy.device().location(),
+            "{op}: {name} must have the shape, dtype and device of {x_name}: {name} is {:?} {:?} on {:?}, {x_name} is {:?} {:?} on {:?}",
+            t.dims(),
+            t.dtype(),
+            t.device().location(),
             x.dims(),
             x.dtype(),
             x.device().location()

@@ -1,11 +1,13 @@
 //! The bridge to candle's custom ops: a [`Fused`] op is written once over a slice of
 //! inputs, and [`Op`] turns it into candle's `CustomOp1`, `CustomOp2` and `CustomOp3`,
 //! so an op with optional inputs (a norm without weight or bias) is one type whatever
-//! its arity.
+//! its arity. An op outside autograd ([`apply_untracked`]) runs on the inputs'
+//! storages directly and takes any number of inputs.
 
+use candle_core::op::BackpropOp;
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 /// A storage and its layout, as candle hands them to a custom op.
 pub(crate) type Arg<'a, S> = (&'a S, &'a Layout);
@@ -33,19 +35,58 @@ pub(crate) trait Fused: Send + Sync {
 /// A [`Fused`] op as a candle custom op of any arity.
 pub(crate) struct Op<F>(pub F);
 
-/// Applies `op` to one, two or three inputs; with `track`, the result records the op
-/// for autograd.
-pub(crate) fn apply<F: Fused + 'static>(op: F, ins: &[&Tensor], track: bool) -> Result<Tensor> {
+/// Applies `op` to one, two or three inputs, recorded for autograd.
+pub(crate) fn apply<F: Fused + 'static>(op: F, ins: &[&Tensor]) -> Result<Tensor> {
     let op = Op(op);
-    match (ins, track) {
-        ([x], true) => x.apply_op1(op),
-        ([x], false) => x.apply_op1_no_bwd(&op),
-        ([x, a], true) => x.apply_op2(a, op),
-        ([x, a], false) => x.apply_op2_no_bwd(a, &op),
-        ([x, a, b], true) => x.apply_op3(a, b, op),
-        ([x, a, b], false) => x.apply_op3_no_bwd(a, b, &op),
+    match ins {
+        [x] => x.apply_op1(op),
+        [x, a] => x.apply_op2(a, op),
+        [x, a, b] => x.apply_op3(a, b, op),
         _ => bail!("{}: internal error: {} inputs", op.0.name(), ins.len()),
     }
+}
+
+/// Applies `op` to any number of inputs on one device, outside autograd.
+pub(crate) fn apply_untracked<F: Fused>(op: &F, ins: &[&Tensor]) -> Result<Tensor> {
+    let guards: Vec<_> = ins.iter().map(|t| t.storage_and_layout()).collect();
+    let (storage, shape) = match guards.first().map(|(s, _)| &**s) {
+        Some(Storage::Cpu(_)) => {
+            let args = args(op, &guards, |s| match s {
+                Storage::Cpu(c) => Some(c),
+                _ => None,
+            })?;
+            let (s, shape) = op.cpu(&args)?;
+            (Storage::Cpu(s), shape)
+        }
+        #[cfg(feature = "cuda")]
+        Some(Storage::Cuda(_)) => {
+            let args = args(op, &guards, |s| match s {
+                Storage::Cuda(c) => Some(c),
+                _ => None,
+            })?;
+            let (s, shape) = op.cuda(&args)?;
+            (Storage::Cuda(s), shape)
+        }
+        Some(_) => bail!("{}: this device is not supported (CPU and CUDA are)", op.name()),
+        None => bail!("{}: internal error: no inputs", op.name()),
+    };
+    Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
+}
+
+/// The inputs of [`apply_untracked`] as one backend's storages (`pick` returns `None`
+/// for another backend's).
+fn args<'a, F: Fused, S>(
+    op: &F,
+    guards: &'a [(candle_core::StorageRef<'_>, &'a Layout)],
+    pick: impl Fn(&Storage) -> Option<&S>,
+) -> Result<Vec<Arg<'a, S>>> {
+    guards
+        .iter()
+        .map(|(s, l)| match pick(s) {
+            Some(s) => Ok((s, *l)),
+            None => bail!("{}: inputs on different devices", op.name()),
+        })
+        .collect()
 }
 
 /// The gradients [`Fused::grads`] returns, checked to be one per input.

@@ -9,6 +9,9 @@
 //! - [`layer_norm_backward`], [`rms_norm_backward`], [`group_norm_backward`]: their
 //!   fused backward on its own, returning [`NormGrads`], for hand-written backward
 //!   passes and benchmarks;
+//! - [`add_layer_norm`], [`add_rms_norm`]: the residual add of a pre-norm transformer
+//!   block fused with its norm, returning both the norm and the sum, with their
+//!   backward [`add_layer_norm_backward`], [`add_rms_norm_backward`];
 //! - [`nn`]: drop-in modules ([`LayerNorm`], [`RmsNorm`], [`GroupNorm`]) and their
 //!   `VarBuilder` builders, loading PyTorch/Hugging Face checkpoints;
 //! - [`weight_standardization`], [`weight_norm`], [`nn::WsConv2d`] and
@@ -52,6 +55,7 @@ mod spec;
 pub use cpu::simd::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel};
 pub use nn::{GroupNorm, LayerNorm, RmsNorm, WsConv2d};
 pub use ops::{
-    group_norm, group_norm_backward, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, weight_norm,
-    weight_standardization, NormGrads,
+    add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, group_norm, group_norm_backward,
+    layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, weight_norm, weight_standardization, AddNormGrads,
+    NormGrads,
 };

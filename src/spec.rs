@@ -14,7 +14,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    /// The public function's name, used in custom-op names, kernel names and errors.
+    /// The plain op's name, which also names its kernels.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Layer => "layer_norm",
@@ -48,6 +48,9 @@ pub(crate) struct Spec {
     /// Rows cycle through this many blocks of `params_per_row` parameters.
     pub groups: usize,
     pub eps: f64,
+    /// The norm is of `h = x + residual` (rounded to the element type), which the
+    /// forward returns beside y; the backward adds the gradient reaching h directly.
+    pub residual: bool,
 }
 
 impl Spec {
@@ -62,6 +65,7 @@ impl Spec {
             params_per_row: len,
             groups: 1,
             eps,
+            residual: false,
         }
     }
 
@@ -78,7 +82,27 @@ impl Spec {
             params_per_row,
             groups,
             eps,
+            residual: false,
         }
+    }
+
+    /// The same norm of `x + residual`: the fused residual add.
+    pub(crate) fn with_residual(self) -> Self {
+        Self { residual: true, ..self }
+    }
+
+    /// The public function's name, used in custom-op names and errors.
+    pub(crate) fn name(&self) -> &'static str {
+        match (self.kind, self.residual) {
+            (Kind::Layer, true) => "add_layer_norm",
+            (Kind::Rms, true) => "add_rms_norm",
+            (kind, _) => kind.name(),
+        }
+    }
+
+    /// Elements of the forward's output: y, then h with a residual.
+    pub(crate) fn outputs(&self) -> usize {
+        self.rows * self.len * (1 + usize::from(self.residual))
     }
 
     /// LayerNorm subtracts the mean (GroupNorm too); RMSNorm does not.

@@ -1,6 +1,7 @@
 //! The CUDA kernels against the CPU path on the same inputs: forward and the gradients
-//! of x, weight and bias, every dtype, shapes that reach every kernel path. Without a
-//! GPU (or in a build without the `cuda` feature) each test says it was skipped.
+//! of x, weight and bias (and of the residual, for the fused residual add), every
+//! dtype, shapes that reach every kernel path. Without a GPU (or in a build without the
+//! `cuda` feature) each test says it was skipped.
 #![cfg(feature = "cuda")]
 mod common;
 use candle_core::{DType, Device, Tensor};
@@ -48,29 +49,30 @@ const GPU_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// N at and around every path limit: warp team (N <= 1024 forward, 512 backward), block
 /// team in registers (16 384 forward, 8 192 backward), multi-pass above, up to 2^20;
-/// odd N (scalar path) and M = 1.
+/// odd N (scalar path), M = 1, and odd element counts.
+const ROW_SHAPES: &[&[usize]] = &[
+    &[1, 1],
+    &[3, 7],
+    &[64, 512],
+    &[65, 513],
+    &[33, 1024],
+    &[8, 1032],
+    &[5, 4099],
+    &[4, 8192],
+    &[4, 8200],
+    &[3, 16384],
+    &[3, 16392],
+    &[2, 65536],
+    &[1, 1 << 20],
+    &[2, 3, 4, 33],
+    &[17],
+];
+
 #[test]
 fn rows_match_cpu_on_every_path() {
     let Some(dev) = gpu() else { return };
     let mut rng = Rng::new(40);
-    let shapes: &[&[usize]] = &[
-        &[1, 1],
-        &[3, 7],
-        &[64, 512],
-        &[65, 513],
-        &[33, 1024],
-        &[8, 1032],
-        &[5, 4099],
-        &[4, 8192],
-        &[4, 8200],
-        &[3, 16384],
-        &[3, 16392],
-        &[2, 65536],
-        &[1, 1 << 20],
-        &[2, 3, 4, 33],
-        &[17],
-    ];
-    for &shape in shapes {
+    for &shape in ROW_SHAPES {
         for norm in [Norm::Layer, Norm::Rms] {
             for dtype in GPU_DTYPES {
                 for affine in AFFINES {
@@ -154,6 +156,72 @@ fn parameter_gradients_are_bitwise_deterministic() {
             assert_eq!(to_f64(&a.1.unwrap()), to_f64(&b.1.unwrap()), "{norm:?} {dtype:?} dw");
             if let (Some(x), Some(y)) = (a.2, b.2) {
                 assert_eq!(to_f64(&x), to_f64(&y), "{norm:?} {dtype:?} db");
+            }
+        }
+    }
+}
+
+/// The fused residual add's outputs and the gradients of x, residual, weight and bias,
+/// with both outputs used downstream.
+fn add_run(case: &Case, r: &Tensor, dy: &Tensor, dh: &Tensor) -> Vec<Option<Tensor>> {
+    use candle_core::Var;
+    let var = |t: &Tensor| Var::from_tensor(t).unwrap();
+    let (x, r) = (var(&case.x), var(r));
+    let (w, b) = (case.w.as_ref().map(var), case.b.as_ref().map(var));
+    let (y, h) = case
+        .norm
+        .ours_add(&x, &r, w.as_deref(), b.as_deref(), case.eps)
+        .unwrap();
+    let loss = ((&y * dy).unwrap().sum_all().unwrap() + (&h * dh).unwrap().sum_all().unwrap()).unwrap();
+    let g = loss.backward().unwrap();
+    let get = |v: Option<&Var>| v.and_then(|v| g.get(v).cloned());
+    vec![
+        Some(y),
+        Some(h.clone()),
+        get(Some(&x)),
+        get(Some(&r)),
+        get(w.as_ref()),
+        get(b.as_ref()),
+    ]
+}
+
+/// The fused residual add on every row path, and with h misaligned (an odd element
+/// count, as [3, 7], puts h off a 16-byte boundary), against the CPU: h bit for bit (both are the
+/// correctly rounded sums), y and the gradients of all four inputs within the table;
+/// and the standalone backward without dh.
+#[test]
+fn residual_add_matches_cpu_on_every_path() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = Rng::new(44);
+    for &shape in ROW_SHAPES {
+        for norm in [Norm::Layer, Norm::Rms] {
+            for dtype in GPU_DTYPES {
+                for affine in AFFINES {
+                    let case = Case::new(&mut rng, norm, shape, dtype, affine, 1e-5);
+                    let [r, dy, dh] = [0; 3].map(|_| rng.tensor(shape, dtype, 0.0, 1.0));
+                    let on = |t: &Tensor| t.to_device(&dev).unwrap();
+                    let cpu = add_run(&case, &r, &dy, &dh);
+                    let gpu = add_run(&case.to_device(&dev), &on(&r), &on(&dy), &on(&dh));
+                    let what = format!("{norm:?} {shape:?} {dtype:?} {affine:?}");
+                    let (h_cpu, h_gpu) = (cpu[1].as_ref().unwrap(), gpu[1].as_ref().unwrap());
+                    assert_eq!(to_f64(h_gpu), to_f64(h_cpu), "{what} h");
+                    let t = tol(dtype);
+                    let names = ["y", "h", "dx", "dresidual", "dw", "db"];
+                    for ((name, c), g) in names.iter().zip(&cpu).zip(&gpu) {
+                        assert_eq!(c.is_some(), g.is_some(), "{what} {name}");
+                        if let (Some(c), Some(g)) = (c, g) {
+                            let tol = if *name == "y" { t.fwd } else { t.bwd };
+                            assert_close_max(&format!("{what} {name}"), g, c, tol);
+                        }
+                    }
+                    let (w, b) = (case.w.as_ref(), case.b.as_ref());
+                    let want = norm.add_backward(h_cpu, w, b, &dy, None, case.eps).unwrap();
+                    let gc = case.to_device(&dev);
+                    let got = norm
+                        .add_backward(h_gpu, gc.w.as_ref(), gc.b.as_ref(), &on(&dy), None, case.eps)
+                        .unwrap();
+                    assert_close_max(&format!("{what} standalone dx"), &got.dx, &want.dx, t.bwd);
+                }
             }
         }
     }

@@ -66,6 +66,19 @@ fn modules_load_checkpoint_and_match_functional_ops() {
         assert_close(&format!("ln {dtype:?}"), &ln.forward(&x).unwrap(), &want, 0.0);
         let want = candle_norm::rms_norm(&x, Some(&cv(&rw)), 1e-6).unwrap();
         assert_close(&format!("rms {dtype:?}"), &rms.forward(&x).unwrap(), &want, 0.0);
+        let r = rng.tensor(&[3, 5, 16], dtype, 0.0, 1.0);
+        let h = (&x + &r).unwrap();
+        for (name, (y, hf), module_y) in [
+            ("ln", ln.forward_with_residual(&x, &r).unwrap(), ln.forward(&h).unwrap()),
+            (
+                "rms",
+                rms.forward_with_residual(&x, &r).unwrap(),
+                rms.forward(&h).unwrap(),
+            ),
+        ] {
+            assert_close(&format!("{name} with residual {dtype:?}: h"), &hf, &h, 0.0);
+            assert_close(&format!("{name} with residual {dtype:?}: y"), &y, &module_y, 0.0);
+        }
         let xg = rng.tensor(&[2, 8, 3, 3], dtype, 0.0, 1.0);
         let want = candle_norm::group_norm(&xg, 4, Some(&cv(&gw)), Some(&cv(&gb)), 1e-5).unwrap();
         assert_close(&format!("gn {dtype:?}"), &gn.forward(&xg).unwrap(), &want, 0.0);

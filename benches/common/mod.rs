@@ -1,6 +1,7 @@
 //! The cases both benches measure, and the ops each case runs: this crate's forward and
 //! standalone backward, candle-nn's fused forward where it has one, and the composed
-//! reference (candle autograd's baseline).
+//! reference (candle autograd's baseline); for the fused residual add + norm, the
+//! fused op and the unfused pair (candle's add, then this crate's norm).
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -45,6 +46,20 @@ pub fn cases(dev: &Device) -> Vec<Case> {
     v
 }
 
+/// The fused residual add + norm's grid: on the CPU the 4096 × 4096 rows of its speed
+/// target, on a GPU rows of 2^27 elements from N = 1024 to 65536.
+pub fn add_cases(dev: &Device) -> Vec<Case> {
+    let rows: Vec<Vec<usize>> = if dev.is_cpu() {
+        vec![vec![4096, 4096]]
+    } else {
+        [1024usize, 4096, 16384, 65536].map(|n| vec![(1 << 27) / n, n]).to_vec()
+    };
+    [Norm::Layer, Norm::Rms]
+        .into_iter()
+        .flat_map(|norm| rows.iter().map(move |s| Case { norm, shape: s.clone() }))
+        .collect()
+}
+
 /// The dtypes measured on a device (f16 behaves as bf16 on the CPU).
 pub fn dtypes(dev: &Device) -> Vec<DType> {
     if dev.is_cpu() {
@@ -66,6 +81,14 @@ impl Case {
             Norm::Layer => "layer_norm",
             Norm::Rms => "rms_norm",
             Norm::Group(_) => "group_norm",
+        }
+    }
+
+    /// The fused residual add's name (LayerNorm and RMSNorm cases).
+    pub fn add_name(&self) -> &'static str {
+        match self.norm {
+            Norm::Layer => "add_layer_norm",
+            _ => "add_rms_norm",
         }
     }
 
@@ -94,6 +117,34 @@ impl Case {
             Norm::Group(g) => candle_norm::group_norm_backward(x, g, Some(w), Some(b), dy, 1e-5),
         }?;
         Ok(g.dx)
+    }
+
+    /// This crate's fused residual add + norm: (y, h).
+    pub fn ours_add(&self, x: &Tensor, r: &Tensor, w: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self.norm {
+            Norm::Layer => candle_norm::add_layer_norm(x, r, Some(w), Some(b), 1e-5),
+            _ => candle_norm::add_rms_norm(x, r, Some(w), 1e-5),
+        }
+    }
+
+    /// The unfused pair: candle's add, then this crate's norm: (y, h).
+    pub fn unfused_add(&self, x: &Tensor, r: &Tensor, w: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+        let h = (x + r)?;
+        Ok((self.ours(&h, w, b)?, h))
+    }
+
+    /// The fused residual add's standalone backward, with h used downstream: dx.
+    pub fn add_backward(&self, h: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor, dh: &Tensor) -> Result<Tensor> {
+        let g = match self.norm {
+            Norm::Layer => candle_norm::add_layer_norm_backward(h, Some(w), Some(b), dy, Some(dh), 1e-5),
+            _ => candle_norm::add_rms_norm_backward(h, Some(w), dy, Some(dh), 1e-5),
+        }?;
+        Ok(g.dx)
+    }
+
+    /// The unfused backward: this crate's norm backward, then candle's add of dh.
+    pub fn unfused_add_backward(&self, h: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor, dh: &Tensor) -> Result<Tensor> {
+        self.backward(h, w, b, dy)? + dh
     }
 
     /// The composed reference, differentiable through candle autograd.

@@ -2,6 +2,8 @@
 //! multi-head self-attention and an MLP with residual connections, a final norm and an
 //! output projection. The norms are candle-norm's modules, placed before each sublayer
 //! (pre-norm, `x + f(norm(x))`) or after each residual sum (post-norm, `norm(x + f(x))`).
+//! In the pre-norm model every residual add is fused with the norm that reads its sum
+//! (`forward_with_residual`), as LLM implementations do.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder, VarMap};
@@ -111,17 +113,19 @@ impl Block {
         self.out.forward(&self.fc.forward(x)?.gelu()?)
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, placement: Placement) -> Result<Tensor> {
-        match placement {
-            Placement::Pre => {
-                let x = (x + self.attn.forward(&self.norm1.forward(x)?, mask)?)?;
-                &x + self.mlp(&self.norm2.forward(&x)?)?
-            }
-            Placement::Post => {
-                let x = self.norm1.forward(&(x + self.attn.forward(x, mask)?)?)?;
-                self.norm2.forward(&(&x + self.mlp(&x)?)?)
-            }
-        }
+    /// A pre-norm block, given its input `h` (the residual stream) already normalized by
+    /// `norm1`: each residual add is fused with the norm that reads its sum, `norm2`
+    /// here and `next` (the next block's `norm1`, or the final norm) at the end.
+    /// Returns the next norm's output and the new residual stream.
+    fn forward_pre(&self, normed: &Tensor, h: &Tensor, mask: &Tensor, next: &LayerNorm) -> Result<(Tensor, Tensor)> {
+        let (normed, h) = self.norm2.forward_with_residual(&self.attn.forward(normed, mask)?, h)?;
+        next.forward_with_residual(&self.mlp(&normed)?, &h)
+    }
+
+    /// A post-norm block: `norm(x + f(x))` after each sublayer.
+    fn forward_post(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let x = self.norm1.forward(&(x + self.attn.forward(x, mask)?)?)?;
+        self.norm2.forward(&(&x + self.mlp(&x)?)?)
     }
 }
 
@@ -158,10 +162,23 @@ impl Gpt {
         let pos = Tensor::arange(0u32, t as u32, dev)?;
         let mut x = self.wte.forward(ids)?.broadcast_add(&self.wpe.forward(&pos)?)?;
         let mask = causal_mask(t, x.dtype(), dev)?;
-        for block in &self.blocks {
-            x = block.forward(&x, &mask, self.cfg.placement)?;
+        match self.cfg.placement {
+            Placement::Pre => {
+                let first = self.blocks.first().map_or(&self.norm_f, |b| &b.norm1);
+                let mut normed = first.forward(&x)?;
+                for (i, block) in self.blocks.iter().enumerate() {
+                    let next = self.blocks.get(i + 1).map_or(&self.norm_f, |b| &b.norm1);
+                    (normed, x) = block.forward_pre(&normed, &x, &mask, next)?;
+                }
+                self.head.forward(&normed)
+            }
+            Placement::Post => {
+                for block in &self.blocks {
+                    x = block.forward_post(&x, &mask)?;
+                }
+                self.head.forward(&self.norm_f.forward(&x)?)
+            }
         }
-        self.head.forward(&self.norm_f.forward(&x)?)
     }
 }
 

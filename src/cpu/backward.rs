@@ -2,6 +2,8 @@
 //! first reads x and dy from memory and gathers the moments together with Σg and the
 //! co-moment Σg·(x − mean) ([`GradSums`]); the second, from cache, accumulates dγ/dβ
 //! and writes dx. dγ/dβ partials are per task (or chunk) and summed in task order.
+//! The fused residual add's backward is the same over h, with the gradient reaching h
+//! directly added to dx.
 
 use super::alloc::output;
 use super::blocks::{read_blocks, write_blocks, BLOCK};
@@ -193,12 +195,14 @@ fn backward_sums<T: Elem>(spec: &Spec, at: (usize, usize), (x, dy): (&[T], &[T])
 }
 
 /// Second backward pass over the same elements, from cache: adds dy·x̂ and dy
-/// to `acc` and writes dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)).
+/// to `acc` and writes dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)). `ins` is
+/// `[x, dy]`, or `[h, dy, dh]` for the fused residual add, whose dh (the gradient
+/// reaching h directly) is added to dx before it is rounded.
 #[inline(always)]
-fn backward_dx<T: Elem>(
+fn backward_dx<T: Elem, const K: usize>(
     spec: &Spec,
     at: (usize, usize),
-    (x, dy): (&[T], &[T]),
+    ins: [&[T]; K],
     dx: &mut [T],
     r: RowGrad<T::Acc>,
     w: &[T::Acc],
@@ -206,10 +210,11 @@ fn backward_dx<T: Elem>(
 ) {
     let (mut xh, mut g) = ([T::Acc::ZERO; BLOCK], [T::Acc::ZERO; BLOCK]);
     write_blocks(
-        [x, dy],
+        ins,
         dx,
         #[inline(always)]
-        |o, [xa, da], out| {
+        |o, blocks, out| {
+            let (xa, da) = (blocks[0], blocks[1]);
             let at = (at.0, at.1 + o);
             let (xh, g) = (&mut xh[..xa.len()], &mut g[..xa.len()]);
             for (h, &x) in xh.iter_mut().zip(xa) {
@@ -220,22 +225,34 @@ fn backward_dx<T: Elem>(
             for ((d, &g), &x) in out.iter_mut().zip(&*g).zip(&*xh) {
                 *d = r.rstd * (g - r.mean_g - x * r.mean_gx);
             }
+            if let Some(dh) = blocks.get(2) {
+                for (d, &e) in out.iter_mut().zip(*dh) {
+                    *d += e;
+                }
+            }
         },
     );
 }
 
 /// Backward: dx, then dγ with a weight, then dβ with a bias, in one vector (the fused
 /// backward op's output), from x, the weight and dy, recomputing the row statistics.
-pub(super) fn backward<T: Elem>(spec: &Spec, want: Affine, x: &[T], w: Option<&[T]>, dy: &[T]) -> Vec<T> {
+/// With `dh` (the fused residual add: `x` is then h), dx is dh plus the norm's
+/// gradient.
+pub(super) fn backward<T: Elem>(
+    spec: &Spec,
+    want: Affine,
+    x: &[T],
+    w: Option<&[T]>,
+    dy: &[T],
+    dh: Option<&[T]>,
+) -> Vec<T> {
     let np = spec.params();
     let mut out = output(x.len(), spec.packed_grads(want));
     let (w, _) = affine_params(spec, w, None);
-    let acc = if x.is_empty() {
-        ParamGrads::zeros(0, np, want)
-    } else if split_rows(spec) {
-        backward_split(spec, want, x, &w, dy, &mut out)
-    } else {
-        backward_rows(spec, want, x, &w, dy, &mut out)
+    let acc = match dh {
+        _ if x.is_empty() => ParamGrads::zeros(0, np, want),
+        Some(dh) => backward_any(spec, want, [x, dy, dh], &w, &mut out),
+        None => backward_any(spec, want, [x, dy], &w, &mut out),
     };
     for g in [&acc.dg, &acc.db] {
         if !g.is_empty() {
@@ -247,32 +264,48 @@ pub(super) fn backward<T: Elem>(spec: &Spec, want: Affine, x: &[T], w: Option<&[
     out
 }
 
-/// Backward for rows held whole: one task per block of rows, each with its own dγ/dβ
-/// partial, summed in task order.
-fn backward_rows<T: Elem>(
+/// The backward of non-empty inputs `ins` (see [`backward_dx`]), by whole rows or by
+/// split rows.
+fn backward_any<T: Elem, const K: usize>(
     spec: &Spec,
     want: Affine,
-    x: &[T],
+    ins: [&[T]; K],
     w: &[T::Acc],
-    dy: &[T],
+    dx: &mut [T],
+) -> ParamGrads<T::Acc> {
+    if split_rows(spec) {
+        backward_split(spec, want, ins, w, dx)
+    } else {
+        backward_rows(spec, want, ins, w, dx)
+    }
+}
+
+/// Backward for rows held whole: one task per block of rows, each with its own dγ/dβ
+/// partial, summed in task order.
+fn backward_rows<T: Elem, const K: usize>(
+    spec: &Spec,
+    want: Affine,
+    ins: [&[T]; K],
+    w: &[T::Acc],
     dx: &mut [T],
 ) -> ParamGrads<T::Acc> {
     let (np, len) = (spec.params(), spec.len);
     let rpt = rows_per_task(spec).max(spec.rows.div_ceil(MAX_PARTIALS));
+    let step = rpt * len;
     let partials: Vec<ParamGrads<T::Acc>> = dx
-        .par_chunks_mut(rpt * len)
-        .zip(x.par_chunks(rpt * len).zip(dy.par_chunks(rpt * len)))
+        .par_chunks_mut(step)
         .enumerate()
-        .map(|(t, (dxt, (xt, dyt)))| {
+        .map(|(t, dxt)| {
+            let ins = ins.map(|s| &s[t * step..t * step + dxt.len()]);
             let mut acc = ParamGrads::zeros(0, np, want);
             run(
                 #[inline(always)]
                 || {
-                    let rows = dxt.chunks_mut(len).zip(xt.chunks(len).zip(dyt.chunks(len)));
-                    for (i, (dxr, (xr, dyr))) in rows.enumerate() {
+                    for (i, dxr) in dxt.chunks_mut(len).enumerate() {
+                        let ins = ins.map(|s| &s[i * len..(i + 1) * len]);
                         let at = (t * rpt + i, 0);
-                        let stats = backward_sums(spec, at, (xr, dyr), w).finish(spec);
-                        backward_dx(spec, at, (xr, dyr), dxr, stats, w, &mut acc);
+                        let stats = backward_sums(spec, at, (ins[0], ins[1]), w).finish(spec);
+                        backward_dx(spec, at, ins, dxr, stats, w, &mut acc);
                     }
                 },
             );
@@ -287,12 +320,11 @@ fn backward_rows<T: Elem>(
 
 /// Backward for split rows: per-chunk [`GradSums`] merged per row in chunk order, then
 /// dx and a dγ/dβ partial per chunk, the partials summed in chunk order.
-fn backward_split<T: Elem>(
+fn backward_split<T: Elem, const K: usize>(
     spec: &Spec,
     want: Affine,
-    x: &[T],
+    ins: [&[T]; K],
     w: &[T::Acc],
-    dy: &[T],
     dx: &mut [T],
 ) -> ParamGrads<T::Acc> {
     let nck = spec.len.div_ceil(CHUNK);
@@ -300,7 +332,7 @@ fn backward_split<T: Elem>(
         .into_par_iter()
         .map(|item| {
             let (r, k) = (item / nck, item % nck);
-            let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
+            let (xc, dyc) = (chunk_of(spec, ins[0], r, k), chunk_of(spec, ins[1], r, k));
             run(
                 #[inline(always)]
                 || backward_sums(spec, (r, k * CHUNK), (xc, dyc), w),
@@ -313,13 +345,13 @@ fn backward_split<T: Elem>(
         .collect();
     let parts: Vec<ParamGrads<T::Acc>> = chunks_mut(spec, dx)
         .map(|(r, k, dxc)| {
-            let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
+            let ins = ins.map(|s| chunk_of(spec, s, r, k));
             let i0 = k * CHUNK;
             let p_base = spec.param(r, i0);
-            let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + xc.len() - 1) - p_base + 1, want);
+            let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + dxc.len() - 1) - p_base + 1, want);
             run(
                 #[inline(always)]
-                || backward_dx(spec, (r, i0), (xc, dyc), dxc, rows[r], w, &mut acc),
+                || backward_dx(spec, (r, i0), ins, dxc, rows[r], w, &mut acc),
             );
             acc
         })

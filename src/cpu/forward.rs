@@ -1,5 +1,7 @@
 //! The forward of every norm: two passes over a row (moments, then y), y written in
-//! place by the task that owns the row (or the chunk of a split row).
+//! place by the task that owns the row (or the chunk of a split row). The fused
+//! residual add writes h = x + residual first, in the same task, and normalizes it
+//! from cache.
 
 use super::alloc::output;
 use super::blocks::write_blocks;
@@ -64,20 +66,64 @@ fn forward_part<T: Elem>(
     );
 }
 
-/// Per-row (mean, rstd) for split rows, from chunk moments merged in chunk order.
-fn split_stats<T: Elem>(spec: &Spec, x: &[T]) -> Vec<(T::Acc, T::Acc)> {
+/// `h = x + residual`, each sum rounded once to the element type: what candle's `add`
+/// gives, since the f32 (f64) sum of two elements of a narrower type rounds to the
+/// same value as the exact sum.
+#[inline(always)]
+fn add<T: Elem>(x: &[T], r: &[T], h: &mut [T]) {
+    write_blocks(
+        [x, r],
+        h,
+        #[inline(always)]
+        |_, [xa, ra], hb| {
+            for ((h, &x), &r) in hb.iter_mut().zip(xa).zip(ra) {
+                *h = x + r;
+            }
+        },
+    );
+}
+
+/// Normalizes whole rows: `src` holds the task's rows, starting at row `first`.
+#[inline(always)]
+fn forward_rows<T: Elem>(spec: &Spec, first: usize, src: &[T], y: &mut [T], wb: (&[T::Acc], &[T::Acc])) {
+    let eps = T::Acc::from_f64(spec.eps);
+    for (i, (yr, xr)) in y.chunks_mut(spec.len).zip(src.chunks(spec.len)).enumerate() {
+        let stats = moments(xr, spec.center()).stats(eps);
+        forward_part(spec, (first + i, 0), xr, yr, stats, wb);
+    }
+}
+
+/// Per-row (mean, rstd) for split rows, from chunk moments merged in chunk order. With
+/// `add = (residual, h)`, the chunks of `h = x + residual` are written first and their
+/// moments taken from cache.
+fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut [T])>) -> Vec<(T::Acc, T::Acc)> {
     let eps = T::Acc::from_f64(spec.eps);
     let nck = spec.len.div_ceil(CHUNK);
-    let moments: Vec<Moments<T::Acc>> = (0..spec.rows * nck)
-        .into_par_iter()
-        .map(|item| {
-            let c = chunk_of(spec, x, item / nck, item % nck);
-            run(
-                #[inline(always)]
-                || moments(c, spec.center()),
-            )
-        })
-        .collect();
+    let center = spec.center();
+    let moments: Vec<Moments<T::Acc>> = match add {
+        None => (0..spec.rows * nck)
+            .into_par_iter()
+            .map(|item| {
+                let c = chunk_of(spec, x, item / nck, item % nck);
+                run(
+                    #[inline(always)]
+                    || moments(c, center),
+                )
+            })
+            .collect(),
+        Some((r, h)) => chunks_mut(spec, h)
+            .map(|(row, k, hc)| {
+                let (xc, rc) = (chunk_of(spec, x, row, k), chunk_of(spec, r, row, k));
+                run(
+                    #[inline(always)]
+                    || {
+                        self::add(xc, rc, hc);
+                        moments(hc, center)
+                    },
+                )
+            })
+            .collect(),
+    };
     moments
         .chunks(nck)
         .map(|m| m.iter().fold(Moments::EMPTY, |a, &b| a.merge(b)).stats(eps))
@@ -86,41 +132,63 @@ fn split_stats<T: Elem>(spec: &Spec, x: &[T]) -> Vec<(T::Acc, T::Acc)> {
 
 /// Forward: y for every element of `x`, laid out as `x`, written in place by tasks of
 /// whole rows, or of chunks of rows too long for one task (whose statistics are then
-/// gathered first, across tasks).
-pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<&[T]>) -> Vec<T> {
+/// gathered first, across tasks). With a `residual`, the norm is of
+/// `h = x + residual`, and the output holds y, then h; each task writes its part of h
+/// and normalizes it while it is in cache.
+pub(super) fn forward<T: Elem>(
+    spec: &Spec,
+    x: &[T],
+    residual: Option<&[T]>,
+    w: Option<&[T]>,
+    b: Option<&[T]>,
+) -> Vec<T> {
+    let total = spec.outputs();
+    let mut out = output(total, total);
     if x.is_empty() {
-        return Vec::new();
+        return out;
     }
     let (w, b) = affine_params(spec, w, b);
     let wb = (&w[..], &b[..]);
-    let len = spec.len;
-    let mut y = output(x.len(), x.len());
+    let (y, h) = out.split_at_mut(x.len());
     if split_rows(spec) {
-        let stats = split_stats(spec, x);
-        chunks_mut(spec, &mut y).for_each(|(r, k, yc)| {
-            let xc = chunk_of(spec, x, r, k);
+        let stats = split_stats(spec, x, residual.map(|r| (r, &mut *h)));
+        let src = if residual.is_some() { &*h } else { x };
+        chunks_mut(spec, y).for_each(|(r, k, yc)| {
+            let xc = chunk_of(spec, src, r, k);
             run(
                 #[inline(always)]
                 || forward_part(spec, (r, k * CHUNK), xc, yc, stats[r], wb),
             )
         });
-    } else {
-        let eps = T::Acc::from_f64(spec.eps);
-        let rpt = rows_per_task(spec);
-        y.par_chunks_mut(rpt * len)
-            .zip(x.par_chunks(rpt * len))
+        return out;
+    }
+    let rpt = rows_per_task(spec);
+    let step = rpt * spec.len;
+    match residual {
+        None => y
+            .par_chunks_mut(step)
+            .zip(x.par_chunks(step))
             .enumerate()
             .for_each(|(t, (yt, xt))| {
                 run(
                     #[inline(always)]
+                    || forward_rows(spec, t * rpt, xt, yt, wb),
+                )
+            }),
+        Some(r) => y
+            .par_chunks_mut(step)
+            .zip(h.par_chunks_mut(step))
+            .zip(x.par_chunks(step).zip(r.par_chunks(step)))
+            .enumerate()
+            .for_each(|(t, ((yt, ht), (xt, rt)))| {
+                run(
+                    #[inline(always)]
                     || {
-                        for (i, (yr, xr)) in yt.chunks_mut(len).zip(xt.chunks(len)).enumerate() {
-                            let stats = moments(xr, spec.center()).stats(eps);
-                            forward_part(spec, (t * rpt + i, 0), xr, yr, stats, wb);
-                        }
+                        add(xt, rt, ht);
+                        forward_rows(spec, t * rpt, ht, yt, wb);
                     },
                 )
-            });
+            }),
     }
-    y
+    out
 }

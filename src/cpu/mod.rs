@@ -42,55 +42,49 @@ use half::{bf16, f16};
 
 /// The elements of a contiguous input.
 fn slice<'a, T: Elem>(spec: &Spec, (s, l): Arg<'a, CpuStorage>) -> Result<&'a [T]> {
-    Ok(&T::cpu_storage_as_slice(s)?[check::contiguous_range(spec.kind.name(), l)?])
+    Ok(&T::cpu_storage_as_slice(s)?[check::contiguous_range(spec.name(), l)?])
 }
 
-/// The forward of `spec`: y, laid out as x.
+/// The forward of `spec`: y, laid out as x, then h with a `residual`.
 pub(crate) fn forward(
     spec: &Spec,
     x: Arg<CpuStorage>,
+    residual: Option<Arg<CpuStorage>>,
     w: Option<Arg<CpuStorage>>,
     b: Option<Arg<CpuStorage>>,
 ) -> Result<CpuStorage> {
     fn run<T: Elem>(
         spec: &Spec,
         x: Arg<CpuStorage>,
-        w: Option<Arg<CpuStorage>>,
-        b: Option<Arg<CpuStorage>>,
+        [residual, w, b]: [Option<Arg<CpuStorage>>; 3],
     ) -> Result<CpuStorage> {
-        let (w, b) = (
-            w.map(|a| slice::<T>(spec, a)).transpose()?,
-            b.map(|a| slice::<T>(spec, a)).transpose()?,
-        );
-        Ok(T::to_cpu_storage_owned(forward::forward(
-            spec,
-            slice::<T>(spec, x)?,
-            w,
-            b,
-        )))
+        let [residual, w, b] = [residual, w, b].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
+        let y = forward::forward(spec, slice::<T>(spec, x)?, residual?, w?, b?);
+        Ok(T::to_cpu_storage_owned(y))
     }
-    dispatch_dtype!(spec.kind.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, x, w, b))
+    dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, x, [residual, w, b]))
 }
 
 /// The fused backward of `spec`: dx, then dγ when `want.weight`, then dβ when
-/// `want.bias`, in one flat storage.
+/// `want.bias`, in one flat storage. With `dh` (the fused residual add), `x` is h and
+/// dh is added to dx.
 pub(crate) fn backward(
     spec: &Spec,
     want: Affine,
     x: Arg<CpuStorage>,
     w: Option<Arg<CpuStorage>>,
     dy: Arg<CpuStorage>,
+    dh: Option<Arg<CpuStorage>>,
 ) -> Result<CpuStorage> {
     fn run<T: Elem>(
         spec: &Spec,
         want: Affine,
-        x: Arg<CpuStorage>,
-        w: Option<Arg<CpuStorage>>,
-        dy: Arg<CpuStorage>,
+        [x, dy]: [Arg<CpuStorage>; 2],
+        [w, dh]: [Option<Arg<CpuStorage>>; 2],
     ) -> Result<CpuStorage> {
-        let w = w.map(|a| slice::<T>(spec, a)).transpose()?;
-        let out = backward::backward(spec, want, slice::<T>(spec, x)?, w, slice::<T>(spec, dy)?);
+        let [w, dh] = [w, dh].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
+        let out = backward::backward(spec, want, slice::<T>(spec, x)?, w?, slice::<T>(spec, dy)?, dh?);
         Ok(T::to_cpu_storage_owned(out))
     }
-    dispatch_dtype!(spec.kind.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, x, w, dy))
+    dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh]))
 }

@@ -77,7 +77,7 @@ pub(super) fn forward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
     (xv, wv, bv): FwdIns<'_, '_, T>,
-    y: &mut CudaSlice<T>,
+    y: &mut CudaViewMut<'_, T>,
     aligned: bool,
 ) -> Result<()> {
     let (eps, null) = (spec.eps as f32, 0u64);

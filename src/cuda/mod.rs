@@ -36,7 +36,7 @@ const BLOCK: usize = 256;
 
 /// A size as the kernels' `int`, or an error naming the op.
 fn int(spec: &Spec, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).or_else(|_| bail!("{}: {what} = {v} is too large for the CUDA kernels", spec.kind.name()))
+    i32::try_from(v).or_else(|_| bail!("{}: {what} = {v} is too large for the CUDA kernels", spec.name()))
 }
 
 fn cfg(grid: (usize, usize), block: usize, smem: usize) -> LaunchConfig {
@@ -50,13 +50,22 @@ fn cfg(grid: (usize, usize), block: usize, smem: usize) -> LaunchConfig {
 /// The view of a contiguous input's elements, and whether it starts 16-byte aligned
 /// (candle's allocations are; an offset view may not be).
 fn view<'a, T: CudaElem>(spec: &Spec, (s, l): Arg<'a, CudaStorage>) -> Result<(CudaView<'a, T>, bool)> {
-    let range = check::contiguous_range(spec.kind.name(), l)?;
+    let range = check::contiguous_range(spec.name(), l)?;
     let aligned = (range.start * std::mem::size_of::<T>()).is_multiple_of(16);
     Ok((s.as_cuda_slice::<T>()?.slice(range), aligned))
 }
 
 /// The forward's inputs on the device: x, and the weight and bias when given.
 type FwdIns<'a, 'b, T> = (
+    &'b CudaView<'a, T>,
+    &'b Option<CudaView<'a, T>>,
+    &'b Option<CudaView<'a, T>>,
+);
+
+/// The fused residual add's forward inputs on the device: x, the residual, and the
+/// weight and bias when given.
+type AddIns<'a, 'b, T> = (
+    &'b CudaView<'a, T>,
     &'b CudaView<'a, T>,
     &'b Option<CudaView<'a, T>>,
     &'b Option<CudaView<'a, T>>,
@@ -73,36 +82,46 @@ fn push_opt<'a, T>(lb: &mut LaunchArgs<'a>, v: &'a Option<CudaView<'a, T>>, null
     };
 }
 
-/// Forward on the GPU: y, laid out as x.
+/// Forward on the GPU: y, laid out as x, then h with a `residual` (the fused
+/// residual add, LayerNorm and RMSNorm only).
 pub(crate) fn forward(
     spec: &Spec,
     x: Arg<CudaStorage>,
+    residual: Option<Arg<CudaStorage>>,
     w: Option<Arg<CudaStorage>>,
     b: Option<Arg<CudaStorage>>,
 ) -> Result<CudaStorage> {
     fn run<T: CudaElem>(
         spec: &Spec,
         x: Arg<CudaStorage>,
-        w: Option<Arg<CudaStorage>>,
-        b: Option<Arg<CudaStorage>>,
+        [residual, w, b]: [Option<Arg<CudaStorage>>; 3],
     ) -> Result<CudaStorage> {
         let dev = &x.0.device;
         let (xv, mut aligned) = view::<T>(spec, x)?;
-        let wv = w.map(|a| view::<T>(spec, a)).transpose()?;
-        let bv = b.map(|a| view::<T>(spec, a)).transpose()?;
-        aligned &= wv.as_ref().is_none_or(|v| v.1) && bv.as_ref().is_none_or(|v| v.1);
-        let (wv, bv) = (wv.map(|v| v.0), bv.map(|v| v.0));
-        // SAFETY: every element of y is written by the kernels below before it is read.
-        let mut y = unsafe { dev.alloc::<T>(xv.len()) }?;
-        if !xv.is_empty() {
-            match spec.kind {
-                Kind::Group => group::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
-                Kind::Layer | Kind::Rms => row::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
+        let [rv, wv, bv] = [residual, w, b].map(|a| a.map(|a| view::<T>(spec, a)).transpose());
+        let [rv, wv, bv] = [rv?, wv?, bv?].map(|v| {
+            aligned &= v.as_ref().is_none_or(|v| v.1);
+            v.map(|v| v.0)
+        });
+        let n = xv.len();
+        // SAFETY: every element of y (and h) is written by the kernels below before it
+        // is read.
+        let mut out = unsafe { dev.alloc::<T>(spec.outputs()) }?;
+        if n > 0 {
+            let (mut y, mut h) = out.split_at_mut(n);
+            match (spec.kind, rv) {
+                (Kind::Group, None) => group::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
+                (Kind::Layer | Kind::Rms, None) => row::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
+                (Kind::Layer | Kind::Rms, Some(rv)) => {
+                    aligned &= (n * std::mem::size_of::<T>()).is_multiple_of(16);
+                    row::forward_add(spec, dev, (&xv, &rv, &wv, &bv), (&mut h, &mut y), aligned)?
+                }
+                (Kind::Group, Some(_)) => bail!("{}: internal error: GroupNorm has no residual add", spec.name()),
             }
         }
-        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
-    dispatch_dtype!(spec.kind.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, x, w, b))
+    dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, x, [residual, w, b]))
 }
 
 /// Per-block (rows) or per-sample (groups) f32 partials of dγ and dβ, `[count, N]`.
@@ -113,27 +132,31 @@ struct Partials {
 }
 
 /// Backward on the GPU: one flat storage holding dx, then dγ when `want.weight`, then
-/// dβ when `want.bias`, as the CPU path returns it.
+/// dβ when `want.bias`, as the CPU path returns it. With `dh` (the fused residual add),
+/// `x` is h and dh is added to dx.
 pub(crate) fn backward(
     spec: &Spec,
     want: Affine,
     x: Arg<CudaStorage>,
     w: Option<Arg<CudaStorage>>,
     dy: Arg<CudaStorage>,
+    dh: Option<Arg<CudaStorage>>,
 ) -> Result<CudaStorage> {
     fn run<T: CudaElem>(
         spec: &Spec,
         want: Affine,
-        x: Arg<CudaStorage>,
-        w: Option<Arg<CudaStorage>>,
-        dy: Arg<CudaStorage>,
+        [x, dy]: [Arg<CudaStorage>; 2],
+        [w, dh]: [Option<Arg<CudaStorage>>; 2],
     ) -> Result<CudaStorage> {
         let dev = &x.0.device;
         let (xv, xa) = view::<T>(spec, x)?;
         let (dyv, dya) = view::<T>(spec, dy)?;
-        let wv = w.map(|a| view::<T>(spec, a)).transpose()?;
-        let aligned = xa && dya && wv.as_ref().is_none_or(|v| v.1);
-        let wv = wv.map(|v| v.0);
+        let [wv, dhv] = [w, dh].map(|a| a.map(|a| view::<T>(spec, a)).transpose());
+        let mut aligned = xa && dya;
+        let [wv, dhv] = [wv?, dhv?].map(|v| {
+            aligned &= v.as_ref().is_none_or(|v| v.1);
+            v.map(|v| v.0)
+        });
         let (len, total) = (xv.len(), spec.packed_grads(want));
         if len == 0 {
             // dγ/dβ of an empty input are zeros.
@@ -143,16 +166,18 @@ pub(crate) fn backward(
         // when wanted, by the dparams kernel, launched whenever one of them is.
         let mut out = unsafe { dev.alloc::<T>(total) }?;
         let (mut dx, mut params) = out.split_at_mut(len);
-        let partials = match spec.kind {
-            Kind::Group => group::backward(spec, dev, (&xv, &wv, &dyv), &mut dx, aligned)?,
-            Kind::Layer | Kind::Rms => row::backward(spec, dev, (&xv, &wv, &dyv), &mut dx, aligned)?,
+        let ins = (&xv, &wv, &dyv);
+        let partials = match (spec.kind, &dhv) {
+            (Kind::Group, None) => group::backward(spec, dev, ins, &mut dx, aligned)?,
+            (Kind::Layer | Kind::Rms, dh) => row::backward(spec, dev, ins, dh, &mut dx, aligned)?,
+            (Kind::Group, Some(_)) => bail!("{}: internal error: GroupNorm has no residual add", spec.name()),
         };
         if want.weight || want.bias {
             reduce_params::<T>(spec, dev, want, &partials, &mut params)?;
         }
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
-    dispatch_dtype!(spec.kind.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, want, x, w, dy))
+    dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh]))
 }
 
 /// Sums the partials in a fixed order into dγ (the first N elements of `params`, with

@@ -3,9 +3,9 @@
 
 use super::launch::{MAX_THREADS, MULTI, ROW_REG, ROW_REG_BWD, VEC, WARP_TEAM};
 use super::module::{function, sm_count, CudaElem};
-use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials, BLOCK};
+use super::{cfg, int, push_opt, AddIns, BwdIns, FwdIns, Partials, BLOCK};
 use crate::spec::Spec;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::Result;
 
@@ -36,7 +36,7 @@ pub(super) fn forward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
     (xv, wv, bv): FwdIns<'_, '_, T>,
-    y: &mut CudaSlice<T>,
+    y: &mut CudaViewMut<'_, T>,
     aligned: bool,
 ) -> Result<()> {
     let (eps, null) = (spec.eps as f32, 0u64);
@@ -55,11 +55,38 @@ pub(super) fn forward<T: CudaElem>(
     Ok(())
 }
 
-/// The backward: dx, and one dγ/dβ partial row per block of a persistent grid.
+/// The fused residual add's forward: h = x + residual and y of h, for the `M·N`
+/// elements of x.
+pub(super) fn forward_add<T: CudaElem>(
+    spec: &Spec,
+    dev: &CudaDevice,
+    (xv, rv, wv, bv): AddIns<'_, '_, T>,
+    (h, y): (&mut CudaViewMut<'_, T>, &mut CudaViewMut<'_, T>),
+    aligned: bool,
+) -> Result<()> {
+    let (eps, null) = (spec.eps as f32, 0u64);
+    let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
+    let (grid, block, flags) = row_launch::<T>(spec, aligned, ROW_REG);
+    let f = function::<T>(dev, spec.kind, "add_fwd")?;
+    let stream = dev.cuda_stream();
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(xv).arg(rv);
+    push_opt(&mut lb, wv, &null);
+    push_opt(&mut lb, bv, &null);
+    lb.arg(h).arg(y).arg(&m).arg(&n).arg(&eps).arg(&flags);
+    // SAFETY: matches {layer,rms}_norm_add_fwd (x, r, w, b, h, y, M, N, eps, flags);
+    // x, r, h and y hold M·N elements, w and b N or are null; the block fits MAX_THREADS.
+    unsafe { lb.launch(cfg((grid, 1), block, 0)) }.w()?;
+    Ok(())
+}
+
+/// The backward: dx, and one dγ/dβ partial row per block of a persistent grid. With
+/// `dh` (the fused residual add), x is h and dh is added to dx.
 pub(super) fn backward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
     (xv, wv, dyv): BwdIns<'_, '_, T>,
+    dh: &Option<CudaView<'_, T>>,
     dx: &mut CudaViewMut<'_, T>,
     aligned: bool,
 ) -> Result<Partials> {
@@ -72,7 +99,7 @@ pub(super) fn backward<T: CudaElem>(
     } else {
         0
     };
-    let f = function::<T>(dev, spec.kind, "bwd")?;
+    let f = function::<T>(dev, spec.kind, if dh.is_some() { "add_bwd" } else { "bwd" })?;
     // Persistent: as many blocks as fit on the GPU at once, each adding its rows
     // into one partial row, so that the partials stay few and in L2.
     let resident = f
@@ -94,16 +121,14 @@ pub(super) fn backward<T: CudaElem>(
     let mut lb = stream.launch_builder(&f);
     lb.arg(xv);
     push_opt(&mut lb, wv, &null);
-    lb.arg(dyv)
-        .arg(dx)
-        .arg(&pdg)
-        .arg(&pdb)
-        .arg(&m)
-        .arg(&n)
-        .arg(&eps)
-        .arg(&flags);
-    // SAFETY: matches {layer,rms}_norm_bwd (x, w, dy, dx, pdg, pdb, M, N, eps, flags);
-    // pdg/pdb hold grid·N floats, the warp path's 2·N floats of shared memory
+    lb.arg(dyv);
+    if let Some(dh) = dh {
+        lb.arg(dh);
+    }
+    lb.arg(dx).arg(&pdg).arg(&pdb).arg(&m).arg(&n).arg(&eps).arg(&flags);
+    // SAFETY: matches {layer,rms}_norm_bwd (x, w, dy, dx, pdg, pdb, M, N, eps, flags),
+    // or with dh {layer,rms}_norm_add_bwd (h, w, dy, dh, dx, ...); x, dy, dh and dx
+    // hold M·N elements, w N or is null; pdg/pdb hold grid·N floats, the warp path's 2·N floats of shared memory
     // (N <= 512) are requested, the block fits MAX_THREADS.
     unsafe { lb.launch(cfg((grid, 1), block, smem)) }.w()?;
     Ok(Partials {

@@ -66,6 +66,25 @@ impl LayerNorm {
     pub fn remove_mean(&self) -> bool {
         self.remove_mean
     }
+
+    /// The residual add of a pre-norm block fused with this norm: returns
+    /// `(self.forward(&(x + residual)?)?, (x + residual)?)` from one pass over memory,
+    /// the sum rounded as candle's add rounds it; see [`crate::add_layer_norm`] and
+    /// [`crate::add_rms_norm`]. Both outputs are differentiable.
+    ///
+    /// # Errors
+    /// As [`Module::forward`], and a `residual` whose shape, dtype or device differ
+    /// from `x`'s.
+    pub fn forward_with_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.remove_mean {
+            return crate::add_layer_norm(x, residual, Some(&self.weight), self.bias.as_ref(), self.eps);
+        }
+        let (y, h) = crate::add_rms_norm(x, residual, Some(&self.weight), self.eps)?;
+        match &self.bias {
+            Some(b) => Ok((y.broadcast_add(b)?, h)),
+            None => Ok((y, h)),
+        }
+    }
 }
 
 impl Module for LayerNorm {
@@ -145,6 +164,15 @@ impl RmsNorm {
     /// The epsilon added to the mean square inside the square root.
     pub fn eps(&self) -> f64 {
         self.0.eps()
+    }
+
+    /// The residual add of a pre-norm block fused with this norm: `(y, h)` with
+    /// `h = x + residual` and `y` its RMSNorm; see [`crate::add_rms_norm`].
+    ///
+    /// # Errors
+    /// As [`crate::add_rms_norm`].
+    pub fn forward_with_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.0.forward_with_residual(x, residual)
     }
 }
 

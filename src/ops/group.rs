@@ -47,7 +47,7 @@ pub fn group_norm_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    super::backward(spec(x, num_groups, weight, bias, eps)?, x, weight, bias, dy)
+    super::backward(spec(x, num_groups, weight, bias, eps)?, x, weight, bias, dy, None)
 }
 
 fn spec(x: &Tensor, num_groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {

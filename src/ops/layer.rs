@@ -18,7 +18,7 @@ use candle_core::{Result, Tensor};
 /// A rank-0 `x`, an unsupported dtype, a `weight`/`bias` of another shape, dtype or
 /// device, or an `eps` that is negative or not finite.
 pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    super::forward(spec(x, weight, bias, eps)?, x, weight, bias)
+    super::forward(spec(x, weight, bias, eps, false)?, x, weight, bias)
 }
 
 /// The backward of [`layer_norm`] on its own, outside autograd: given the upstream
@@ -36,14 +36,24 @@ pub fn layer_norm_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    super::backward(spec(x, weight, bias, eps)?, x, weight, bias, dy)
+    super::backward(spec(x, weight, bias, eps, false)?, x, weight, bias, dy, None)
 }
 
-fn spec(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
-    let op = Kind::Layer.name();
+/// The checked [`Spec`] of a LayerNorm of `x`, of `x + residual` when `residual`
+/// (the errors then name `add_layer_norm`).
+pub(super) fn spec(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    residual: bool,
+) -> Result<Spec> {
+    let spec = Spec::last_dim(Kind::Layer, x.dims(), eps);
+    let spec = if residual { spec.with_residual() } else { spec };
+    let op = spec.name();
     super::check_last_dim(op, x, eps)?;
     let n = x.dims()[x.rank() - 1];
     check::param(op, x, weight, "weight", n, "the last dimension")?;
     check::param(op, x, bias, "bias", n, "the last dimension")?;
-    Ok(Spec::last_dim(Kind::Layer, x.dims(), eps))
+    Ok(spec)
 }

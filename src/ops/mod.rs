@@ -1,15 +1,18 @@
-//! The public ops, one file per family, and the two fused ops they share: [`NormFwd`]
-//! (the forward, whose gradient is [`NormBwd`]) and [`NormBwd`] (the fused backward).
+//! The public ops, one file per family (`add` is the fused residual add + norm), and
+//! the two fused ops they share: [`NormFwd`] (the forward, whose gradient is
+//! [`NormBwd`]) and [`NormBwd`] (the fused backward).
 //!
 //! A public op checks its inputs (`crate::check`), describes the norm as a
 //! [`Spec`], and runs it through [`forward`] or [`backward`]; the fused ops pick the
 //! backend (`crate::cpu`, `crate::cuda`) by device.
 
+mod add;
 mod group;
 mod layer;
 mod rms;
 mod weight;
 
+pub use add::{add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward};
 pub use group::{group_norm, group_norm_backward};
 pub use layer::{layer_norm, layer_norm_backward};
 pub use rms::{rms_norm, rms_norm_backward};
@@ -18,7 +21,7 @@ pub use weight::{weight_norm, weight_standardization};
 use crate::custom_op::{self, Arg, Fused};
 use crate::spec::{Affine, Spec};
 use crate::{check, cpu};
-use candle_core::{CpuStorage, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 
 /// Gradients of a norm with respect to its input and its affine parameters, as
 /// returned by [`layer_norm_backward`] and the other `*_backward` functions.
@@ -32,129 +35,259 @@ pub struct NormGrads {
     pub dbias: Option<Tensor>,
 }
 
+/// Gradients of a fused residual add + norm with respect to its four inputs, as
+/// returned by [`add_layer_norm_backward`] and [`add_rms_norm_backward`].
+#[derive(Clone, Debug)]
+pub struct AddNormGrads {
+    /// dL/dx: dL/dh, the gradient reaching `h = x + residual` through y and directly.
+    /// Of `x`'s shape and dtype, contiguous.
+    pub dx: Tensor,
+    /// dL/dresidual, equal to `dx` (the same tensor).
+    pub dresidual: Tensor,
+    /// dL/dweight, when a weight was given: shape `[N]`.
+    pub dweight: Option<Tensor>,
+    /// dL/dbias, when a bias was given: shape `[N]`.
+    pub dbias: Option<Tensor>,
+}
+
 /// Checks `x` and `eps` of a norm over the last dimension.
 fn check_last_dim(op: &str, x: &Tensor, eps: f64) -> Result<()> {
     check::input(op, x, 1, "the last dimension is normalized")?;
     check::eps(op, eps)
 }
 
-/// The inputs of a norm in the order the fused ops take them: x, then the weight and
-/// the bias that are given.
-fn inputs<'a>(x: &'a Tensor, weight: Option<&'a Tensor>, bias: Option<&'a Tensor>) -> Vec<&'a Tensor> {
-    std::iter::once(x).chain(weight).chain(bias).collect()
+/// Contiguous copies (or the tensors themselves) of optional inputs.
+fn contiguous<const K: usize>(ts: [Option<&Tensor>; K]) -> Result<[Option<Tensor>; K]> {
+    let mut out = [const { None }; K];
+    for (o, t) in out.iter_mut().zip(ts) {
+        *o = t.map(Tensor::contiguous).transpose()?;
+    }
+    Ok(out)
+}
+
+/// The affine parameters a call has.
+fn affine(weight: Option<&Tensor>, bias: Option<&Tensor>) -> Affine {
+    Affine {
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    }
 }
 
 /// Runs the forward (recorded for autograd) on checked inputs.
 pub(crate) fn forward(spec: Spec, x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (x, w, b) = (
-        x.contiguous()?,
-        weight.map(Tensor::contiguous).transpose()?,
-        bias.map(Tensor::contiguous).transpose()?,
-    );
-    let affine = Affine {
-        weight: w.is_some(),
-        bias: b.is_some(),
+    let [x, w, b] = contiguous([Some(x), weight, bias])?;
+    let ins: Vec<&Tensor> = [&x, &w, &b].into_iter().flatten().collect();
+    let op = NormFwd {
+        spec,
+        affine: affine(weight, bias),
     };
-    custom_op::apply(NormFwd { spec, affine }, &inputs(&x, w.as_ref(), b.as_ref()), true)
+    custom_op::apply(op, &ins)
+}
+
+/// Runs the fused residual add + norm (recorded for autograd): (y, h). The residual is
+/// checked here, the other inputs before. candle's custom ops take at most three
+/// inputs, so a weight and a bias are packed into one (2·N elements, copied).
+pub(crate) fn forward_add(
+    spec: Spec,
+    x: &Tensor,
+    residual: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    check::same(spec.name(), residual, "residual", x, "x")?;
+    let (x, r) = (x.contiguous()?, residual.contiguous()?);
+    let params = match (weight, bias) {
+        (Some(w), Some(b)) => Some(Tensor::cat(&[w, b], 0)?),
+        (p, None) | (None, p) => p.map(Tensor::contiguous).transpose()?,
+    };
+    let ins: Vec<&Tensor> = [Some(&x), Some(&r), params.as_ref()].into_iter().flatten().collect();
+    let op = NormFwd {
+        spec,
+        affine: affine(weight, bias),
+    };
+    let out = custom_op::apply(op, &ins)?;
+    Ok((out.get(0)?, out.get(1)?))
 }
 
 /// Runs the fused backward on checked inputs, outside autograd: the gradients that
-/// `Tensor::backward` gives for the forward with the same arguments.
+/// `Tensor::backward` gives for the forward with the same arguments. For the fused
+/// residual add, `x` is h and `dh` the gradient reaching h directly, if any.
 pub(crate) fn backward(
     spec: Spec,
     x: &Tensor,
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,
     dy: &Tensor,
+    dh: Option<&Tensor>,
 ) -> Result<NormGrads> {
-    check::dy(spec.kind.name(), x, dy)?;
-    let affine = Affine {
-        weight: weight.is_some(),
-        bias: bias.is_some(),
-    };
-    let w = weight.map(Tensor::contiguous).transpose()?;
-    grads(spec, affine, &x.contiguous()?, w.as_ref(), dy)
-}
-
-/// The fused backward of checked, contiguous x and weight, its flat output split.
-fn grads(spec: Spec, affine: Affine, x: &Tensor, w: Option<&Tensor>, dy: &Tensor) -> Result<NormGrads> {
-    let dy = dy.contiguous()?;
-    let ins: Vec<&Tensor> = std::iter::once(x).chain(w).chain([&dy]).collect();
-    let flat = custom_op::apply(NormBwd { spec, affine }, &ins, false)?;
-    let (n, np) = (x.elem_count(), spec.params());
-    let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
-    let dweight = affine.weight.then(|| flat.narrow(0, n, np)).transpose()?;
-    let at = n + if affine.weight { np } else { 0 };
-    let dbias = affine.bias.then(|| flat.narrow(0, at, np)).transpose()?;
+    let x_name = if spec.residual { "h" } else { "x" };
+    check::same(spec.name(), dy, "dy", x, x_name)?;
+    if let Some(dh) = dh {
+        check::same(spec.name(), dh, "dh", x, x_name)?;
+    }
+    let [w] = contiguous([weight])?;
+    let affine = affine(weight, bias);
+    let (dx, params) = grads(spec, affine, &x.contiguous()?, w.as_ref(), dy, dh)?;
+    let np = spec.params();
+    let dweight = affine.weight.then(|| params.narrow(0, 0, np)).transpose()?;
+    let at = if affine.weight { np } else { 0 };
+    let dbias = affine.bias.then(|| params.narrow(0, at, np)).transpose()?;
     Ok(NormGrads { dx, dweight, dbias })
 }
 
-/// x, the weight and the bias from the inputs of a [`NormFwd`].
-fn split_fwd<A: Copy>(affine: Affine, ins: &[A]) -> (A, Option<A>, Option<A>) {
-    let w = affine.weight.then(|| ins[1]);
-    let b = affine.bias.then(|| ins[ins.len() - 1]);
-    (ins[0], w, b)
+/// The fused backward of contiguous x (or h) and weight: dx, and dγ then dβ (those
+/// wanted) in one tensor.
+fn grads(
+    spec: Spec,
+    affine: Affine,
+    x: &Tensor,
+    w: Option<&Tensor>,
+    dy: &Tensor,
+    dh: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (dy, [dh]) = (dy.contiguous()?, contiguous([dh])?);
+    let ins: Vec<&Tensor> = [Some(x), w, Some(&dy), dh.as_ref()].into_iter().flatten().collect();
+    let op = NormBwd {
+        spec,
+        affine,
+        dh: dh.is_some(),
+    };
+    let flat = custom_op::apply_untracked(&op, &ins)?;
+    let n = x.elem_count();
+    let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
+    let params = flat.narrow(0, n, flat.elem_count() - n)?;
+    Ok((dx, params))
 }
 
-/// x, the weight and dy from the inputs of a [`NormBwd`].
-fn split_bwd<A: Copy>(affine: Affine, ins: &[A]) -> (A, Option<A>, A) {
-    (ins[0], affine.weight.then(|| ins[1]), ins[ins.len() - 1])
-}
-
-/// The forward: x (and the weight and bias that are given) to y, shaped as x.
+/// The forward: x (and the weight and bias that are given) to y, shaped as x; or, for
+/// the fused residual add, x, the residual and the affine parameters (packed into one
+/// input when both are given) to y and h stacked, shaped `[2, *x.dims()]`.
 struct NormFwd {
     spec: Spec,
     affine: Affine,
 }
 
-/// The fused backward: (x, [weight,] dy) to one flat tensor holding dx, then dγ with a
-/// weight, then dβ with a bias.
+impl NormFwd {
+    fn shape(&self, x: &Shape) -> Shape {
+        if self.spec.residual {
+            Shape::from(std::iter::once(2).chain(x.dims().iter().copied()).collect::<Vec<_>>())
+        } else {
+            x.clone()
+        }
+    }
+
+    /// Calls `f(x, residual, weight, bias)` with the inputs of this op.
+    fn with_inputs<S, R>(
+        &self,
+        ins: &[Arg<S>],
+        f: impl FnOnce(Arg<S>, Option<Arg<S>>, Option<Arg<S>>, Option<Arg<S>>) -> Result<R>,
+    ) -> Result<R> {
+        let Affine { weight, bias } = self.affine;
+        if !self.spec.residual {
+            let w = weight.then(|| ins[1]);
+            return f(ins[0], None, w, bias.then(|| ins[ins.len() - 1]));
+        }
+        let (x, r, p) = (ins[0], Some(ins[1]), ins.get(2).copied());
+        match p {
+            Some((s, l)) if weight && bias => {
+                let start = check::contiguous_range(self.spec.name(), l)?.start;
+                let np = self.spec.params();
+                let wl = Layout::contiguous_with_offset(np, start);
+                let bl = Layout::contiguous_with_offset(np, start + np);
+                f(x, r, Some((s, &wl)), Some((s, &bl)))
+            }
+            p => f(x, r, p.filter(|_| weight), p.filter(|_| bias)),
+        }
+    }
+}
+
+/// The fused backward: (x, [weight,] dy[, dh]) to one flat tensor holding dx, then dγ
+/// with a weight, then dβ with a bias. With dh (the fused residual add), x is h and dh
+/// is added to dx.
 struct NormBwd {
     spec: Spec,
     affine: Affine,
+    dh: bool,
+}
+
+impl NormBwd {
+    /// x (or h), the weight, dy and dh from the inputs of this op.
+    fn split<A: Copy>(&self, ins: &[A]) -> (A, Option<A>, A, Option<A>) {
+        let dy = ins.len() - 1 - usize::from(self.dh);
+        (
+            ins[0],
+            self.affine.weight.then(|| ins[1]),
+            ins[dy],
+            self.dh.then(|| ins[dy + 1]),
+        )
+    }
 }
 
 impl Fused for NormFwd {
     fn name(&self) -> &'static str {
-        self.spec.kind.name()
+        self.spec.name()
     }
 
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = split_fwd(self.affine, ins);
-        Ok((cpu::forward(&self.spec, x, w, b)?, x.1.shape().clone()))
+        self.with_inputs(ins, |x, r, w, b| {
+            Ok((cpu::forward(&self.spec, x, r, w, b)?, self.shape(x.1.shape())))
+        })
     }
 
     #[cfg(feature = "cuda")]
     fn cuda(&self, ins: &[Arg<candle_core::CudaStorage>]) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (x, w, b) = split_fwd(self.affine, ins);
-        Ok((crate::cuda::forward(&self.spec, x, w, b)?, x.1.shape().clone()))
+        self.with_inputs(ins, |x, r, w, b| {
+            Ok((crate::cuda::forward(&self.spec, x, r, w, b)?, self.shape(x.1.shape())))
+        })
     }
 
-    fn grads(&self, ins: &[&Tensor], _y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let (x, w, _) = split_fwd(self.affine, ins);
-        let g = grads(self.spec, self.affine, x, w, dy)?;
-        Ok(std::iter::once(Some(g.dx))
-            .chain(self.affine.weight.then_some(g.dweight))
-            .chain(self.affine.bias.then_some(g.dbias))
+    fn grads(&self, ins: &[&Tensor], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let Affine { weight, bias } = self.affine;
+        let np = self.spec.params();
+        if self.spec.residual {
+            // The packed parameters' gradient is dγ then dβ: the backward's tail.
+            let w = if weight { Some(ins[2].narrow(0, 0, np)?) } else { None };
+            let (dh, params) = grads(
+                self.spec,
+                self.affine,
+                &out.get(1)?,
+                w.as_ref(),
+                &grad.get(0)?,
+                Some(&grad.get(1)?),
+            )?;
+            let packed = (weight || bias).then_some(params);
+            return Ok(vec![Some(dh.clone()), Some(dh)]
+                .into_iter()
+                .chain(packed.map(Some))
+                .collect());
+        }
+        let (dx, params) = grads(self.spec, self.affine, ins[0], weight.then(|| ins[1]), grad, None)?;
+        let dw = weight.then(|| params.narrow(0, 0, np)).transpose()?;
+        let db = bias
+            .then(|| params.narrow(0, if weight { np } else { 0 }, np))
+            .transpose()?;
+        Ok(std::iter::once(Some(dx))
+            .chain(weight.then_some(dw))
+            .chain(bias.then_some(db))
             .collect())
     }
 }
 
 impl Fused for NormBwd {
     fn name(&self) -> &'static str {
-        self.spec.kind.name()
+        self.spec.name()
     }
 
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
-        let (x, w, dy) = split_bwd(self.affine, ins);
-        let out = cpu::backward(&self.spec, self.affine, x, w, dy)?;
+        let (x, w, dy, dh) = self.split(ins);
+        let out = cpu::backward(&self.spec, self.affine, x, w, dy, dh)?;
         Ok((out, Shape::from(self.spec.packed_grads(self.affine))))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda(&self, ins: &[Arg<candle_core::CudaStorage>]) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (x, w, dy) = split_bwd(self.affine, ins);
-        let out = crate::cuda::backward(&self.spec, self.affine, x, w, dy)?;
+        let (x, w, dy, dh) = self.split(ins);
+        let out = crate::cuda::backward(&self.spec, self.affine, x, w, dy, dh)?;
         Ok((out, Shape::from(self.spec.packed_grads(self.affine))))
     }
 }

@@ -18,7 +18,7 @@ use candle_core::{Result, Tensor};
 /// A rank-0 `x`, an unsupported dtype, a `weight` of another shape, dtype or device, or
 /// an `eps` that is negative or not finite.
 pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    super::forward(spec(x, weight, eps)?, x, weight, None)
+    super::forward(spec(x, weight, eps, false)?, x, weight, None)
 }
 
 /// The backward of [`rms_norm`] on its own, outside autograd: given the upstream
@@ -30,12 +30,16 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor>
 /// # Errors
 /// Those of [`rms_norm`], and a `dy` whose shape, dtype or device differ from `x`'s.
 pub fn rms_norm_backward(x: &Tensor, weight: Option<&Tensor>, dy: &Tensor, eps: f64) -> Result<NormGrads> {
-    super::backward(spec(x, weight, eps)?, x, weight, None, dy)
+    super::backward(spec(x, weight, eps, false)?, x, weight, None, dy, None)
 }
 
-fn spec(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Spec> {
-    let op = Kind::Rms.name();
+/// The checked [`Spec`] of an RMSNorm of `x`, of `x + residual` when `residual`
+/// (the errors then name `add_rms_norm`).
+pub(super) fn spec(x: &Tensor, weight: Option<&Tensor>, eps: f64, residual: bool) -> Result<Spec> {
+    let spec = Spec::last_dim(Kind::Rms, x.dims(), eps);
+    let spec = if residual { spec.with_residual() } else { spec };
+    let op = spec.name();
     super::check_last_dim(op, x, eps)?;
     check::param(op, x, weight, "weight", x.dims()[x.rank() - 1], "the last dimension")?;
-    Ok(Spec::last_dim(Kind::Rms, x.dims(), eps))
+    Ok(spec)
 }

@@ -1,5 +1,5 @@
-//! Shared test helpers: a seeded generator, the three ops behind one enum, the
-//! reference gradients, and the tolerance table.
+//! Shared test helpers: a seeded generator, the three ops (and the fused residual add)
+//! behind one enum, the reference gradients, and the tolerance table.
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -124,6 +124,39 @@ impl Norm {
             Norm::Layer => candle_norm::layer_norm(x, w, b, eps),
             Norm::Rms => candle_norm::rms_norm(x, w, eps),
             Norm::Group(g) => candle_norm::group_norm(x, g, w, b, eps),
+        }
+    }
+
+    /// This crate's fused residual add + norm, (y, h) (LayerNorm and RMSNorm only).
+    pub fn ours_add(
+        self,
+        x: &Tensor,
+        r: &Tensor,
+        w: Option<&Tensor>,
+        b: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        match self {
+            Norm::Layer => candle_norm::add_layer_norm(x, r, w, b, eps),
+            Norm::Rms => candle_norm::add_rms_norm(x, r, w, eps),
+            Norm::Group(_) => panic!("GroupNorm has no residual add"),
+        }
+    }
+
+    /// The standalone backward of [`Norm::ours_add`], from h.
+    pub fn add_backward(
+        self,
+        h: &Tensor,
+        w: Option<&Tensor>,
+        b: Option<&Tensor>,
+        dy: &Tensor,
+        dh: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<candle_norm::AddNormGrads> {
+        match self {
+            Norm::Layer => candle_norm::add_layer_norm_backward(h, w, b, dy, dh, eps),
+            Norm::Rms => candle_norm::add_rms_norm_backward(h, w, dy, dh, eps),
+            Norm::Group(_) => panic!("GroupNorm has no residual add"),
         }
     }
 
