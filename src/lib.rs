@@ -9,6 +9,8 @@
 //! - [`layer_norm_backward`], [`rms_norm_backward`], [`group_norm_backward`]: their
 //!   fused backward on its own, returning [`NormGrads`], for hand-written backward
 //!   passes and benchmarks;
+//! - [`instance_norm`] (and [`instance_norm_backward`]): GroupNorm with one group per
+//!   channel, with PyTorch's checks;
 //! - [`add_layer_norm`], [`add_rms_norm`]: the residual add of a pre-norm transformer
 //!   block fused with its norm, returning both the norm and the sum, with their
 //!   backward [`add_layer_norm_backward`], [`add_rms_norm_backward`];
@@ -53,9 +55,9 @@ pub mod reference;
 mod spec;
 
 pub use cpu::simd::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel};
-pub use nn::{GroupNorm, LayerNorm, RmsNorm, WsConv2d};
+pub use nn::{GroupNorm, InstanceNorm, LayerNorm, RmsNorm, WsConv2d};
 pub use ops::{
     add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, group_norm, group_norm_backward,
-    layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, weight_norm, weight_standardization, AddNormGrads,
-    NormGrads,
+    instance_norm, instance_norm_backward, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, weight_norm,
+    weight_standardization, AddNormGrads, NormGrads,
 };

@@ -51,6 +51,8 @@ pub(crate) struct Spec {
     /// The norm is of `h = x + residual` (rounded to the element type), which the
     /// forward returns beside y; the backward adds the gradient reaching h directly.
     pub residual: bool,
+    /// The public function's name, used in custom-op names and errors.
+    pub op: &'static str,
 }
 
 impl Spec {
@@ -66,6 +68,7 @@ impl Spec {
             groups: 1,
             eps,
             residual: false,
+            op: kind.name(),
         }
     }
 
@@ -83,21 +86,32 @@ impl Spec {
             groups,
             eps,
             residual: false,
+            op: Kind::Group.name(),
         }
     }
 
     /// The same norm of `x + residual`: the fused residual add.
     pub(crate) fn with_residual(self) -> Self {
-        Self { residual: true, ..self }
+        let op = match self.kind {
+            Kind::Layer => "add_layer_norm",
+            Kind::Rms => "add_rms_norm",
+            Kind::Group => self.op,
+        };
+        Self {
+            residual: true,
+            op,
+            ..self
+        }
+    }
+
+    /// The same norm under another public name (InstanceNorm is GroupNorm).
+    pub(crate) fn named(self, op: &'static str) -> Self {
+        Self { op, ..self }
     }
 
     /// The public function's name, used in custom-op names and errors.
     pub(crate) fn name(&self) -> &'static str {
-        match (self.kind, self.residual) {
-            (Kind::Layer, true) => "add_layer_norm",
-            (Kind::Rms, true) => "add_rms_norm",
-            (kind, _) => kind.name(),
-        }
+        self.op
     }
 
     /// Elements of the forward's output: y, then h with a residual.

@@ -227,6 +227,35 @@ fn residual_add_matches_cpu_on_every_path() {
     }
 }
 
+/// InstanceNorm is GroupNorm's kernels with a group per channel: forward and the
+/// standalone backward on the GPU against the CPU.
+#[test]
+fn instance_norm_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = Rng::new(45);
+    for shape in [&[2usize, 3, 5, 7][..], &[1, 320, 64, 64], &[4, 64, 1000]] {
+        for dtype in GPU_DTYPES {
+            let case = Case::new(&mut rng, Norm::Group(shape[1]), shape, dtype, Affine::WeightBias, 1e-5);
+            let g = case.to_device(&dev);
+            let what = format!("{shape:?} {dtype:?}");
+            let run = |c: &Case| candle_norm::instance_norm(&c.x, c.w.as_ref(), c.b.as_ref(), c.eps).unwrap();
+            assert_close(&format!("{what} forward"), &run(&g), &run(&case), tol(dtype).fwd);
+            let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+            let back = |c: &Case, dy: &Tensor| {
+                candle_norm::instance_norm_backward(&c.x, c.w.as_ref(), c.b.as_ref(), dy, c.eps).unwrap()
+            };
+            let (got, want) = (back(&g, &dy.to_device(&dev).unwrap()), back(&case, &dy));
+            assert_close_max(&format!("{what} dx"), &got.dx, &want.dx, tol(dtype).bwd);
+            assert_close_max(
+                &format!("{what} dw"),
+                &got.dweight.unwrap(),
+                &want.dweight.unwrap(),
+                tol(dtype).bwd,
+            );
+        }
+    }
+}
+
 #[test]
 fn f64_on_cuda_is_a_clear_error() {
     let Some(dev) = gpu() else { return };

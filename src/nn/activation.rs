@@ -283,3 +283,111 @@ pub fn group_norm(num_groups: usize, num_channels: usize, eps: f64, vb: VarBuild
     let bias = vb.get_with_hints(num_channels, "bias", Init::Const(0.))?;
     GroupNorm::new(weight, bias, num_channels, num_groups, eps)
 }
+
+/// Options of an [`InstanceNorm`], with PyTorch's defaults (`eps = 1e-5`, no affine).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InstanceNormConfig {
+    /// Added to the variance inside the square root.
+    pub eps: f64,
+    /// Whether the layer has a learned per-channel weight and bias.
+    pub affine: bool,
+}
+
+impl Default for InstanceNormConfig {
+    fn default() -> Self {
+        Self {
+            eps: 1e-5,
+            affine: false,
+        }
+    }
+}
+
+impl From<f64> for InstanceNormConfig {
+    fn from(eps: f64) -> Self {
+        Self { eps, ..Self::default() }
+    }
+}
+
+/// InstanceNorm over `[B, C, *spatial]` (PyTorch's `InstanceNorm1d/2d/3d` without
+/// running statistics), with an optional per-channel weight and bias; see
+/// [`crate::instance_norm`].
+#[derive(Clone, Debug)]
+pub struct InstanceNorm {
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    num_features: usize,
+    eps: f64,
+}
+
+impl InstanceNorm {
+    /// InstanceNorm over `num_features` channels, with a weight and bias of shape
+    /// `[num_features]` when `affine` is given as `Some((weight, bias))`.
+    pub fn new(num_features: usize, affine: Option<(Tensor, Tensor)>, eps: f64) -> Self {
+        let (weight, bias) = affine.unzip();
+        Self {
+            weight,
+            bias,
+            num_features,
+            eps,
+        }
+    }
+
+    /// The per-channel weight (γ), if the layer is affine.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.weight.as_ref()
+    }
+
+    /// The per-channel bias (β), if the layer is affine.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The epsilon added to the variance inside the square root.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// The number of channels.
+    pub fn num_features(&self) -> usize {
+        self.num_features
+    }
+}
+
+impl Module for InstanceNorm {
+    /// Normalizes `x` of shape `[B, C, *spatial]`. Errors as [`crate::instance_norm`]
+    /// does, and when C differs from `num_features`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() >= 2 && x.dims()[1] != self.num_features {
+            candle_core::bail!(
+                "InstanceNorm: x has {} channels (shape {:?}), expected {}",
+                x.dims()[1],
+                x.dims(),
+                self.num_features
+            )
+        }
+        crate::instance_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
+    }
+}
+
+/// Builds an [`InstanceNorm`] over `num_features` channels from `vb`: with
+/// `config.affine`, tensors `weight` and `bias` of shape `[num_features]` (ones and
+/// zeros when `vb` creates them), as PyTorch's `InstanceNorm2d(affine=True)` names them.
+///
+/// # Errors
+/// A tensor missing from a checkpoint or of another shape.
+pub fn instance_norm<C: Into<InstanceNormConfig>>(
+    num_features: usize,
+    config: C,
+    vb: VarBuilder,
+) -> Result<InstanceNorm> {
+    let config = config.into();
+    let affine = if config.affine {
+        Some((
+            vb.get_with_hints(num_features, "weight", Init::Const(1.))?,
+            vb.get_with_hints(num_features, "bias", Init::Const(0.))?,
+        ))
+    } else {
+        None
+    };
+    Ok(InstanceNorm::new(num_features, affine, config.eps))
+}

@@ -3,13 +3,17 @@
 //! The norm layers mirror their candle-nn namesakes (constructors, accessors, builder
 //! functions and tensor names), so a model switches by changing
 //! `use candle_nn::{layer_norm, LayerNorm}` into `use candle_norm::nn::{layer_norm, LayerNorm}`.
-//! Unlike candle-nn's fused paths, every forward here is differentiable. The
-//! weight-side layers ([`WsConv2d`], [`WeightNorm`], [`SpectralNorm`]) have no candle-nn counterpart.
+//! Unlike candle-nn's fused paths, every forward here is differentiable. [`InstanceNorm`]
+//! and the weight-side layers ([`WsConv2d`], [`WeightNorm`], [`SpectralNorm`]) have no
+//! candle-nn counterpart; they follow PyTorch's names.
 
 mod activation;
 mod weight;
 
-pub use activation::{group_norm, layer_norm, layer_norm_no_bias, rms_norm, GroupNorm, LayerNorm, RmsNorm};
+pub use activation::{
+    group_norm, instance_norm, layer_norm, layer_norm_no_bias, rms_norm, GroupNorm, InstanceNorm, InstanceNormConfig,
+    LayerNorm, RmsNorm,
+};
 pub use candle_nn::LayerNormConfig;
 pub use weight::{
     spectral_norm_linear, weight_norm_conv2d, weight_norm_linear, ws_conv2d, SpectralNorm, WeightNorm, WeightedLayer,

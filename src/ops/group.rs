@@ -28,7 +28,12 @@ pub fn group_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    super::forward(spec(x, num_groups, weight, bias, eps)?, x, weight, bias)
+    super::forward(
+        spec(Kind::Group.name(), x, num_groups, weight, bias, eps)?,
+        x,
+        weight,
+        bias,
+    )
 }
 
 /// The backward of [`group_norm`] on its own, outside autograd: given the upstream
@@ -47,16 +52,30 @@ pub fn group_norm_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    super::backward(spec(x, num_groups, weight, bias, eps)?, x, weight, bias, dy, None)
+    super::backward(
+        spec(Kind::Group.name(), x, num_groups, weight, bias, eps)?,
+        x,
+        weight,
+        bias,
+        dy,
+        None,
+    )
 }
 
-fn spec(x: &Tensor, num_groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
-    let op = Kind::Group.name();
+/// The checked [`Spec`] of a GroupNorm of `x`, its errors naming `op`.
+pub(super) fn spec(
+    op: &'static str,
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Spec> {
     check::input(op, x, 2, "[B, C, *spatial]")?;
     check::eps(op, eps)?;
     check::groups(op, x, num_groups)?;
     let c = x.dims()[1];
     check::param(op, x, weight, "weight", c, "the channel dimension")?;
     check::param(op, x, bias, "bias", c, "the channel dimension")?;
-    Ok(Spec::channel_groups(x.dims(), num_groups, eps))
+    Ok(Spec::channel_groups(x.dims(), num_groups, eps).named(op))
 }

@@ -8,12 +8,14 @@
 
 mod add;
 mod group;
+mod instance;
 mod layer;
 mod rms;
 mod weight;
 
 pub use add::{add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward};
 pub use group::{group_norm, group_norm_backward};
+pub use instance::{instance_norm, instance_norm_backward};
 pub use layer::{layer_norm, layer_norm_backward};
 pub use rms::{rms_norm, rms_norm_backward};
 pub use weight::{weight_norm, weight_standardization};
