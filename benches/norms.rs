@@ -13,13 +13,17 @@
 //!   4·M·N·b bytes (read x and residual, write y and h);
 //! - `add_*_norm/backward`: its standalone backward, h used downstream, against this
 //!   crate's norm backward followed by candle's add of dh, 4·M·N·b bytes (read h, dy and
-//!   dh, write dx).
+//!   dh, write dx);
+//! - `batch_norm/forward+backward` (CPU, f32): `Tensor::backward` through this crate's
+//!   training BatchNorm against the same through candle-nn's `BatchNorm`, 5·M·N·b bytes;
+//!   `batch_norm/eval forward`: the eval forward against a copy, 2·M·N·b bytes.
 //!
 //! Byte counts are those of docs/semantics.md. `cargo bench --bench norms -- cpu/`
 //! runs the CPU groups alone.
 
 mod common;
 
+use candle_core::ModuleT;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{add_cases, cases, dtypes, randn, Case};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -128,7 +132,55 @@ fn run_add(c: &mut Criterion, dev_name: &str, dev: &Device, case: &Case, dtype: 
     g.finish();
 }
 
+/// BatchNorm on the CPU in f32: training forward + backward against candle-nn's
+/// BatchNorm, and the eval forward against a copy.
+fn run_batch(c: &mut Criterion, shape: &[usize]) {
+    let dev = Device::Cpu;
+    let ch = shape[1];
+    let bytes = (shape.iter().product::<usize>() * 4) as u64;
+    let id = format!("{shape:?}");
+    let x = Var::from_tensor(&randn(shape, DType::F32, &dev)).unwrap();
+    let (w, b) = (
+        Var::ones(ch, DType::F32, &dev).unwrap(),
+        Var::zeros(ch, DType::F32, &dev).unwrap(),
+    );
+    let stats = || {
+        (
+            Tensor::zeros(ch, DType::F32, &dev).unwrap(),
+            Tensor::ones(ch, DType::F32, &dev).unwrap(),
+        )
+    };
+    let affine = Some((w.as_tensor().clone(), b.as_tensor().clone()));
+    let ours = candle_norm::BatchNorm::new(ch, Some(stats()), affine, 1e-5, 0.1).unwrap();
+    let (m, v) = stats();
+    let theirs = candle_nn::BatchNorm::new(ch, m, v, w.as_tensor().clone(), b.as_tensor().clone(), 1e-5).unwrap();
+
+    let mut g = c.benchmark_group("cpu/batch_norm/forward+backward/F32");
+    g.throughput(Throughput::Bytes(5 * bytes));
+    let layers: [(&str, &dyn ModuleT); 2] = [("candle-norm", &ours), ("candle-nn BatchNorm", &theirs)];
+    for (label, layer) in layers {
+        g.bench_function(BenchmarkId::new(label, &id), |bn| {
+            bn.iter(|| sync(layer.forward_t(&x, true).unwrap().backward().unwrap().get(&x).unwrap()))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("cpu/batch_norm/eval forward/F32");
+    g.throughput(Throughput::Bytes(2 * bytes));
+    g.bench_function(BenchmarkId::new("copy", &id), |bn| bn.iter(|| sync(&x.copy().unwrap())));
+    for (label, layer) in layers {
+        g.bench_function(BenchmarkId::new(label, &id), |bn| {
+            bn.iter(|| sync(&layer.forward_t(&x, false).unwrap()))
+        });
+    }
+    g.finish();
+}
+
 fn norms(c: &mut Criterion) {
+    // A ResNet stage at batch 32, and a late stage at batch 256.
+    for shape in [[32, 64, 56, 56], [256, 512, 7, 7]] {
+        run_batch(c, &shape);
+    }
     for (dev_name, dev) in devices() {
         for dtype in dtypes(&dev) {
             for case in cases(&dev) {

@@ -9,6 +9,9 @@
 //! - [`layer_norm_backward`], [`rms_norm_backward`], [`group_norm_backward`]: their
 //!   fused backward on its own, returning [`NormGrads`], for hand-written backward
 //!   passes and benchmarks;
+//! - [`batch_norm`], [`batch_norm_train`] (with the batch statistics),
+//!   [`batch_norm_eval`] (with running statistics) and [`batch_norm_backward`]:
+//!   BatchNorm, fused on the CPU;
 //! - [`instance_norm`] (and [`instance_norm_backward`]): GroupNorm with one group per
 //!   channel, with PyTorch's checks;
 //! - [`add_layer_norm`], [`add_rms_norm`]: the residual add of a pre-norm transformer
@@ -55,9 +58,10 @@ pub mod reference;
 mod spec;
 
 pub use cpu::simd::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel};
-pub use nn::{GroupNorm, InstanceNorm, LayerNorm, RmsNorm, WsConv2d};
+pub use nn::{BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RmsNorm, WsConv2d};
 pub use ops::{
-    add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, group_norm, group_norm_backward,
-    instance_norm, instance_norm_backward, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, weight_norm,
-    weight_standardization, AddNormGrads, NormGrads,
+    add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, batch_norm, batch_norm_backward,
+    batch_norm_eval, batch_norm_train, group_norm, group_norm_backward, instance_norm, instance_norm_backward,
+    layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, weight_norm, weight_standardization, AddNormGrads,
+    NormGrads,
 };

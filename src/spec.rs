@@ -1,8 +1,8 @@
 //! What a normalization computes, independent of device and dtype.
 //!
 //! Every norm of this crate reduces to one [`Spec`]: `rows` rows of `len` contiguous
-//! elements, each normalized over itself, with an affine parameter that changes every
-//! `inner` elements. The backends (`cpu`, `cuda`) work on a `Spec` alone; the public ops
+//! elements, each normalized over itself (BatchNorm: over all the rows of its
+//! channel), with an affine parameter that changes every `inner` elements. The backends (`cpu`, `cuda`) work on a `Spec` alone; the public ops
 //! build one from checked inputs. This module depends on nothing else in the crate.
 
 /// Which norm a [`Spec`] describes.
@@ -11,6 +11,7 @@ pub(crate) enum Kind {
     Layer,
     Rms,
     Group,
+    Batch,
 }
 
 impl Kind {
@@ -20,6 +21,7 @@ impl Kind {
             Kind::Layer => "layer_norm",
             Kind::Rms => "rms_norm",
             Kind::Group => "group_norm",
+            Kind::Batch => "batch_norm",
         }
     }
 }
@@ -37,6 +39,8 @@ pub(crate) struct Affine {
 /// LayerNorm/RMSNorm over [M, N]: `rows = M`, `len = N`, `inner = 1`,
 /// `params_per_row = N`, `groups = 1`. GroupNorm over [B, C, *S] with G groups:
 /// `rows = B·G`, `len = (C/G)·S`, `inner = S`, `params_per_row = C/G`, `groups = G`.
+/// BatchNorm over [B, C, *S]: `rows = B·C`, `len = S`, `inner = S`,
+/// `params_per_row = 1`, `groups = C`, with statistics per channel, not per row.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Spec {
     pub kind: Kind,
@@ -95,7 +99,7 @@ impl Spec {
         let op = match self.kind {
             Kind::Layer => "add_layer_norm",
             Kind::Rms => "add_rms_norm",
-            Kind::Group => self.op,
+            Kind::Group | Kind::Batch => self.op,
         };
         Self {
             residual: true,
@@ -117,6 +121,25 @@ impl Spec {
     /// Elements of the forward's output: y, then h with a residual.
     pub(crate) fn outputs(&self) -> usize {
         self.rows * self.len * (1 + usize::from(self.residual))
+    }
+
+    /// BatchNorm over channels-first `dims` = [B, C, *spatial]: one row per (sample,
+    /// channel), of its S spatial elements and that channel's parameter; row r is
+    /// channel r mod C, whose statistics gather all its rows.
+    pub(crate) fn channels(dims: &[usize], eps: f64) -> Self {
+        let (b, c) = (dims[0], dims[1]);
+        let s: usize = dims[2..].iter().product();
+        Self {
+            kind: Kind::Batch,
+            rows: b * c,
+            len: s,
+            inner: s,
+            params_per_row: 1,
+            groups: c,
+            eps,
+            residual: false,
+            op: Kind::Batch.name(),
+        }
     }
 
     /// LayerNorm subtracts the mean (GroupNorm too); RMSNorm does not.

@@ -1,9 +1,9 @@
 //! Every vector-instruction level this CPU has gives the same bits as the baseline (up
 //! to the subnormal bf16 results that AVX-512 BF16 flushes to zero), forward and
-//! backward, with and without the fused residual add, for every dtype and for the paths
-//! that shapes select: short and long rows, split rows, GroupNorm segments, lengths
-//! that leave a tail in every vector width. One test in its own binary, because the
-//! level cap it sets is process-wide.
+//! backward, with and without the fused residual add, and BatchNorm, for every dtype
+//! and for the paths that shapes select: short and long rows, split rows, GroupNorm
+//! segments, lengths that leave a tail in every vector width. One test in its own
+//! binary, because the level cap it sets is process-wide.
 
 mod common;
 
@@ -56,8 +56,8 @@ fn is_bf16(cases: &[Case], i: usize) -> bool {
     false
 }
 
-/// Forward output and the three gradients of every case, and of the fused residual add
-/// for LayerNorm and RMSNorm, as bits.
+/// Forward output and the three gradients of every case, of the fused residual add for
+/// LayerNorm and RMSNorm, and of BatchNorm on the GroupNorm inputs, as bits.
 fn run(cases: &[Case], dys: &[Tensor]) -> Vec<Vec<u64>> {
     let mut out = Vec::new();
     for (case, dy) in cases.iter().zip(dys) {
@@ -65,6 +65,19 @@ fn run(cases: &[Case], dys: &[Tensor]) -> Vec<Vec<u64>> {
         let g = case.backward(dy).unwrap();
         out.push(bits(&g.dx));
         out.extend(g.dweight.iter().chain(&g.dbias).map(bits));
+        if let Norm::Group(_) = case.norm {
+            // BatchNorm on the same input: statistics per channel across the batch.
+            let (w, b) = (case.w.as_ref(), case.b.as_ref());
+            let (y, mean, var) = candle_norm::batch_norm_train(&case.x, w, b, case.eps).unwrap();
+            let g = candle_norm::batch_norm_backward(&case.x, w, b, dy, case.eps).unwrap();
+            out.extend(
+                [&y, &mean, &var, &g.dx]
+                    .into_iter()
+                    .chain(&g.dweight)
+                    .chain(&g.dbias)
+                    .map(bits),
+            );
+        }
         if matches!(case.norm, Norm::Layer | Norm::Rms) {
             // The fused residual add, with dy as the residual and x as dh.
             let (w, b) = (case.w.as_ref(), case.b.as_ref());

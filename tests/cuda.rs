@@ -256,6 +256,46 @@ fn instance_norm_matches_cpu() {
     }
 }
 
+/// BatchNorm on a CUDA device (composed candle ops until it has kernels) against the
+/// CPU: training output, statistics and gradients, and eval output.
+#[test]
+fn batch_norm_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = Rng::new(46);
+    for shape in [&[8usize, 16, 9, 9][..], &[64, 32]] {
+        for dtype in GPU_DTYPES {
+            let case = Case::new(&mut rng, Norm::Group(1), shape, dtype, Affine::WeightBias, 1e-5);
+            let g = case.to_device(&dev);
+            let what = format!("{shape:?} {dtype:?}");
+            let t = tol(dtype);
+            let train = |c: &Case| candle_norm::batch_norm_train(&c.x, c.w.as_ref(), c.b.as_ref(), c.eps).unwrap();
+            let (gy, gm, gv) = train(&g);
+            let (cy, cm, cv) = train(&case);
+            assert_close(&format!("{what} y"), &gy, &cy, t.fwd);
+            assert_close(&format!("{what} mean"), &gm, &cm, t.fwd);
+            assert_close(&format!("{what} var"), &gv, &cv, t.fwd);
+            let bn = |_: Norm, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64| {
+                candle_norm::batch_norm(x, w, b, eps)
+            };
+            let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+            let (gdx, gdw, _) = g.grads(&dy.to_device(&dev).unwrap(), bn).unwrap();
+            let (cdx, cdw, _) = case.grads(&dy, bn).unwrap();
+            assert_close_max(&format!("{what} dx"), &gdx, &cdx, t.bwd);
+            assert_close_max(&format!("{what} dw"), &gdw.unwrap(), &cdw.unwrap(), t.bwd);
+            let eval = |c: &Case, m: &Tensor, v: &Tensor| {
+                candle_norm::batch_norm_eval(&c.x, m, v, c.w.as_ref(), c.b.as_ref(), c.eps).unwrap()
+            };
+            let on = |t: &Tensor| t.to_device(&dev).unwrap();
+            assert_close(
+                &format!("{what} eval"),
+                &eval(&g, &on(&cm), &on(&cv)),
+                &eval(&case, &cm, &cv),
+                t.fwd,
+            );
+        }
+    }
+}
+
 #[test]
 fn f64_on_cuda_is_a_clear_error() {
     let Some(dev) = gpu() else { return };

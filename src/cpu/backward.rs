@@ -127,21 +127,21 @@ fn accumulate_params<A: Acc>(spec: &Spec, (row, i0): (usize, usize), xh: &[A], d
 /// as the variance is, rather than as Σg·x − mean·Σg, whose terms are |mean|/std times
 /// larger than what is left of them.
 #[derive(Clone, Copy)]
-struct GradSums<A> {
-    x: Moments<A>,
-    sg: A,
-    cgx: A,
+pub(super) struct GradSums<A> {
+    pub x: Moments<A>,
+    pub sg: A,
+    pub cgx: A,
 }
 
 impl<A: Acc> GradSums<A> {
-    const EMPTY: Self = Self {
+    pub(super) const EMPTY: Self = Self {
         x: Moments::EMPTY,
         sg: A::ZERO,
         cgx: A::ZERO,
     };
 
     #[inline(always)]
-    fn merge(self, o: Self) -> Self {
+    pub(super) fn merge(self, o: Self) -> Self {
         let x = self.x.merge(o.x);
         Self {
             x,
@@ -151,7 +151,7 @@ impl<A: Acc> GradSums<A> {
     }
 
     /// What the second pass needs, once the sums cover the whole row.
-    fn finish(self, spec: &Spec) -> RowGrad<A> {
+    pub(super) fn finish(self, spec: &Spec) -> RowGrad<A> {
         let (mean, rstd) = self.x.stats(A::from_f64(spec.eps));
         let inv_n = A::ONE / self.x.n;
         RowGrad {
@@ -166,17 +166,31 @@ impl<A: Acc> GradSums<A> {
 /// A row's statistics for its second backward pass: mean and rstd of x, mean(g) (0
 /// for a norm that does not center) and mean(g·x̂).
 #[derive(Clone, Copy)]
-struct RowGrad<A> {
-    mean: A,
-    rstd: A,
-    mean_g: A,
-    mean_gx: A,
+pub(super) struct RowGrad<A> {
+    pub mean: A,
+    pub rstd: A,
+    pub mean_g: A,
+    pub mean_gx: A,
+}
+
+/// Where the dx pass takes each row's [`RowGrad`] from: the row's own first pass
+/// (LayerNorm, RMSNorm, GroupNorm), or its channel's, given (BatchNorm: row r is
+/// channel r mod C).
+#[derive(Clone, Copy)]
+pub(super) enum RowGrads<'a, A> {
+    Computed,
+    PerChannel(&'a [RowGrad<A>]),
 }
 
 /// First backward pass over the elements of a row from `at = (row, i0)` on, the one
 /// that reads x and dy from memory: their [`GradSums`], block by block.
 #[inline(always)]
-fn backward_sums<T: Elem>(spec: &Spec, at: (usize, usize), (x, dy): (&[T], &[T]), w: &[T::Acc]) -> GradSums<T::Acc> {
+pub(super) fn backward_sums<T: Elem>(
+    spec: &Spec,
+    at: (usize, usize),
+    (x, dy): (&[T], &[T]),
+    w: &[T::Acc],
+) -> GradSums<T::Acc> {
     let mut g = [T::Acc::ZERO; BLOCK];
     let mut sums = GradSums::EMPTY;
     read_blocks(
@@ -234,25 +248,26 @@ fn backward_dx<T: Elem, const K: usize>(
     );
 }
 
+/// The backward's inputs: x (or h), the weight, dy, and dh for the fused residual add.
+pub(super) type BwdIns<'a, T> = (&'a [T], Option<&'a [T]>, &'a [T], Option<&'a [T]>);
+
 /// Backward: dx, then dγ with a weight, then dβ with a bias, in one vector (the fused
 /// backward op's output), from x, the weight and dy, recomputing the row statistics.
 /// With `dh` (the fused residual add: `x` is then h), dx is dh plus the norm's
-/// gradient.
+/// gradient. `grads` says where each row's statistics come from.
 pub(super) fn backward<T: Elem>(
     spec: &Spec,
     want: Affine,
-    x: &[T],
-    w: Option<&[T]>,
-    dy: &[T],
-    dh: Option<&[T]>,
+    (x, w, dy, dh): BwdIns<T>,
+    grads: RowGrads<T::Acc>,
 ) -> Vec<T> {
     let np = spec.params();
     let mut out = output(x.len(), spec.packed_grads(want));
     let (w, _) = affine_params(spec, w, None);
     let acc = match dh {
         _ if x.is_empty() => ParamGrads::zeros(0, np, want),
-        Some(dh) => backward_any(spec, want, [x, dy, dh], &w, &mut out),
-        None => backward_any(spec, want, [x, dy], &w, &mut out),
+        Some(dh) => backward_any(spec, want, [x, dy, dh], &w, &mut out, grads),
+        None => backward_any(spec, want, [x, dy], &w, &mut out, grads),
     };
     for g in [&acc.dg, &acc.db] {
         if !g.is_empty() {
@@ -272,11 +287,12 @@ fn backward_any<T: Elem, const K: usize>(
     ins: [&[T]; K],
     w: &[T::Acc],
     dx: &mut [T],
+    grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     if split_rows(spec) {
-        backward_split(spec, want, ins, w, dx)
+        backward_split(spec, want, ins, w, dx, grads)
     } else {
-        backward_rows(spec, want, ins, w, dx)
+        backward_rows(spec, want, ins, w, dx, grads)
     }
 }
 
@@ -288,6 +304,7 @@ fn backward_rows<T: Elem, const K: usize>(
     ins: [&[T]; K],
     w: &[T::Acc],
     dx: &mut [T],
+    grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     let (np, len) = (spec.params(), spec.len);
     let rpt = rows_per_task(spec).max(spec.rows.div_ceil(MAX_PARTIALS));
@@ -304,7 +321,10 @@ fn backward_rows<T: Elem, const K: usize>(
                     for (i, dxr) in dxt.chunks_mut(len).enumerate() {
                         let ins = ins.map(|s| &s[i * len..(i + 1) * len]);
                         let at = (t * rpt + i, 0);
-                        let stats = backward_sums(spec, at, (ins[0], ins[1]), w).finish(spec);
+                        let stats = match grads {
+                            RowGrads::Computed => backward_sums(spec, at, (ins[0], ins[1]), w).finish(spec),
+                            RowGrads::PerChannel(g) => g[at.0 % spec.groups],
+                        };
                         backward_dx(spec, at, ins, dxr, stats, w, &mut acc);
                     }
                 },
@@ -318,31 +338,20 @@ fn backward_rows<T: Elem, const K: usize>(
     total
 }
 
-/// Backward for split rows: per-chunk [`GradSums`] merged per row in chunk order, then
-/// dx and a dγ/dβ partial per chunk, the partials summed in chunk order.
+/// Backward for split rows: each row's statistics (merged from its chunks, or given),
+/// then dx and a dγ/dβ partial per chunk, the partials summed in chunk order.
 fn backward_split<T: Elem, const K: usize>(
     spec: &Spec,
     want: Affine,
     ins: [&[T]; K],
     w: &[T::Acc],
     dx: &mut [T],
+    grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
-    let nck = spec.len.div_ceil(CHUNK);
-    let sums: Vec<GradSums<T::Acc>> = (0..spec.rows * nck)
-        .into_par_iter()
-        .map(|item| {
-            let (r, k) = (item / nck, item % nck);
-            let (xc, dyc) = (chunk_of(spec, ins[0], r, k), chunk_of(spec, ins[1], r, k));
-            run(
-                #[inline(always)]
-                || backward_sums(spec, (r, k * CHUNK), (xc, dyc), w),
-            )
-        })
-        .collect();
-    let rows: Vec<_> = sums
-        .chunks(nck)
-        .map(|s| s.iter().fold(GradSums::EMPTY, |a, &b| a.merge(b)).finish(spec))
-        .collect();
+    let rows = match grads {
+        RowGrads::Computed => split_grads(spec, ins, w),
+        RowGrads::PerChannel(g) => (0..spec.rows).map(|r| g[r % spec.groups]).collect(),
+    };
     let parts: Vec<ParamGrads<T::Acc>> = chunks_mut(spec, dx)
         .map(|(r, k, dxc)| {
             let ins = ins.map(|s| chunk_of(spec, s, r, k));
@@ -361,4 +370,24 @@ fn backward_split<T: Elem, const K: usize>(
         total.add(p);
     }
     total
+}
+
+/// Per-row [`RowGrad`]s of split rows: per-chunk [`GradSums`] merged per row in chunk
+/// order.
+fn split_grads<T: Elem, const K: usize>(spec: &Spec, ins: [&[T]; K], w: &[T::Acc]) -> Vec<RowGrad<T::Acc>> {
+    let nck = spec.len.div_ceil(CHUNK);
+    let sums: Vec<GradSums<T::Acc>> = (0..spec.rows * nck)
+        .into_par_iter()
+        .map(|item| {
+            let (r, k) = (item / nck, item % nck);
+            let (xc, dyc) = (chunk_of(spec, ins[0], r, k), chunk_of(spec, ins[1], r, k));
+            run(
+                #[inline(always)]
+                || backward_sums(spec, (r, k * CHUNK), (xc, dyc), w),
+            )
+        })
+        .collect();
+    sums.chunks(nck)
+        .map(|s| s.iter().fold(GradSums::EMPTY, |a, &b| a.merge(b)).finish(spec))
+        .collect()
 }

@@ -153,13 +153,7 @@ pub(super) fn forward<T: Elem>(
     if split_rows(spec) {
         let stats = split_stats(spec, x, residual.map(|r| (r, &mut *h)));
         let src = if residual.is_some() { &*h } else { x };
-        chunks_mut(spec, y).for_each(|(r, k, yc)| {
-            let xc = chunk_of(spec, src, r, k);
-            run(
-                #[inline(always)]
-                || forward_part(spec, (r, k * CHUNK), xc, yc, stats[r], wb),
-            )
-        });
+        normalize(spec, src, y, |r| stats[r], wb);
         return out;
     }
     let rpt = rows_per_task(spec);
@@ -191,4 +185,39 @@ pub(super) fn forward<T: Elem>(
             }),
     }
     out
+}
+
+/// Normalizes every row of `src` into `y` with the (mean, rstd) that `stats` gives for
+/// the row: by chunks for split rows, else by tasks of whole rows.
+pub(super) fn normalize<T: Elem>(
+    spec: &Spec,
+    src: &[T],
+    y: &mut [T],
+    stats: impl Fn(usize) -> (T::Acc, T::Acc) + Sync,
+    wb: (&[T::Acc], &[T::Acc]),
+) {
+    if split_rows(spec) {
+        chunks_mut(spec, y).for_each(|(r, k, yc)| {
+            let (xc, st) = (chunk_of(spec, src, r, k), stats(r));
+            run(
+                #[inline(always)]
+                || forward_part(spec, (r, k * CHUNK), xc, yc, st, wb),
+            )
+        });
+        return;
+    }
+    let (len, rpt) = (spec.len, rows_per_task(spec));
+    y.par_chunks_mut(rpt * len)
+        .zip(src.par_chunks(rpt * len))
+        .enumerate()
+        .for_each(|(t, (yt, xt))| {
+            run(
+                #[inline(always)]
+                || {
+                    for (i, (yr, xr)) in yt.chunks_mut(len).zip(xt.chunks(len)).enumerate() {
+                        forward_part(spec, (t * rpt + i, 0), xr, yr, stats(t * rpt + i), wb);
+                    }
+                },
+            )
+        });
 }

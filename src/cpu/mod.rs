@@ -24,6 +24,7 @@
 
 mod alloc;
 mod backward;
+mod batch;
 mod blocks;
 mod convert;
 mod elem;
@@ -83,8 +84,68 @@ pub(crate) fn backward(
         [w, dh]: [Option<Arg<CpuStorage>>; 2],
     ) -> Result<CpuStorage> {
         let [w, dh] = [w, dh].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
-        let out = backward::backward(spec, want, slice::<T>(spec, x)?, w?, slice::<T>(spec, dy)?, dh?);
+        let ins = (slice::<T>(spec, x)?, w?, slice::<T>(spec, dy)?, dh?);
+        let out = backward::backward(spec, want, ins, backward::RowGrads::Computed);
         Ok(T::to_cpu_storage_owned(out))
     }
     dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh]))
+}
+
+/// BatchNorm's forward: y, then in training (`running` is `None`) each channel's batch
+/// mean and biased variance; in eval, y normalized with the running mean and variance.
+pub(crate) fn batch_forward(
+    spec: &Spec,
+    x: Arg<CpuStorage>,
+    [w, b]: [Option<Arg<CpuStorage>>; 2],
+    running: Option<[Arg<CpuStorage>; 2]>,
+) -> Result<CpuStorage> {
+    fn run<T: Elem>(
+        spec: &Spec,
+        x: Arg<CpuStorage>,
+        [w, b]: [Option<Arg<CpuStorage>>; 2],
+        running: Option<[Arg<CpuStorage>; 2]>,
+    ) -> Result<CpuStorage> {
+        let [w, b] = [w, b].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
+        let source = source::<T>(spec, running)?;
+        Ok(T::to_cpu_storage_owned(batch::forward(
+            spec,
+            slice::<T>(spec, x)?,
+            w?,
+            b?,
+            source,
+        )))
+    }
+    dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, x, [w, b], running))
+}
+
+/// BatchNorm's backward, as [`backward`] lays it out, with batch statistics (training,
+/// `running` is `None`) or running ones (eval).
+pub(crate) fn batch_backward(
+    spec: &Spec,
+    want: Affine,
+    [x, dy]: [Arg<CpuStorage>; 2],
+    w: Option<Arg<CpuStorage>>,
+    running: Option<[Arg<CpuStorage>; 2]>,
+) -> Result<CpuStorage> {
+    fn run<T: Elem>(
+        spec: &Spec,
+        want: Affine,
+        [x, dy]: [Arg<CpuStorage>; 2],
+        w: Option<Arg<CpuStorage>>,
+        running: Option<[Arg<CpuStorage>; 2]>,
+    ) -> Result<CpuStorage> {
+        let w = w.map(|a| slice::<T>(spec, a)).transpose()?;
+        let ins = (slice::<T>(spec, x)?, w, slice::<T>(spec, dy)?);
+        let out = batch::backward(spec, want, ins, source::<T>(spec, running)?);
+        Ok(T::to_cpu_storage_owned(out))
+    }
+    dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], w, running))
+}
+
+/// The statistics BatchNorm runs with: the batch's, or the running mean and variance.
+fn source<'a, T: Elem>(spec: &Spec, running: Option<[Arg<'a, CpuStorage>; 2]>) -> Result<batch::Source<'a, T>> {
+    Ok(match running {
+        None => batch::Source::Batch,
+        Some([m, v]) => batch::Source::Running(slice::<T>(spec, m)?, slice::<T>(spec, v)?),
+    })
 }

@@ -116,7 +116,7 @@ pub(crate) fn forward(
                     aligned &= (n * std::mem::size_of::<T>()).is_multiple_of(16);
                     row::forward_add(spec, dev, (&xv, &rv, &wv, &bv), (&mut h, &mut y), aligned)?
                 }
-                (Kind::Group, Some(_)) => bail!("{}: internal error: GroupNorm has no residual add", spec.name()),
+                _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
             }
         }
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
@@ -170,7 +170,7 @@ pub(crate) fn backward(
         let partials = match (spec.kind, &dhv) {
             (Kind::Group, None) => group::backward(spec, dev, ins, &mut dx, aligned)?,
             (Kind::Layer | Kind::Rms, dh) => row::backward(spec, dev, ins, dh, &mut dx, aligned)?,
-            (Kind::Group, Some(_)) => bail!("{}: internal error: GroupNorm has no residual add", spec.name()),
+            _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
         };
         if want.weight || want.bias {
             reduce_params::<T>(spec, dev, want, &partials, &mut params)?;

@@ -8,13 +8,15 @@
 //! candle-nn counterpart; they follow PyTorch's names.
 
 mod activation;
+mod batch;
 mod weight;
 
 pub use activation::{
     group_norm, instance_norm, layer_norm, layer_norm_no_bias, rms_norm, GroupNorm, InstanceNorm, InstanceNormConfig,
     LayerNorm, RmsNorm,
 };
-pub use candle_nn::LayerNormConfig;
+pub use batch::{batch_norm, BatchNorm};
+pub use candle_nn::{BatchNormConfig, LayerNormConfig};
 pub use weight::{
     spectral_norm_linear, weight_norm_conv2d, weight_norm_linear, ws_conv2d, SpectralNorm, WeightNorm, WeightedLayer,
     WsConv2d,

@@ -7,6 +7,7 @@
 //! backend (`crate::cpu`, `crate::cuda`) by device.
 
 mod add;
+mod batch;
 mod group;
 mod instance;
 mod layer;
@@ -14,6 +15,7 @@ mod rms;
 mod weight;
 
 pub use add::{add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward};
+pub use batch::{batch_norm, batch_norm_backward, batch_norm_eval, batch_norm_train};
 pub use group::{group_norm, group_norm_backward};
 pub use instance::{instance_norm, instance_norm_backward};
 pub use layer::{layer_norm, layer_norm_backward};
@@ -98,10 +100,7 @@ pub(crate) fn forward_add(
 ) -> Result<(Tensor, Tensor)> {
     check::same(spec.name(), residual, "residual", x, "x")?;
     let (x, r) = (x.contiguous()?, residual.contiguous()?);
-    let params = match (weight, bias) {
-        (Some(w), Some(b)) => Some(Tensor::cat(&[w, b], 0)?),
-        (p, None) | (None, p) => p.map(Tensor::contiguous).transpose()?,
-    };
+    let params = packed_params(weight, bias)?;
     let ins: Vec<&Tensor> = [Some(&x), Some(&r), params.as_ref()].into_iter().flatten().collect();
     let op = NormFwd {
         spec,
@@ -130,6 +129,11 @@ pub(crate) fn backward(
     let [w] = contiguous([weight])?;
     let affine = affine(weight, bias);
     let (dx, params) = grads(spec, affine, &x.contiguous()?, w.as_ref(), dy, dh)?;
+    split_params(&spec, affine, dx, &params)
+}
+
+/// dx and the packed dγ, dβ of a fused backward as [`NormGrads`].
+fn split_params(spec: &Spec, affine: Affine, dx: Tensor, params: &Tensor) -> Result<NormGrads> {
     let np = spec.params();
     let dweight = affine.weight.then(|| params.narrow(0, 0, np)).transpose()?;
     let at = if affine.weight { np } else { 0 };
@@ -191,15 +195,32 @@ impl NormFwd {
         }
         let (x, r, p) = (ins[0], Some(ins[1]), ins.get(2).copied());
         match p {
-            Some((s, l)) if weight && bias => {
-                let start = check::contiguous_range(self.spec.name(), l)?.start;
-                let np = self.spec.params();
-                let wl = Layout::contiguous_with_offset(np, start);
-                let bl = Layout::contiguous_with_offset(np, start + np);
-                f(x, r, Some((s, &wl)), Some((s, &bl)))
-            }
+            Some(p) if weight && bias => halves(self.spec.name(), p, self.spec.params(), |[w, b]| {
+                f(x, r, Some(w), Some(b))
+            }),
             p => f(x, r, p.filter(|_| weight), p.filter(|_| bias)),
         }
+    }
+}
+
+/// The two halves of an input that packs two tensors of `half` elements each (candle's
+/// custom ops take at most three inputs), as inputs of their own, for the duration of
+/// `f`.
+fn halves<S, R>(op: &str, (s, l): Arg<S>, half: usize, f: impl FnOnce([Arg<S>; 2]) -> Result<R>) -> Result<R> {
+    let start = check::contiguous_range(op, l)?.start;
+    let (a, b) = (
+        Layout::contiguous_with_offset(half, start),
+        Layout::contiguous_with_offset(half, start + half),
+    );
+    f([(s, &a), (s, &b)])
+}
+
+/// The affine parameters as the forward ops take them: one input, packed when both
+/// are given.
+fn packed_params(weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    match (weight, bias) {
+        (Some(w), Some(b)) => Ok(Some(Tensor::cat(&[w, b], 0)?)),
+        (p, None) | (None, p) => p.map(Tensor::contiguous).transpose(),
     }
 }
 

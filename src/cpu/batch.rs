@@ -1,0 +1,143 @@
+//! BatchNorm: a channel's statistics are those of all its (sample, channel) rows,
+//! merged in a fixed order (sample, then chunk); the rows are then normalized, and
+//! differentiated, by the passes every other norm uses, each with its channel's
+//! statistics. Row r of the [`Spec`] is channel r mod C.
+
+use super::alloc::output;
+use super::backward::{backward_sums, GradSums, RowGrad, RowGrads};
+use super::elem::{Acc, Elem};
+use super::forward::normalize;
+use super::reduce::{moments, Moments};
+use super::rows::{affine_params, chunk_of, CHUNK, TASK_ELEMS};
+use super::simd::run;
+use crate::spec::{Affine, Spec};
+use rayon::prelude::*;
+
+/// Where the statistics come from: the batch (training), or the running mean and
+/// variance (eval), as elements.
+#[derive(Clone, Copy)]
+pub(super) enum Source<'a, T> {
+    Batch,
+    Running(&'a [T], &'a [T]),
+}
+
+/// `f(row, chunk)` for every piece of every row (the row, or a [`CHUNK`] of a longer
+/// one), in parallel, in the order row·chunks + chunk.
+fn per_piece<R: Send>(spec: &Spec, f: impl Fn(usize, usize) -> R + Sync + Send) -> Vec<R> {
+    let nck = spec.len.div_ceil(CHUNK);
+    let min_len = (TASK_ELEMS / spec.len.clamp(1, CHUNK)).max(1);
+    (0..spec.rows * nck)
+        .into_par_iter()
+        .with_min_len(min_len)
+        .map(|i| f(i / nck, i % nck))
+        .collect()
+}
+
+/// For each channel, its rows' pieces merged in (sample, chunk) order.
+fn per_channel<V: Copy>(spec: &Spec, pieces: &[V], empty: V, merge: impl Fn(V, V) -> V) -> Vec<V> {
+    let (c, nck) = (spec.groups, spec.len.div_ceil(CHUNK));
+    (0..c)
+        .map(|ch| {
+            (ch..spec.rows)
+                .step_by(c)
+                .flat_map(|r| &pieces[r * nck..(r + 1) * nck])
+                .fold(empty, |a, &b| merge(a, b))
+        })
+        .collect()
+}
+
+/// (mean, rstd) of each channel from running statistics.
+fn running<T: Elem>(spec: &Spec, mean: &[T], var: &[T]) -> Vec<(T::Acc, T::Acc)> {
+    let (mut m, mut v) = (vec![T::Acc::ZERO; mean.len()], vec![T::Acc::ZERO; var.len()]);
+    T::load(mean, &mut m);
+    T::load(var, &mut v);
+    let eps = T::Acc::from_f64(spec.eps);
+    m.into_iter()
+        .zip(v)
+        .map(|(m, v)| (m, T::Acc::ONE / (v + eps).sqrt()))
+        .collect()
+}
+
+/// Forward: y, laid out as x, then (training) each channel's batch mean and biased
+/// variance, C elements each, from the same moments that normalized it. x has more than
+/// one element per channel in training.
+pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<&[T]>, source: Source<T>) -> Vec<T> {
+    let (n, c) = (x.len(), spec.groups);
+    let batch = matches!(source, Source::Batch);
+    let mut out = output(n, n + if batch { 2 * c } else { 0 });
+    let (w, b) = affine_params(spec, w, b);
+    let (stats, moments) = match source {
+        Source::Batch => {
+            let pieces = per_piece(spec, |r, k| {
+                let xc = chunk_of(spec, x, r, k);
+                run(
+                    #[inline(always)]
+                    || moments(xc, true),
+                )
+            });
+            let ch = per_channel(spec, &pieces, Moments::EMPTY, Moments::merge);
+            let eps = T::Acc::from_f64(spec.eps);
+            (ch.iter().map(|m| m.stats(eps)).collect::<Vec<_>>(), ch)
+        }
+        Source::Running(mean, var) => (running(spec, mean, var), Vec::new()),
+    };
+    if n > 0 {
+        normalize(spec, x, &mut out, |r| stats[r % c], (&w, &b));
+    }
+    if batch {
+        let (mean, var): (Vec<_>, Vec<_>) = moments.iter().map(|m| (m.mean, m.m2 / m.n)).unzip();
+        out.resize(n + 2 * c, T::zero());
+        T::store(&mean, &mut out[n..n + c]);
+        T::store(&var, &mut out[n + c..]);
+    }
+    out
+}
+
+/// Backward: dx, then dγ and dβ as wanted, as every norm's backward returns them. In
+/// training each channel's sums of dy and dy·(x − mean) come first (a pass over x and
+/// dy), then dx = rstd·(γ·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂)); in eval the statistics are
+/// constants and dx = γ·rstd·dy.
+pub(super) fn backward<T: Elem>(
+    spec: &Spec,
+    want: Affine,
+    (x, w, dy): (&[T], Option<&[T]>, &[T]),
+    source: Source<T>,
+) -> Vec<T> {
+    let c = spec.groups;
+    let grads: Vec<RowGrad<T::Acc>> = match source {
+        Source::Batch if x.is_empty() => Vec::new(),
+        Source::Batch => {
+            let ones = vec![T::Acc::ONE; c];
+            let pieces = per_piece(spec, |r, k| {
+                let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
+                run(
+                    #[inline(always)]
+                    || backward_sums(spec, (r, k * CHUNK), (xc, dyc), &ones),
+                )
+            });
+            let (gamma, _) = affine_params(spec, w, None);
+            per_channel(spec, &pieces, GradSums::EMPTY, GradSums::merge)
+                .iter()
+                .zip(gamma)
+                .map(|(s, g)| {
+                    let r = s.finish(spec);
+                    RowGrad {
+                        mean_g: g * r.mean_g,
+                        mean_gx: g * r.mean_gx,
+                        ..r
+                    }
+                })
+                .collect()
+        }
+        Source::Running(mean, var) => running(spec, mean, var)
+            .into_iter()
+            .map(|(mean, rstd)| RowGrad {
+                mean,
+                rstd,
+                mean_g: T::Acc::ZERO,
+                mean_gx: T::Acc::ZERO,
+            })
+            .collect(),
+    };
+    super::backward::backward(spec, want, (x, w, dy, None), RowGrads::PerChannel(&grads))
+}

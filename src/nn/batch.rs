@@ -1,0 +1,170 @@
+//! BatchNorm as a module: batch statistics in training, running ones in eval, updated
+//! as PyTorch updates them, under PyTorch's checkpoint names.
+
+use candle_core::{bail, ModuleT, Result, Tensor, Var};
+use candle_nn::{BatchNormConfig, Init, VarBuilder};
+
+/// BatchNorm over `[B, C]` or `[B, C, *spatial]` (PyTorch's `BatchNorm1d/2d/3d`), a
+/// drop-in for `candle_nn::BatchNorm` whose training forward and backward are fused;
+/// see [`crate::batch_norm`].
+///
+/// `forward_t(x, true)` normalizes with the batch's statistics and, when the layer
+/// tracks running statistics, updates them: `running_mean ← (1 − m)·running_mean +
+/// m·mean` and `running_var ← (1 − m)·running_var + m·var·n/(n − 1)` (n values per
+/// channel, the variance unbiased), with PyTorch's momentum m. `forward_t(x, false)`
+/// normalizes with the running statistics, or with the batch's when the layer does not
+/// track them, as PyTorch does.
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    running: Option<(Var, Var)>,
+    weight_and_bias: Option<(Tensor, Tensor)>,
+    num_features: usize,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm {
+    /// A BatchNorm over `num_features` channels with running statistics (`[C]` each,
+    /// kept as variables so that training updates them in place), an optional weight
+    /// and bias, `eps` and `momentum`.
+    ///
+    /// # Errors
+    /// Tensors not of shape `[num_features]`, or an `eps` or `momentum` that is
+    /// negative or not finite (a momentum above 1 too).
+    pub fn new(
+        num_features: usize,
+        running: Option<(Tensor, Tensor)>,
+        weight_and_bias: Option<(Tensor, Tensor)>,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        if !(eps.is_finite() && eps >= 0.0) {
+            bail!("BatchNorm: eps must be finite and >= 0, got {eps}")
+        }
+        if !(0.0..=1.0).contains(&momentum) {
+            bail!("BatchNorm: momentum must be in [0, 1], got {momentum}")
+        }
+        let pairs = [
+            ("running_mean", "running_var", &running),
+            ("weight", "bias", &weight_and_bias),
+        ];
+        for (a, b, pair) in pairs {
+            if let Some((ta, tb)) = pair {
+                for (name, t) in [(a, ta), (b, tb)] {
+                    if t.dims() != [num_features] {
+                        bail!("BatchNorm: {name} has shape {:?}, expected [{num_features}]", t.dims())
+                    }
+                }
+            }
+        }
+        let running = running
+            .map(|(m, v)| Ok::<_, candle_core::Error>((Var::from_tensor(&m)?, Var::from_tensor(&v)?)))
+            .transpose()?;
+        Ok(Self {
+            running,
+            weight_and_bias,
+            num_features,
+            eps,
+            momentum,
+        })
+    }
+
+    /// The running mean, `[C]`, when the layer tracks running statistics.
+    pub fn running_mean(&self) -> Option<&Tensor> {
+        self.running.as_ref().map(|(m, _)| m.as_tensor())
+    }
+
+    /// The running (unbiased) variance, `[C]`, when the layer tracks running statistics.
+    pub fn running_var(&self) -> Option<&Tensor> {
+        self.running.as_ref().map(|(_, v)| v.as_tensor())
+    }
+
+    /// The weight (γ) and bias (β), if the layer is affine.
+    pub fn weight_and_bias(&self) -> Option<(&Tensor, &Tensor)> {
+        self.weight_and_bias.as_ref().map(|(w, b)| (w, b))
+    }
+
+    /// The epsilon added to the variance inside the square root.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// The weight of the new batch's statistics in the running ones.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// The number of channels.
+    pub fn num_features(&self) -> usize {
+        self.num_features
+    }
+}
+
+impl ModuleT for BatchNorm {
+    /// Normalizes `x` of shape `[B, C, *spatial]`: with batch statistics (updating the
+    /// running ones) when `train`, else with the running statistics. Errors as
+    /// [`crate::batch_norm`] and [`crate::batch_norm_eval`] do, and when C differs from
+    /// `num_features`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if x.rank() >= 2 && x.dims()[1] != self.num_features {
+            bail!(
+                "BatchNorm: x has {} channels (shape {:?}), expected {}",
+                x.dims()[1],
+                x.dims(),
+                self.num_features
+            )
+        }
+        let (w, b) = self.weight_and_bias.as_ref().map(|(w, b)| (w, b)).unzip();
+        match &self.running {
+            Some((mean, var)) if !train => crate::batch_norm_eval(x, mean, var, w, b, self.eps),
+            Some((mean, var)) => {
+                let (y, batch_mean, batch_var) = crate::batch_norm_train(x, w, b, self.eps)?;
+                let n = (x.elem_count() / self.num_features) as f64;
+                let m = self.momentum;
+                let update = |running: &Var, batch: Tensor| {
+                    let batch = batch.to_dtype(running.dtype())?;
+                    running.set(&((running.as_tensor() * (1.0 - m))? + (batch * m)?)?.detach())
+                };
+                update(mean, batch_mean)?;
+                update(var, (batch_var * (n / (n - 1.0)))?)?;
+                Ok(y)
+            }
+            None => crate::batch_norm(x, w, b, self.eps),
+        }
+    }
+}
+
+/// Builds a [`BatchNorm`] over `num_features` channels from `vb`, as
+/// `candle_nn::batch_norm`: `running_mean` (zeros) and `running_var` (ones), and with
+/// `config.affine` a `weight` (ones) and `bias` (zeros), PyTorch's names; a
+/// `num_batches_tracked` in a checkpoint is accepted and not used. `config.momentum`
+/// is PyTorch's momentum.
+///
+/// # Errors
+/// `config.remove_mean == false` (BatchNorm always centers here), an `eps` or
+/// `momentum` out of range, or a tensor missing from a checkpoint or of another shape.
+pub fn batch_norm<C: Into<BatchNormConfig>>(num_features: usize, config: C, vb: VarBuilder) -> Result<BatchNorm> {
+    let config = config.into();
+    if !config.remove_mean {
+        bail!("BatchNorm: remove_mean = false is not supported (the mean is always subtracted)")
+    }
+    let running = (
+        vb.get_with_hints(num_features, "running_mean", Init::Const(0.))?,
+        vb.get_with_hints(num_features, "running_var", Init::Const(1.))?,
+    );
+    let weight_and_bias = if config.affine {
+        Some((
+            vb.get_with_hints(num_features, "weight", Init::Const(1.))?,
+            vb.get_with_hints(num_features, "bias", Init::Const(0.))?,
+        ))
+    } else {
+        None
+    };
+    BatchNorm::new(
+        num_features,
+        Some(running),
+        weight_and_bias,
+        config.eps,
+        config.momentum,
+    )
+}
