@@ -1,9 +1,10 @@
-//! Fused, differentiable LayerNorm, RMSNorm and GroupNorm for [candle].
+//! Fused, differentiable LayerNorm, RMSNorm, GroupNorm, InstanceNorm and BatchNorm, and
+//! a fused residual add + norm, for [candle].
 //!
 //! candle's own fused norms have no backward (their gradients are silently dropped)
-//! and candle has no fused GroupNorm. This crate provides all three as candle custom
-//! ops whose backward is itself one fused op, so `Tensor::backward`, `Var` and the
-//! candle-nn optimizers train through them:
+//! and candle has no fused GroupNorm, InstanceNorm or BatchNorm. This crate provides
+//! them as candle custom ops whose backward is itself one fused op, so
+//! `Tensor::backward`, `Var` and the candle-nn optimizers train through them:
 //!
 //! - [`layer_norm`], [`rms_norm`], [`group_norm`]: the functional ops;
 //! - [`layer_norm_backward`], [`rms_norm_backward`], [`group_norm_backward`]: their
@@ -17,8 +18,9 @@
 //! - [`add_layer_norm`], [`add_rms_norm`]: the residual add of a pre-norm transformer
 //!   block fused with its norm, returning both the norm and the sum, with their
 //!   backward [`add_layer_norm_backward`], [`add_rms_norm_backward`];
-//! - [`nn`]: drop-in modules ([`LayerNorm`], [`RmsNorm`], [`GroupNorm`]) and their
-//!   `VarBuilder` builders, loading PyTorch/Hugging Face checkpoints;
+//! - [`nn`]: drop-in modules ([`LayerNorm`], [`RmsNorm`], [`GroupNorm`],
+//!   [`InstanceNorm`], [`BatchNorm`]) and their `VarBuilder` builders, loading
+//!   PyTorch/Hugging Face checkpoints;
 //! - [`weight_standardization`], [`weight_norm`], [`nn::WsConv2d`] and
 //!   [`nn::WeightNorm`]: norms of a layer's weight;
 //! - [`mod@reference`]: slow composed-op implementations used by the tests and benches;
