@@ -5,8 +5,8 @@
 #
 # STEPs, in the order given: `info` (GPU, driver, libraries), `test` (every test
 # binary), `sanitize` (compute-sanitizer memcheck and racecheck over the GPU tests),
-# `table` (the bandwidth table of benches/gpu_table.rs), `criterion` (the criterion
-# benches, GPU groups only). Logs go to $OUT (default ./gpu-out); the run goes on after
+# `table` (the bandwidth table of benches/gpu_table.rs, also as $OUT/table.csv),
+# `criterion` (the criterion benches, GPU groups only). Logs go to $OUT (default ./gpu-out); the run goes on after
 # a failing step and exits non-zero if any failed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,7 +60,7 @@ for s in "$@"; do
       done
       ;;
     table)
-      step table "$here/bin/bench-gpu_table"
+      GPU_TABLE_CSV="$out/table.csv" step table "$here/bin/bench-gpu_table"
       ;;
     criterion)
       step criterion "$here/bin/bench-norms" --bench cuda/
