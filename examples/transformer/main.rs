@@ -12,6 +12,8 @@
 //! Writes to `--out` (default `runs/`): `loss.csv`, `grad_norms.csv`, `training.svg`,
 //! and `{pre,post}.safetensors` with `{pre,post}.json` (the checkpoint's shape).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod data;
 mod model;
 mod report;
@@ -21,15 +23,10 @@ mod train;
 
 use candle_core::{DType, Device};
 use clap::{Parser, ValueEnum};
+use common::DeviceArg;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::{ModelConfig, NormKind, Placement};
 use std::path::{Path, PathBuf};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum DTypeArg {
@@ -93,29 +90,7 @@ struct Args {
 }
 
 fn main() {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let msg = e.to_string();
-            eprintln!("{} (see --help)", msg.lines().next().unwrap_or("invalid arguments"));
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = run(&args) {
-        eprintln!("error: {}", e.to_string().lines().next().unwrap_or("failed"));
-        std::process::exit(1);
-    }
-}
-
-fn device(arg: DeviceArg) -> Result<Device, String> {
-    match arg {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda if !cfg!(feature = "cuda") => {
-            Err("--device cuda needs a build with the cuda feature: cargo run --release --features cuda --example transformer".into())
-        }
-        DeviceArg::Cuda => Device::new_cuda(0).map_err(|e| format!("no CUDA device: {e}")),
-    }
+    common::main_with(run);
 }
 
 fn placements(arg: PlacementArg) -> Vec<Placement> {
@@ -134,7 +109,7 @@ fn stem(p: Placement) -> &'static str {
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let dev = device(args.device)?;
+    let dev = common::device(args.device, "transformer")?;
     if args.sample {
         return sample(args, &dev);
     }
