@@ -190,12 +190,22 @@ fn causal_mask(t: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     Tensor::from_vec(m, (t, t), dev)?.to_dtype(dtype)
 }
 
+/// How [`init_weights`] draws the weight matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// N(0, 0.02²), GPT-2's: what the training runs use.
+    Gpt2,
+    /// N(0, 2/(fan_in + fan_out)), Xavier/Glorot's, the initialization Xiong et al.'s
+    /// analysis assumes: each sublayer's output starts at the scale of its input.
+    Xavier,
+}
+
 /// The initialization, drawn from `seed` in name order so that every placement, device
 /// and dtype starts from the same numbers: N(0, 1) for the embeddings (candle-nn's
 /// default, and the scale of the original Transformer's √d-scaled embeddings, so the
-/// residual stream starts at unit scale), N(0, 0.02) for the other weights (GPT-2's),
-/// 0 for biases, 1 for norm weights.
-pub fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
+/// residual stream starts at unit scale), the weight matrices as `init` says, 0 for
+/// biases, 1 for norm weights.
+pub fn init_weights(varmap: &VarMap, seed: u64, init: Init) -> Result<()> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
@@ -211,7 +221,14 @@ pub fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
         } else if name.starts_with("wte") || name.starts_with("wpe") {
             (0..n).map(|_| rng.normal()).collect()
         } else {
-            (0..n).map(|_| 0.02 * rng.normal()).collect()
+            let std = match init {
+                Init::Gpt2 => 0.02,
+                Init::Xavier => {
+                    let dims = var.dims();
+                    (2.0 / (dims[0] + dims[dims.len() - 1]) as f32).sqrt()
+                }
+            };
+            (0..n).map(|_| std * rng.normal()).collect()
         };
         let t = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
         var.set(&t)?;

@@ -1,5 +1,6 @@
 //! The run's outputs: the summary table, the CSV files and the SVG plot.
 
+use crate::model::Placement;
 use crate::train::Record;
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -56,13 +57,37 @@ const COLORS: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// A legend below the charts, one entry (a line with a dot, and a label) per series, so
+/// that no legend covers data.
+fn legend(area: &Area, entries: &[(String, RGBColor)]) -> Result<(), Box<dyn std::error::Error>> {
+    let mut x = 60;
+    for (label, color) in entries {
+        let y = 18;
+        area.draw(&PathElement::new([(x, y), (x + 24, y)], color.stroke_width(2)))?;
+        area.draw(&Circle::new((x + 12, y), 4, color.filled()))?;
+        area.draw(&Text::new(label.clone(), (x + 30, y - 7), ("sans-serif", 14)))?;
+        x += 40 + 8 * label.len() as i32;
+    }
+    Ok(())
+}
+
 /// `training.svg`: loss curves (training loss smoothed over 10 steps, validation loss
-/// as points) on the left, gradient norm per block at initialization on the right.
+/// as points) on the left, gradient norm per block at initialization on the right, the
+/// legend below both.
 pub fn plot(path: &Path, variants: &[Variant], title: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 470)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(title, ("sans-serif", 18))?;
-    let (left, right) = root.split_horizontally(620);
+    let root = root.titled(title, ("sans-serif", 16))?;
+    let (charts, strip) = root.split_vertically(400);
+    let (left, right) = charts.split_horizontally(620);
+    let entries: Vec<(String, RGBColor)> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.clone(), COLORS[i % COLORS.len()]))
+        .collect();
+    legend(&strip, &entries)?;
 
     let finite = |l: f32| l.is_finite().then_some(l);
     let all: Vec<f32> = variants
@@ -95,10 +120,7 @@ pub fn plot(path: &Path, variants: &[Variant], title: &str) -> Result<(), Box<dy
                 finite(w.iter().map(|p| p.1).sum::<f32>() / w.len() as f32).map(|l| (step, l.min(top)))
             })
             .collect();
-        chart
-            .draw_series(LineSeries::new(smooth, color.stroke_width(2)))?
-            .label(format!("{} train", v.name))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        chart.draw_series(LineSeries::new(smooth, color.stroke_width(2)))?;
         chart.draw_series(
             v.record
                 .val
@@ -106,11 +128,6 @@ pub fn plot(path: &Path, variants: &[Variant], title: &str) -> Result<(), Box<dy
                 .filter_map(|&(s, l)| finite(l).map(|l| Circle::new((s, l.min(top)), 4, color.filled()))),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
 
     let layers = variants
         .iter()
@@ -137,17 +154,75 @@ pub fn plot(path: &Path, variants: &[Variant], title: &str) -> Result<(), Box<dy
     for (i, v) in variants.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let points: Vec<(usize, f32)> = v.record.grad_norms.iter().cloned().enumerate().collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(v.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
         chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// One model of the gradient sweep: its placement and the FFN gradient norm of each
+/// block (the depth is their count).
+pub struct SweepPoint {
+    pub placement: Placement,
+    pub norms: Vec<f32>,
+}
+
+fn placement_name(p: Placement) -> &'static str {
+    match p {
+        Placement::Pre => "pre",
+        Placement::Post => "post",
+    }
+}
+
+/// `grad_depths.csv`: (placement, depth, block, FFN gradient norm).
+pub fn write_sweep_csv(path: &Path, points: &[SweepPoint]) -> std::io::Result<()> {
+    let mut s = String::from("placement,depth,block,ffn_grad_norm\n");
+    for p in points {
+        for (block, n) in p.norms.iter().enumerate() {
+            let _ = writeln!(s, "{},{},{block},{n}", placement_name(p.placement), p.norms.len());
+        }
+    }
+    std::fs::write(path, s)
+}
+
+/// `grad_depths.svg`: one panel per depth, the FFN gradient norm of each block at
+/// initialization for Pre-LN and Post-LN, the legend below.
+pub fn plot_sweep(path: &Path, points: &[SweepPoint], title: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut depths: Vec<usize> = points.iter().map(|p| p.norms.len()).collect();
+    depths.dedup();
+    let root = SVGBackend::new(path, (380 * depths.len().max(1) as u32, 430)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 15))?;
+    let (charts, strip) = root.split_vertically(360);
+    let color = |p: Placement| if p == Placement::Pre { COLORS[0] } else { COLORS[1] };
+    let entries = [Placement::Pre, Placement::Post].map(|p| (format!("{}-LN", placement_name(p)), color(p)));
+    legend(&strip, &entries)?;
+    for (panel, &depth) in charts.split_evenly((1, depths.len().max(1))).iter().zip(&depths) {
+        let here: Vec<&SweepPoint> = points.iter().filter(|p| p.norms.len() == depth).collect();
+        let top = here
+            .iter()
+            .flat_map(|p| p.norms.iter().cloned())
+            .filter(|n| n.is_finite())
+            .fold(1e-6f32, f32::max);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{depth} blocks"), ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0..depth.saturating_sub(1).max(1), 0f32..top * 1.1)?;
+        chart
+            .configure_mesh()
+            .x_desc("block (0 = nearest the input)")
+            .y_desc("‖∇ FFN weights‖₂")
+            .draw()?;
+        for p in here {
+            let c = color(p.placement);
+            let pts: Vec<(usize, f32)> = p.norms.iter().cloned().enumerate().collect();
+            chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
+            chart.draw_series(pts.into_iter().map(|q| Circle::new(q, 3, c.filled())))?;
+        }
+    }
     root.present()?;
     Ok(())
 }

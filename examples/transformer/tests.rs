@@ -1,10 +1,11 @@
 //! The example's training loop on the CPU with a tiny configuration: the loss falls,
-//! the norm weights train in both placements, the report files are written, and a
-//! checkpoint reloads to the same outputs. Run by `cargo test` (the example is declared
+//! the norm weights train in both placements, warm-up scales the first steps, the
+//! report files are written, a checkpoint reloads to the same outputs, and the
+//! gradient sweep measures every block of every depth. Run by `cargo test` (the example is declared
 //! with `test = true`).
 
 use super::{data, report, train};
-use crate::model::{ModelConfig, NormKind, Placement};
+use crate::model::{Init, ModelConfig, NormKind, Placement};
 use candle_core::{DType, Device, Tensor};
 
 fn config(placement: Placement, norm: NormKind, vocab: usize, steps: usize) -> train::TrainConfig {
@@ -109,7 +110,55 @@ fn training_lowers_the_loss_writes_its_report_and_reloads() {
     let norms = std::fs::read_to_string(out.path().join("grad_norms.csv")).unwrap();
     assert_eq!(norms.lines().count(), 1 + 2 * 2);
     let svg = std::fs::read_to_string(out.path().join("training.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("Pre train") && svg.contains("polyline"));
+    assert!(svg.starts_with("<svg") && svg.contains("\nPre\n") && svg.contains("polyline"));
     let summary = report::summary(&variants);
     assert!(summary.contains("| Pre |") && summary.contains("| Post |"), "{summary}");
+}
+
+/// The post-warmup variant: with warm-up, the first step moves the norm weights by
+/// lr/warmup instead of lr (AdamW's first step moves each weight by about its rate).
+#[test]
+fn warmup_scales_the_first_steps() {
+    let corpus = data::Corpus::new(&data::TEXT[..20_000]);
+    let moved = |warmup: usize| {
+        let mut cfg = config(Placement::Post, NormKind::Layer, corpus.chars.len(), 1);
+        cfg.warmup = warmup;
+        let (_, varmap, _) = train::train(&cfg, &corpus, &Device::Cpu, &mut |_, _| {}).unwrap();
+        let data = varmap.data().lock().unwrap();
+        let bias = to_vec(data["blocks.0.norm1.bias"].as_tensor());
+        bias.iter().map(|v| v.abs()).sum::<f32>() / bias.len() as f32
+    };
+    let (none, ten) = (moved(0), moved(10));
+    let lr = 3e-3;
+    assert!((none - lr).abs() < 0.2 * lr, "no warm-up: mean step {none}");
+    assert!((ten - lr / 10.0).abs() < 0.2 * lr / 10.0, "warm-up 10: mean step {ten}");
+}
+
+/// The sweep on tiny models: a positive, finite norm for every block at every depth,
+/// for both placements, written as CSV and plotted.
+#[test]
+fn gradient_sweep_covers_every_block() {
+    let corpus = data::Corpus::new(&data::TEXT[..20_000]);
+    let mut points = Vec::new();
+    for layers in [2, 3] {
+        for placement in [Placement::Pre, Placement::Post] {
+            let mut model = config(placement, NormKind::Layer, corpus.chars.len(), 1).model;
+            model.layers = layers;
+            let norms = train::ffn_grad_norms(&model, Init::Xavier, &corpus, 5, 2, 4, &Device::Cpu).unwrap();
+            assert_eq!(norms.len(), layers);
+            assert!(
+                norms.iter().all(|n| n.is_finite() && *n > 0.0),
+                "{placement:?} {layers}: {norms:?}"
+            );
+            points.push(report::SweepPoint { placement, norms });
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    report::write_sweep_csv(&out.path().join("grad_depths.csv"), &points).unwrap();
+    let csv = std::fs::read_to_string(out.path().join("grad_depths.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * (2 + 3));
+    assert!(csv.contains("\npost,3,2,"), "{csv}");
+    report::plot_sweep(&out.path().join("grad_depths.svg"), &points, "test").unwrap();
+    let svg = std::fs::read_to_string(out.path().join("grad_depths.svg")).unwrap();
+    assert!(svg.contains("3 blocks") && svg.contains("\npost-LN\n"));
 }

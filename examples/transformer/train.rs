@@ -2,7 +2,7 @@
 //! initialization, speed), checkpoints, and sampling from a checkpoint.
 
 use crate::data::{encode, Corpus, Rng};
-use crate::model::{init_weights, Gpt, ModelConfig};
+use crate::model::{init_weights, Gpt, Init, ModelConfig};
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,47 @@ fn block_grad_norms(varmap: &VarMap, grads: &candle_core::backprop::GradStore, l
     Ok(sq.into_iter().map(f32::sqrt).collect())
 }
 
+/// The gradient norm of each block's feed-forward weights (`mlp.fc` and `mlp.out`
+/// together) at initialization, the quantity of Xiong et al.'s Fig. 3, averaged over
+/// `batches` training batches of `batch` sequences; the model starts from `seed`'s
+/// initialization drawn as `init` says, and the batches are the first ones its training
+/// would draw.
+pub fn ffn_grad_norms(
+    cfg: &ModelConfig,
+    init: Init,
+    data: &Corpus,
+    seed: u64,
+    batches: usize,
+    batch: usize,
+    dev: &Device,
+) -> Result<Vec<f32>> {
+    let varmap = VarMap::new();
+    let model = Gpt::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+    init_weights(&varmap, seed, init)?;
+    let ffn: Vec<(usize, candle_core::Var)> = {
+        let vars = varmap.data().lock().expect("varmap lock");
+        (0..cfg.layers)
+            .flat_map(|i| ["fc", "out"].map(|m| (i, vars[&format!("blocks.{i}.mlp.{m}.weight")].clone())))
+            .collect()
+    };
+    let mut rng = Rng::new(seed.wrapping_add(1));
+    let mut mean = vec![0f32; cfg.layers];
+    for _ in 0..batches {
+        let (x, y) = data.batch(false, &mut rng, batch, cfg.seq_len, dev)?;
+        let grads = loss(&model, &x, &y)?.backward()?;
+        let mut sq = vec![0f32; cfg.layers];
+        for (layer, var) in &ffn {
+            if let Some(g) = grads.get(var) {
+                sq[*layer] += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            }
+        }
+        for (m, s) in mean.iter_mut().zip(sq) {
+            *m += s.sqrt() / batches as f32;
+        }
+    }
+    Ok(mean)
+}
+
 /// Builds the model of `cfg` with its initialization and trains it with AdamW,
 /// calling `progress(step, loss)` after every step. Returns the record and the trained
 /// variables.
@@ -96,7 +137,7 @@ pub fn train(
 ) -> Result<(Record, VarMap, Gpt)> {
     let varmap = VarMap::new();
     let model = Gpt::new(&cfg.model, VarBuilder::from_varmap(&varmap, cfg.dtype, dev))?;
-    init_weights(&varmap, cfg.seed)?;
+    init_weights(&varmap, cfg.seed, Init::Gpt2)?;
     let mut opt = AdamW::new(
         varmap.all_vars(),
         ParamsAdamW {
