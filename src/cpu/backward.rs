@@ -182,6 +182,23 @@ pub(super) enum RowGrads<'a, A> {
     PerChannel(&'a [RowGrad<A>]),
 }
 
+/// Block-sized buffers of the two backward passes (g = dy·w, and x̂), made once per task
+/// rather than once per row: zeroing them for every call would cost more than a short
+/// row's arithmetic.
+pub(super) struct Scratch<A> {
+    g: [A; BLOCK],
+    xh: [A; BLOCK],
+}
+
+impl<A: Acc> Scratch<A> {
+    pub(super) fn new() -> Self {
+        Self {
+            g: [A::ZERO; BLOCK],
+            xh: [A::ZERO; BLOCK],
+        }
+    }
+}
+
 /// First backward pass over the elements of a row from `at = (row, i0)` on, the one
 /// that reads x and dy from memory: their [`GradSums`], block by block.
 #[inline(always)]
@@ -190,8 +207,9 @@ pub(super) fn backward_sums<T: Elem>(
     at: (usize, usize),
     (x, dy): (&[T], &[T]),
     w: &[T::Acc],
+    scratch: &mut Scratch<T::Acc>,
 ) -> GradSums<T::Acc> {
-    let mut g = [T::Acc::ZERO; BLOCK];
+    let g = &mut scratch.g;
     let mut sums = GradSums::EMPTY;
     read_blocks(
         [x, dy],
@@ -218,11 +236,11 @@ fn backward_dx<T: Elem, const K: usize>(
     at: (usize, usize),
     ins: [&[T]; K],
     dx: &mut [T],
-    r: RowGrad<T::Acc>,
-    w: &[T::Acc],
+    (r, w): (RowGrad<T::Acc>, &[T::Acc]),
     acc: &mut ParamGrads<T::Acc>,
+    scratch: &mut Scratch<T::Acc>,
 ) {
-    let (mut xh, mut g) = ([T::Acc::ZERO; BLOCK], [T::Acc::ZERO; BLOCK]);
+    let Scratch { g, xh } = scratch;
     write_blocks(
         ins,
         dx,
@@ -315,6 +333,7 @@ fn backward_rows<T: Elem, const K: usize>(
         .map(|(t, dxt)| {
             let ins = ins.map(|s| &s[t * step..t * step + dxt.len()]);
             let mut acc = ParamGrads::zeros(0, np, want);
+            let mut scratch = Scratch::new();
             run(
                 #[inline(always)]
                 || {
@@ -322,10 +341,12 @@ fn backward_rows<T: Elem, const K: usize>(
                         let ins = ins.map(|s| &s[i * len..(i + 1) * len]);
                         let at = (t * rpt + i, 0);
                         let stats = match grads {
-                            RowGrads::Computed => backward_sums(spec, at, (ins[0], ins[1]), w).finish(spec),
+                            RowGrads::Computed => {
+                                backward_sums(spec, at, (ins[0], ins[1]), w, &mut scratch).finish(spec)
+                            }
                             RowGrads::PerChannel(g) => g[at.0 % spec.groups],
                         };
-                        backward_dx(spec, at, ins, dxr, stats, w, &mut acc);
+                        backward_dx(spec, at, ins, dxr, (stats, w), &mut acc, &mut scratch);
                     }
                 },
             );
@@ -360,7 +381,7 @@ fn backward_split<T: Elem, const K: usize>(
             let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + dxc.len() - 1) - p_base + 1, want);
             run(
                 #[inline(always)]
-                || backward_dx(spec, (r, i0), ins, dxc, rows[r], w, &mut acc),
+                || backward_dx(spec, (r, i0), ins, dxc, (rows[r], w), &mut acc, &mut Scratch::new()),
             );
             acc
         })
@@ -383,7 +404,7 @@ fn split_grads<T: Elem, const K: usize>(spec: &Spec, ins: [&[T]; K], w: &[T::Acc
             let (xc, dyc) = (chunk_of(spec, ins[0], r, k), chunk_of(spec, ins[1], r, k));
             run(
                 #[inline(always)]
-                || backward_sums(spec, (r, k * CHUNK), (xc, dyc), w),
+                || backward_sums(spec, (r, k * CHUNK), (xc, dyc), w, &mut Scratch::new()),
             )
         })
         .collect();

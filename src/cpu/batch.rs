@@ -4,7 +4,7 @@
 //! statistics. Row r of the [`Spec`] is channel r mod C.
 
 use super::alloc::output;
-use super::backward::{backward_sums, GradSums, RowGrad, RowGrads};
+use super::backward::{backward_sums, GradSums, RowGrad, RowGrads, Scratch};
 use super::elem::{Acc, Elem};
 use super::forward::normalize;
 use super::reduce::{moments, Moments};
@@ -21,15 +21,20 @@ pub(super) enum Source<'a, T> {
     Running(&'a [T], &'a [T]),
 }
 
-/// `f(row, chunk)` for every piece of every row (the row, or a [`CHUNK`] of a longer
-/// one), in parallel, in the order row·chunks + chunk.
-fn per_piece<R: Send>(spec: &Spec, f: impl Fn(usize, usize) -> R + Sync + Send) -> Vec<R> {
+/// `f(state, row, chunk)` for every piece of every row (the row, or a [`CHUNK`] of a
+/// longer one), in parallel, in the order row·chunks + chunk, with a `state` made by
+/// `init` once per rayon job.
+fn per_piece<S, R: Send>(
+    spec: &Spec,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, usize) -> R + Sync + Send,
+) -> Vec<R> {
     let nck = spec.len.div_ceil(CHUNK);
     let min_len = (TASK_ELEMS / spec.len.clamp(1, CHUNK)).max(1);
     (0..spec.rows * nck)
         .into_par_iter()
         .with_min_len(min_len)
-        .map(|i| f(i / nck, i % nck))
+        .map_init(init, |s, i| f(s, i / nck, i % nck))
         .collect()
 }
 
@@ -58,23 +63,33 @@ fn running<T: Elem>(spec: &Spec, mean: &[T], var: &[T]) -> Vec<(T::Acc, T::Acc)>
         .collect()
 }
 
-/// Forward: y, laid out as x, then (training) each channel's batch mean and biased
-/// variance, C elements each, from the same moments that normalized it. x has more than
-/// one element per channel in training.
-pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<&[T]>, source: Source<T>) -> Vec<T> {
+/// Forward: y, laid out as x, and (training) each channel's batch mean, then its biased
+/// variance, C elements each, from the same moments that normalized it (empty in eval).
+/// x has more than one element per channel in training.
+pub(super) fn forward<T: Elem>(
+    spec: &Spec,
+    x: &[T],
+    w: Option<&[T]>,
+    b: Option<&[T]>,
+    source: Source<T>,
+) -> (Vec<T>, Vec<T>) {
     let (n, c) = (x.len(), spec.groups);
     let batch = matches!(source, Source::Batch);
-    let mut out = output(n, n + if batch { 2 * c } else { 0 });
+    let mut out = output(n, n);
     let (w, b) = affine_params(spec, w, b);
     let (stats, moments) = match source {
         Source::Batch => {
-            let pieces = per_piece(spec, |r, k| {
-                let xc = chunk_of(spec, x, r, k);
-                run(
-                    #[inline(always)]
-                    || moments(xc, true),
-                )
-            });
+            let pieces = per_piece(
+                spec,
+                || (),
+                |_, r, k| {
+                    let xc = chunk_of(spec, x, r, k);
+                    run(
+                        #[inline(always)]
+                        || moments(xc, true),
+                    )
+                },
+            );
             let ch = per_channel(spec, &pieces, Moments::EMPTY, Moments::merge);
             let eps = T::Acc::from_f64(spec.eps);
             (ch.iter().map(|m| m.stats(eps)).collect::<Vec<_>>(), ch)
@@ -84,13 +99,13 @@ pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<
     if n > 0 {
         normalize(spec, x, &mut out, |r| stats[r % c], (&w, &b));
     }
+    let mut stats = vec![T::zero(); if batch { 2 * c } else { 0 }];
     if batch {
         let (mean, var): (Vec<_>, Vec<_>) = moments.iter().map(|m| (m.mean, m.m2 / m.n)).unzip();
-        out.resize(n + 2 * c, T::zero());
-        T::store(&mean, &mut out[n..n + c]);
-        T::store(&var, &mut out[n + c..]);
+        T::store(&mean, &mut stats[..c]);
+        T::store(&var, &mut stats[c..]);
     }
-    out
+    (out, stats)
 }
 
 /// Backward: dx, then dγ and dβ as wanted, as every norm's backward returns them. In
@@ -108,11 +123,11 @@ pub(super) fn backward<T: Elem>(
         Source::Batch if x.is_empty() => Vec::new(),
         Source::Batch => {
             let ones = vec![T::Acc::ONE; c];
-            let pieces = per_piece(spec, |r, k| {
+            let pieces = per_piece(spec, Scratch::new, |scratch, r, k| {
                 let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
                 run(
                     #[inline(always)]
-                    || backward_sums(spec, (r, k * CHUNK), (xc, dyc), &ones),
+                    || backward_sums(spec, (r, k * CHUNK), (xc, dyc), &ones, scratch),
                 )
             });
             let (gamma, _) = affine_params(spec, w, None);

@@ -91,29 +91,25 @@ pub(crate) fn backward(
     dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh]))
 }
 
-/// BatchNorm's forward: y, then in training (`running` is `None`) each channel's batch
-/// mean and biased variance; in eval, y normalized with the running mean and variance.
+/// BatchNorm's forward: y, and in training (`running` is `None`) each channel's batch
+/// mean, then its biased variance (2·C elements); in eval, y normalized with the running
+/// mean and variance, and no statistics.
 pub(crate) fn batch_forward(
     spec: &Spec,
     x: Arg<CpuStorage>,
     [w, b]: [Option<Arg<CpuStorage>>; 2],
     running: Option<[Arg<CpuStorage>; 2]>,
-) -> Result<CpuStorage> {
+) -> Result<(CpuStorage, CpuStorage)> {
     fn run<T: Elem>(
         spec: &Spec,
         x: Arg<CpuStorage>,
         [w, b]: [Option<Arg<CpuStorage>>; 2],
         running: Option<[Arg<CpuStorage>; 2]>,
-    ) -> Result<CpuStorage> {
+    ) -> Result<(CpuStorage, CpuStorage)> {
         let [w, b] = [w, b].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
         let source = source::<T>(spec, running)?;
-        Ok(T::to_cpu_storage_owned(batch::forward(
-            spec,
-            slice::<T>(spec, x)?,
-            w?,
-            b?,
-            source,
-        )))
+        let (y, stats) = batch::forward(spec, slice::<T>(spec, x)?, w?, b?, source);
+        Ok((T::to_cpu_storage_owned(y), T::to_cpu_storage_owned(stats)))
     }
     dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, x, [w, b], running))
 }

@@ -6,7 +6,9 @@ use super::{affine, halves, packed_params, split_params, NormGrads};
 use crate::check;
 use crate::custom_op::{self, Arg, Fused};
 use crate::spec::{Affine, Spec};
-use candle_core::{bail, CpuStorage, Result, Shape, Tensor};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, CpuStorage, Result, Shape, Storage, Tensor};
+use std::sync::{Arc, Mutex};
 
 const OP: &str = "batch_norm";
 
@@ -45,17 +47,27 @@ pub fn batch_norm_train(
     }
     let (x, p) = (x.contiguous()?, packed_params(weight, bias)?);
     let ins: Vec<&Tensor> = [Some(&x), p.as_ref()].into_iter().flatten().collect();
+    let stats = Arc::new(Mutex::new(None));
     let op = BatchFwd {
         spec,
         affine: affine(weight, bias),
         eval: false,
+        stats: stats.clone(),
     };
-    let out = custom_op::apply(op, &ins)?;
-    let (n, c) = (x.elem_count(), spec.groups);
-    let y = out.narrow(0, 0, n)?.reshape(x.shape())?;
-    let mean = out.narrow(0, n, c)?.detach();
-    let var = out.narrow(0, n + c, c)?.detach();
-    Ok((y, mean, var))
+    let y = custom_op::apply(op, &ins)?;
+    let stats = stats
+        .lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{OP}: statistics lock poisoned")))?
+        .take();
+    let Some(stats) = stats else {
+        bail!("{OP}: internal error: the forward left no statistics")
+    };
+    let stats = Tensor::from_storage(Storage::Cpu(stats), 2 * spec.groups, BackpropOp::none(), false);
+    Ok((
+        y,
+        stats.narrow(0, 0, spec.groups)?,
+        stats.narrow(0, spec.groups, spec.groups)?,
+    ))
 }
 
 /// BatchNorm in eval mode: `(x − running_mean) / sqrt(running_var + eps) · weight +
@@ -85,6 +97,7 @@ pub fn batch_norm_eval(
         spec,
         affine: affine(weight, bias),
         eval: true,
+        stats: Arc::default(),
     };
     custom_op::apply(op, &ins)
 }
@@ -171,13 +184,16 @@ fn grads(
     ))
 }
 
-/// The forward: (x[, params]) to y, then each channel's batch mean and biased variance
-/// (training, flat); or (x[, params], stats) to y shaped as x (eval). The parameters
-/// are packed into one input when both are given, and the running statistics always.
+/// The forward: (x[, params]) to y (training), or (x[, params], running statistics) to y
+/// (eval). The parameters are packed into one input when both are given, and the
+/// running statistics always. In training the batch's mean and biased variance, from
+/// the same pass, are left in `stats` (a custom op has one output, and returning them
+/// within it would cost autograd a copy of y's gradient).
 struct BatchFwd {
     spec: Spec,
     affine: Affine,
     eval: bool,
+    stats: Arc<Mutex<Option<CpuStorage>>>,
 }
 
 /// The fused backward: (x, [weight,] dy[, stats]) to dx, dγ, dβ in one flat tensor.
@@ -216,13 +232,15 @@ impl Fused for BatchFwd {
 
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
         self.with_inputs(ins, |x, wb, running| {
-            let out = crate::cpu::batch_forward(&self.spec, x, wb, running)?;
-            let shape = if self.eval {
-                x.1.shape().clone()
-            } else {
-                Shape::from(x.1.shape().elem_count() + 2 * self.spec.groups)
-            };
-            Ok((out, shape))
+            let (y, stats) = crate::cpu::batch_forward(&self.spec, x, wb, running)?;
+            if !self.eval {
+                let mut slot = self
+                    .stats
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg(format!("{OP}: statistics lock poisoned")))?;
+                *slot = Some(stats);
+            }
+            Ok((y, x.1.shape().clone()))
         })
     }
 
@@ -231,17 +249,12 @@ impl Fused for BatchFwd {
         bail!("{OP}: internal error: CUDA inputs run the composed ops")
     }
 
-    fn grads(&self, ins: &[&Tensor], _out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn grads(&self, ins: &[&Tensor], _y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let Affine { weight, bias } = self.affine;
         let (x, np) = (ins[0], self.spec.params());
-        let dy = if self.eval {
-            grad.clone()
-        } else {
-            grad.narrow(0, 0, x.elem_count())?.reshape(x.shape())?
-        };
         let w = if weight { Some(ins[1].narrow(0, 0, np)?) } else { None };
         let stats = self.eval.then(|| ins[ins.len() - 1]);
-        let (dx, params) = grads(self.spec, self.affine, x, w.as_ref(), &dy, stats)?;
+        let (dx, params) = grads(self.spec, self.affine, x, w.as_ref(), dy, stats)?;
         Ok(std::iter::once(Some(dx))
             .chain((weight || bias).then_some(Some(params)))
             .chain(self.eval.then_some(None))
