@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! scripts/fashion-mnist.sh                                  # fetch the data once
-//! cargo run --release --example norm_comparison            # ~4 min on 2 cores
+//! cargo run --release --example norm_comparison            # ~5 min on 2 cores
 //! cargo run --release --features cuda --example norm_comparison -- --device cuda
 //! ```
 //!
