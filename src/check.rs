@@ -47,6 +47,19 @@ pub(crate) fn groups(op: &str, x: &Tensor, num_groups: usize) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a channels-first module built for `expected` channels gets an `x` with
+/// that many (an `x` of rank < 2 is left to the op's own error).
+pub(crate) fn channels(module: &str, x: &Tensor, expected: usize) -> Result<()> {
+    if x.rank() >= 2 && x.dims()[1] != expected {
+        bail!(
+            "{module}: x has {} channels (shape {:?}), expected {expected}",
+            x.dims()[1],
+            x.dims()
+        )
+    }
+    Ok(())
+}
+
 /// Checks an optional affine parameter: shape `[len]`, the dtype and device of x.
 /// `of` names the dimension of x that `len` is ("the last dimension").
 pub(crate) fn param(op: &str, x: &Tensor, p: Option<&Tensor>, name: &str, len: usize, of: &str) -> Result<()> {

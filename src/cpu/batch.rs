@@ -109,8 +109,8 @@ pub(super) fn forward<T: Elem>(
 }
 
 /// Backward: dx, then dγ and dβ as wanted, as every norm's backward returns them. In
-/// training each channel's sums of dy and dy·(x − mean) come first (a pass over x and
-/// dy), then dx = rstd·(γ·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂)); in eval the statistics are
+/// training each channel's sums of g = γ·dy and g·(x − mean) come first (a pass over x
+/// and dy), then dx = rstd·(γ·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂)); in eval the statistics are
 /// constants and dx = γ·rstd·dy.
 pub(super) fn backward<T: Elem>(
     spec: &Spec,
@@ -118,30 +118,20 @@ pub(super) fn backward<T: Elem>(
     (x, w, dy): (&[T], Option<&[T]>, &[T]),
     source: Source<T>,
 ) -> Vec<T> {
-    let c = spec.groups;
     let grads: Vec<RowGrad<T::Acc>> = match source {
         Source::Batch if x.is_empty() => Vec::new(),
         Source::Batch => {
-            let ones = vec![T::Acc::ONE; c];
+            let (gamma, _) = affine_params(spec, w, None);
             let pieces = per_piece(spec, Scratch::new, |scratch, r, k| {
                 let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
                 run(
                     #[inline(always)]
-                    || backward_sums(spec, (r, k * CHUNK), (xc, dyc), &ones, scratch),
+                    || backward_sums(spec, (r, k * CHUNK), (xc, dyc), &gamma, scratch),
                 )
             });
-            let (gamma, _) = affine_params(spec, w, None);
             per_channel(spec, &pieces, GradSums::EMPTY, GradSums::merge)
                 .iter()
-                .zip(gamma)
-                .map(|(s, g)| {
-                    let r = s.finish(spec);
-                    RowGrad {
-                        mean_g: g * r.mean_g,
-                        mean_gx: g * r.mean_gx,
-                        ..r
-                    }
-                })
+                .map(|s| s.finish(spec))
                 .collect()
         }
         Source::Running(mean, var) => running(spec, mean, var)

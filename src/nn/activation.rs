@@ -261,14 +261,7 @@ impl Module for GroupNorm {
     /// Normalizes `x` of shape `[B, C, *spatial]`. Errors as [`crate::group_norm`] does,
     /// and when C differs from `num_channels`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.rank() >= 2 && x.dims()[1] != self.num_channels {
-            candle_core::bail!(
-                "GroupNorm: x has {} channels (shape {:?}), expected {}",
-                x.dims()[1],
-                x.dims(),
-                self.num_channels
-            )
-        }
+        crate::check::channels("GroupNorm", x, self.num_channels)?;
         crate::group_norm(x, self.num_groups, Some(&self.weight), Some(&self.bias), self.eps)
     }
 }
@@ -357,14 +350,7 @@ impl Module for InstanceNorm {
     /// Normalizes `x` of shape `[B, C, *spatial]`. Errors as [`crate::instance_norm`]
     /// does, and when C differs from `num_features`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.rank() >= 2 && x.dims()[1] != self.num_features {
-            candle_core::bail!(
-                "InstanceNorm: x has {} channels (shape {:?}), expected {}",
-                x.dims()[1],
-                x.dims(),
-                self.num_features
-            )
-        }
+        crate::check::channels("InstanceNorm", x, self.num_features)?;
         crate::instance_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
     }
 }

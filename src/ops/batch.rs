@@ -2,7 +2,7 @@
 //! this crate's kernels; until CUDA kernels exist, a CUDA input runs the composed
 //! candle ops of [`crate::reference`].
 
-use super::{affine, halves, packed_params, split_params, NormGrads};
+use super::{affine, halves, packed_params, run_backward, split_params, NormGrads};
 use crate::check;
 use crate::custom_op::{self, Arg, Fused};
 use crate::spec::{Affine, Spec};
@@ -176,12 +176,7 @@ fn grads(
         affine,
         eval: stats.is_some(),
     };
-    let flat = custom_op::apply_untracked(&op, &ins)?;
-    let n = x.elem_count();
-    Ok((
-        flat.narrow(0, 0, n)?.reshape(x.shape())?,
-        flat.narrow(0, n, flat.elem_count() - n)?,
-    ))
+    run_backward(&op, x, &ins)
 }
 
 /// The forward: (x[, params]) to y (training), or (x[, params], running statistics) to y

@@ -158,11 +158,16 @@ fn grads(
         affine,
         dh: dh.is_some(),
     };
-    let flat = custom_op::apply_untracked(&op, &ins)?;
+    run_backward(&op, x, &ins)
+}
+
+/// Runs a fused backward op (outside autograd) and splits its flat output: dx, shaped
+/// as `x`, and the packed dγ, dβ after it.
+fn run_backward<F: Fused>(op: &F, x: &Tensor, ins: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let flat = custom_op::apply_untracked(op, ins)?;
     let n = x.elem_count();
     let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
-    let params = flat.narrow(0, n, flat.elem_count() - n)?;
-    Ok((dx, params))
+    Ok((dx, flat.narrow(0, n, flat.elem_count() - n)?))
 }
 
 /// The forward: x (and the weight and bias that are given) to y, shaped as x; or, for
