@@ -1,23 +1,33 @@
-// GroupNorm over channels-first input [B, C, *spatial] (PyTorch semantics), forward
-// and backward, for f32, f16 and bf16 with f32 statistics.
+// GroupNorm over channels-first input [B, C, *spatial] and over channels-last input
+// [B, *spatial, C] (PyTorch semantics), forward and backward, for f32, f16 and bf16
+// with f32 statistics.
 //
-// Each (b, g) is a "row" of K = (C/G)·S contiguous elements (S = prod(spatial)). A
+// Each (b, g) is a "row" of K = (C/G)·S elements (S = prod(spatial)): contiguous when
+// channels-first; channels-last, the C/G columns of group g in each of the sample's S
+// rows of C, element i at spatial row i / (C/G), channel i mod (C/G) of the group. A
 // row can be huge while B·G is small (a diffusion UNet: 32 rows of 40 960), so every
 // row is split across `splits` blocks and the whole GPU works on it:
 //
-// group_norm_stats_*:   (count, mean, M2) of each block's slice, Chan-merged within
-//                       the block → part[rows, splits, 3]
-// group_norm_fwd_*:     each block merges its row's partials (in order, so every block
-//                       of a row sees the same statistics) and writes its slice
+// group_norm[_channels_last]_stats_*: (count, mean, M2) of each block's slice,
+//                       Chan-merged within the block → part[rows, splits, 3]
+// group_norm[_channels_last]_fwd_*: each block merges its row's partials (in order, so
+//                       every block of a row sees the same statistics) and writes its
+//                       slice
 // group_norm_bwd_sums_*: one block per (b, c): s1 = Σ dy·x̂ and s2 = Σ dy over the S
 //                       elements of the channel → [B, C] each
-// group_norm_bwd_dx_*:  dx = rstd · (γ_c·dy − mean(g) − x̂ · mean(g·x̂)), the means
-//                       over the row rebuilt from s1, s2 and γ
-// group_norm_dparams_*: dγ_c = Σ_b s1[b, c], dβ_c = Σ_b s2[b, c] in order of b
+// group_norm_channels_last_bwd_sums_*: one block per (b, slice of R of the spatial
+//                       rows), a thread per channel, so that a warp reads consecutive
+//                       channels of a row: s1, s2 of the slice → [B, R, C] each
+// group_norm[_channels_last]_bwd_dx_*: dx = rstd · (γ_c·dy − mean(g) − x̂ · mean(g·x̂)),
+//                       the means over the row rebuilt from s1, s2 (over the R slices)
+//                       and γ
+// group_norm[_channels_last]_dparams_*: dγ_c = Σ s1[p, c], dβ_c = Σ s2[p, c] over the
+//                       B (or B·R) partial rows, in order
 //
 // No atomics: results are the same bit for bit from run to run. 16-byte accesses when
-// every pointer is aligned and S is a multiple of the vector width (so a vector never
-// straddles two channels), else scalar. Limits: B·C·S < 2^31.
+// every pointer is aligned and a vector stays in one channel (channels-first: S a
+// multiple of the vector width) or in one row's group (channels-last: C/G a multiple
+// of it), else scalar. Limits: B·C·S < 2^31.
 #include "common.cuh"
 
 namespace cn {
@@ -25,6 +35,35 @@ namespace cn {
 struct GroupShape {
     int rows, K, S, cpg, G, C, splits, chunk;
 };
+
+// Where row `row` starts, and where its element i lies from there: channels-last rows
+// are strided (module comment).
+template <bool LAST> __device__ __forceinline__ size_t row_start(const GroupShape& g, int row) {
+    if constexpr (LAST) {
+        return (size_t)(row / g.G) * g.S * g.C + (row % g.G) * g.cpg;
+    } else {
+        return (size_t)row * g.K;
+    }
+}
+
+template <bool LAST> __device__ __forceinline__ auto elem(const GroupShape& g, int i) {
+    if constexpr (LAST) {
+        return (size_t)(i / g.cpg) * g.C + i % g.cpg;
+    } else {
+        return i;
+    }
+}
+
+// y of one element.
+__device__ __forceinline__ float gn_y(float x, float mean, float scale, float shift) {
+    return (x - mean) * scale + shift;
+}
+
+// dx of one element, g = dy·γ.
+__device__ __forceinline__ float gn_dx(float x, float g, float mean, float rstd, float mean_g, float mean_gx) {
+    const float xh = (x - mean) * rstd;
+    return rstd * (g - mean_g - xh * mean_gx);
+}
 
 // Statistics of `row`, merged from its split partials in split order.
 __device__ __forceinline__ Moments row_moments(const float* part, int row, int splits) {
@@ -36,15 +75,15 @@ __device__ __forceinline__ Moments row_moments(const float* part, int row, int s
     return m;
 }
 
-template <typename T, int V> __device__ void gn_stats(const T* x, float* part, GroupShape g) {
+template <typename T, int V, bool LAST> __device__ void gn_stats(const T* x, float* part, GroupShape g) {
     __shared__ float smem[96];
     const int row = blockIdx.x, s = blockIdx.y;
     const int start = s * g.chunk, end = min(g.K, start + g.chunk);
-    const T* xr = x + (size_t)row * g.K;
+    const T* xr = x + row_start<LAST>(g, row);
     Moments m{0.f, 0.f, 0.f};
     for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
         float v[V];
-        load<T, V>(xr + i, v);
+        load<T, V>(xr + elem<LAST>(g, i), v);
         m = merge(m, pack_moments<V, true>(v));
     }
     m = block_moments(m, smem);
@@ -56,23 +95,32 @@ template <typename T, int V> __device__ void gn_stats(const T* x, float* part, G
     }
 }
 
-template <typename T, int V>
+template <typename T, int V, bool LAST>
 __device__ void gn_fwd(const T* x, const T* w, const T* b, const float* part, T* y, GroupShape g, float eps) {
     const int row = blockIdx.x, s = blockIdx.y;
     const Moments m = row_moments(part, row, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
     const int p0 = (row % g.G) * g.cpg;
     const int start = s * g.chunk, end = min(g.K, start + g.chunk);
-    const size_t off = (size_t)row * g.K;
+    const size_t off = row_start<LAST>(g, row);
     for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
         float v[V];
-        load<T, V>(x + off + i, v);
-        // One channel per vector: S is a multiple of V.
-        const int c = p0 + i / g.S;
-        const float scale = rstd * param_or(w, c, 1.f), shift = param_or(b, c, 0.f);
+        load<T, V>(x + off + elem<LAST>(g, i), v);
+        if constexpr (LAST) {
+            // V consecutive channels of one spatial row: C/G is a multiple of V.
+            float wv[V], bv[V];
+            params_or<T, V>(w, p0 + i % g.cpg, 1.f, wv);
+            params_or<T, V>(b, p0 + i % g.cpg, 0.f, bv);
 #pragma unroll
-        for (int k = 0; k < V; k++) v[k] = (v[k] - mean) * scale + shift;
-        store<T, V>(y + off + i, v);
+            for (int k = 0; k < V; k++) v[k] = gn_y(v[k], mean, rstd * wv[k], bv[k]);
+        } else {
+            // One channel per vector: S is a multiple of V.
+            const int c = p0 + i / g.S;
+            const float scale = rstd * param_or(w, c, 1.f), shift = param_or(b, c, 0.f);
+#pragma unroll
+            for (int k = 0; k < V; k++) v[k] = gn_y(v[k], mean, scale, shift);
+        }
+        store<T, V>(y + off + elem<LAST>(g, i), v);
     }
 }
 
@@ -103,68 +151,111 @@ __device__ void gn_bwd_sums(const T* x, const T* dy, const float* part, float* s
     }
 }
 
-template <typename T, int V>
+// Channels-last: s1 = Σ dy·x̂ and s2 = Σ dy of each channel over rows
+// [r·rows, (r + 1)·rows) of sample b, written to [b, r, c] of [B, R, C].
+template <typename T>
+__device__ void gn_last_bwd_sums(const T* x, const T* dy, const float* part, float* s1, float* s2, GroupShape g,
+                                 float eps, int R, int rows) {
+    const int b = blockIdx.x, r = blockIdx.y;
+    const int s_end = min(g.S, (r + 1) * rows);
+    for (int c = threadIdx.x; c < g.C; c += blockDim.x) {
+        const Moments m = row_moments(part, b * g.G + c / g.cpg, g.splits);
+        const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
+        float a1 = 0.f, a2 = 0.f;
+        for (int s = r * rows; s < s_end; s++) {
+            const size_t at = ((size_t)b * g.S + s) * g.C + c;
+            const float xv = to_f32(x[at]), gv = to_f32(dy[at]);
+            a1 += gv * (xv - mean) * rstd;
+            a2 += gv;
+        }
+        const size_t o = ((size_t)b * R + r) * g.C + c;
+        s1[o] = a1;
+        s2[o] = a2;
+    }
+}
+
+// R: the slices of spatial rows the channels-last sums come in (1 channels-first).
+template <typename T, int V, bool LAST>
 __device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part, const float* s1, const float* s2,
-                          T* dx, GroupShape g, float eps) {
+                          T* dx, GroupShape g, float eps, int R) {
     __shared__ float smem[32];
     const int row = blockIdx.x, s = blockIdx.y;
     const Moments m = row_moments(part, row, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
     const int p0 = (row % g.G) * g.cpg;
-    const size_t sums0 = (size_t)(row / g.G) * g.C + p0;
     // Σ g = Σ_c γ_c·s2 and Σ g·x̂ = Σ_c γ_c·s1 over the group's channels.
     float sg = 0.f, sgx = 0.f;
-    for (int j = threadIdx.x; j < g.cpg; j += blockDim.x) {
-        const float wc = param_or(w, p0 + j, 1.f);
-        sg += wc * s2[sums0 + j];
-        sgx += wc * s1[sums0 + j];
+    if constexpr (LAST) {
+        const size_t sums0 = (size_t)(row / g.G) * R * g.C + p0;
+        for (int j = threadIdx.x; j < g.cpg * R; j += blockDim.x) {
+            const int c = j % g.cpg;
+            const float wc = param_or(w, p0 + c, 1.f);
+            const size_t at = sums0 + (size_t)(j / g.cpg) * g.C + c;
+            sg += wc * s2[at];
+            sgx += wc * s1[at];
+        }
+    } else {
+        const size_t sums0 = (size_t)(row / g.G) * g.C + p0;
+        for (int j = threadIdx.x; j < g.cpg; j += blockDim.x) {
+            const float wc = param_or(w, p0 + j, 1.f);
+            sg += wc * s2[sums0 + j];
+            sgx += wc * s1[sums0 + j];
+        }
     }
     const float inv_k = 1.f / g.K;
     const float mean_g = team_sum<false>(sg, smem) * inv_k;
     const float mean_gx = team_sum<false>(sgx, smem) * inv_k;
     const int start = s * g.chunk, end = min(g.K, start + g.chunk);
-    const size_t off = (size_t)row * g.K;
+    const size_t off = row_start<LAST>(g, row);
     for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
         float xv[V], gv[V];
-        load<T, V>(x + off + i, xv);
-        load<T, V>(dy + off + i, gv);
-        const float wc = param_or(w, p0 + i / g.S, 1.f);
+        load<T, V>(x + off + elem<LAST>(g, i), xv);
+        load<T, V>(dy + off + elem<LAST>(g, i), gv);
+        if constexpr (LAST) {
+            float wv[V];
+            params_or<T, V>(w, p0 + i % g.cpg, 1.f, wv);
 #pragma unroll
-        for (int k = 0; k < V; k++) {
-            const float xh = (xv[k] - mean) * rstd;
-            xv[k] = rstd * (gv[k] * wc - mean_g - xh * mean_gx);
+            for (int k = 0; k < V; k++) xv[k] = gn_dx(xv[k], gv[k] * wv[k], mean, rstd, mean_g, mean_gx);
+        } else {
+            const float wc = param_or(w, p0 + i / g.S, 1.f);
+#pragma unroll
+            for (int k = 0; k < V; k++) xv[k] = gn_dx(xv[k], gv[k] * wc, mean, rstd, mean_g, mean_gx);
         }
-        store<T, V>(dx + off + i, xv);
+        store<T, V>(dx + off + elem<LAST>(g, i), xv);
     }
 }
 
 }  // namespace cn
 
-// One body per kernel: the runtime flag picks the vector width.
-#define CN_GN_DISPATCH(FN, ...)                                      \
-    if (flags & cn::GVEC) cn::FN<T, cn::pack_of<T>()>(__VA_ARGS__); \
-    else cn::FN<T, 1>(__VA_ARGS__);
+// One body per kernel and layout: the runtime flag picks the vector width.
+#define CN_GN_DISPATCH(FN, ...)                                            \
+    if (flags & cn::GVEC) cn::FN<T, cn::pack_of<T>(), LAST>(__VA_ARGS__); \
+    else cn::FN<T, 1, LAST>(__VA_ARGS__);
 
-template <typename T> __device__ void group_norm_stats(const T* x, float* part, cn::GroupShape g, int flags) {
-    CN_GN_DISPATCH(gn_stats, x, part, g)
-}
+template <bool LAST> struct GroupNorm {
+    template <typename T> static __device__ void stats(const T* x, float* part, cn::GroupShape g, int flags) {
+        CN_GN_DISPATCH(gn_stats, x, part, g)
+    }
 
-template <typename T>
-__device__ void group_norm_fwd(const T* x, const T* w, const T* b, const float* part, T* y, cn::GroupShape g,
+    template <typename T>
+    static __device__ void fwd(const T* x, const T* w, const T* b, const float* part, T* y, cn::GroupShape g,
                                float eps, int flags) {
-    CN_GN_DISPATCH(gn_fwd, x, w, b, part, y, g, eps)
-}
+        CN_GN_DISPATCH(gn_fwd, x, w, b, part, y, g, eps)
+    }
 
+    template <typename T>
+    static __device__ void bwd_dx(const T* x, const T* w, const T* dy, const float* part, const float* s1,
+                                  const float* s2, T* dx, cn::GroupShape g, float eps, int flags, int R) {
+        CN_GN_DISPATCH(gn_bwd_dx, x, w, dy, part, s1, s2, dx, g, eps, R)
+    }
+};
+
+// Channels-first only (channels-last has gn_last_bwd_sums).
 template <typename T>
 __device__ void group_norm_bwd_sums(const T* x, const T* dy, const float* part, float* s1, float* s2, cn::GroupShape g,
                                     float eps, int flags) {
-    CN_GN_DISPATCH(gn_bwd_sums, x, dy, part, s1, s2, g, eps)
-}
-
-template <typename T>
-__device__ void group_norm_bwd_dx(const T* x, const T* w, const T* dy, const float* part, const float* s1,
-                                  const float* s2, T* dx, cn::GroupShape g, float eps, int flags) {
-    CN_GN_DISPATCH(gn_bwd_dx, x, w, dy, part, s1, s2, dx, g, eps)
+    if (flags & cn::GVEC) cn::gn_bwd_sums<T, cn::pack_of<T>()>(x, dy, part, s1, s2, g, eps);
+    else cn::gn_bwd_sums<T, 1>(x, dy, part, s1, s2, g, eps);
 }
 
 #define CN_GN_STATS_PARAMS(T) (const T* x, float* part, cn::GroupShape g, int flags)
@@ -172,11 +263,24 @@ __device__ void group_norm_bwd_dx(const T* x, const T* w, const T* dy, const flo
     (const T* x, const T* w, const T* b, const float* part, T* y, cn::GroupShape g, float eps, int flags)
 #define CN_GN_SUMS_PARAMS(T) \
     (const T* x, const T* dy, const float* part, float* s1, float* s2, cn::GroupShape g, float eps, int flags)
+#define CN_GN_LAST_SUMS_PARAMS(T)                                                                       \
+    (const T* x, const T* dy, const float* part, float* s1, float* s2, cn::GroupShape g, float eps, int R, \
+     int rows)
 #define CN_GN_DX_PARAMS(T)                                                                                \
     (const T* x, const T* w, const T* dy, const float* part, const float* s1, const float* s2, T* dx, \
      cn::GroupShape g, float eps, int flags)
-CN_INSTANTIATE(group_norm_stats, group_norm_stats, CN_GN_STATS_PARAMS, (x, part, g, flags))
-CN_INSTANTIATE(group_norm_fwd, group_norm_fwd, CN_GN_FWD_PARAMS, (x, w, b, part, y, g, eps, flags))
+#define CN_GN_LAST_DX_PARAMS(T)                                                                           \
+    (const T* x, const T* w, const T* dy, const float* part, const float* s1, const float* s2, T* dx, \
+     cn::GroupShape g, float eps, int flags, int R)
+CN_INSTANTIATE(group_norm_stats, GroupNorm<false>::stats, CN_GN_STATS_PARAMS, (x, part, g, flags))
+CN_INSTANTIATE(group_norm_fwd, GroupNorm<false>::fwd, CN_GN_FWD_PARAMS, (x, w, b, part, y, g, eps, flags))
 CN_INSTANTIATE(group_norm_bwd_sums, group_norm_bwd_sums, CN_GN_SUMS_PARAMS, (x, dy, part, s1, s2, g, eps, flags))
-CN_INSTANTIATE(group_norm_bwd_dx, group_norm_bwd_dx, CN_GN_DX_PARAMS, (x, w, dy, part, s1, s2, dx, g, eps, flags))
+CN_INSTANTIATE(group_norm_bwd_dx, GroupNorm<false>::bwd_dx, CN_GN_DX_PARAMS, (x, w, dy, part, s1, s2, dx, g, eps, flags, 1))
 CN_INSTANTIATE(group_norm_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))
+CN_INSTANTIATE(group_norm_channels_last_stats, GroupNorm<true>::stats, CN_GN_STATS_PARAMS, (x, part, g, flags))
+CN_INSTANTIATE(group_norm_channels_last_fwd, GroupNorm<true>::fwd, CN_GN_FWD_PARAMS, (x, w, b, part, y, g, eps, flags))
+CN_INSTANTIATE(group_norm_channels_last_bwd_sums, cn::gn_last_bwd_sums, CN_GN_LAST_SUMS_PARAMS,
+               (x, dy, part, s1, s2, g, eps, R, rows))
+CN_INSTANTIATE(group_norm_channels_last_bwd_dx, GroupNorm<true>::bwd_dx, CN_GN_LAST_DX_PARAMS,
+               (x, w, dy, part, s1, s2, dx, g, eps, flags, R))
+CN_INSTANTIATE(group_norm_channels_last_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))

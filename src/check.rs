@@ -34,10 +34,8 @@ pub(crate) fn eps(op: &str, eps: f64) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `num_groups` is positive and divides the channel dimension of `x`
-/// (of rank >= 2, checked before).
-pub(crate) fn groups(op: &str, x: &Tensor, num_groups: usize) -> Result<()> {
-    let c = x.dims()[1];
+/// Checks that `num_groups` is positive and divides the `c` channels of `x`.
+pub(crate) fn groups(op: &str, x: &Tensor, num_groups: usize, c: usize) -> Result<()> {
     if num_groups == 0 || !c.is_multiple_of(num_groups) {
         bail!(
             "{op}: num_groups ({num_groups}) must be > 0 and divide the {c} channels of x, whose shape is {:?}",
@@ -47,13 +45,15 @@ pub(crate) fn groups(op: &str, x: &Tensor, num_groups: usize) -> Result<()> {
     Ok(())
 }
 
-/// Checks that a channels-first module built for `expected` channels gets an `x` with
-/// that many (an `x` of rank < 2 is left to the op's own error).
-pub(crate) fn channels(module: &str, x: &Tensor, expected: usize) -> Result<()> {
-    if x.rank() >= 2 && x.dims()[1] != expected {
+/// Checks that a module built for `expected` channels gets an `x` with that many, in
+/// dimension 1 (channels-first) or in the last (`channels_last`). An `x` of rank < 2
+/// is left to the op's own error.
+pub(crate) fn channels(module: &str, x: &Tensor, expected: usize, channels_last: bool) -> Result<()> {
+    let dim = if channels_last { x.rank().saturating_sub(1) } else { 1 };
+    if x.rank() >= 2 && x.dims()[dim] != expected {
         bail!(
-            "{module}: x has {} channels (shape {:?}), expected {expected}",
-            x.dims()[1],
+            "{module}: x has {} channels in dimension {dim} (shape {:?}), expected {expected}",
+            x.dims()[dim],
             x.dims()
         )
     }

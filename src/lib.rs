@@ -1,5 +1,6 @@
-//! Fused, differentiable LayerNorm, RMSNorm, GroupNorm, InstanceNorm and BatchNorm, and
-//! a fused residual add + norm, for [candle].
+//! Fused, differentiable LayerNorm, RMSNorm, GroupNorm (channels-first and
+//! channels-last), InstanceNorm and BatchNorm, and a fused residual add + norm, for
+//! [candle].
 //!
 //! candle's own fused norms have no backward (their gradients are silently dropped)
 //! and candle has no fused GroupNorm, InstanceNorm or BatchNorm. This crate provides
@@ -15,6 +16,8 @@
 //!   BatchNorm, fused on the CPU;
 //! - [`instance_norm`] (and [`instance_norm_backward`]): GroupNorm with one group per
 //!   channel, with PyTorch's checks;
+//! - [`group_norm_channels_last`] (and [`group_norm_channels_last_backward`]): GroupNorm
+//!   over `[B, *spatial, C]`, without moving the channels;
 //! - [`add_layer_norm`], [`add_rms_norm`]: the residual add of a pre-norm transformer
 //!   block fused with its norm, returning both the norm and the sum, with their
 //!   backward [`add_layer_norm_backward`], [`add_rms_norm_backward`];
@@ -63,7 +66,7 @@ pub use cpu::simd::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel
 pub use nn::{BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RmsNorm, WsConv2d};
 pub use ops::{
     add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, batch_norm, batch_norm_backward,
-    batch_norm_eval, batch_norm_train, group_norm, group_norm_backward, instance_norm, instance_norm_backward,
-    layer_norm, layer_norm_backward, rms_norm, rms_norm_backward, weight_norm, weight_standardization, AddNormGrads,
-    NormGrads,
+    batch_norm_eval, batch_norm_train, group_norm, group_norm_backward, group_norm_channels_last,
+    group_norm_channels_last_backward, instance_norm, instance_norm_backward, layer_norm, layer_norm_backward,
+    rms_norm, rms_norm_backward, weight_norm, weight_standardization, AddNormGrads, NormGrads,
 };

@@ -1,7 +1,8 @@
 //! Slow reference implementations, composed from candle tensor ops.
 //!
 //! They wrap candle-nn's own composed norms (`candle_nn::ops::layer_norm_slow`,
-//! `candle_nn::ops::rms_norm_slow`, `candle_nn::GroupNorm`) behind the signatures of
+//! `candle_nn::ops::rms_norm_slow`, `candle_nn::GroupNorm`, the latter also on a
+//! channels-last input moved to channels-first and back) behind the signatures of
 //! this crate's fused ops, filling a missing weight with ones and a missing bias with
 //! zeros; BatchNorm is composed here, as candle-nn's `BatchNorm` computes it, with its
 //! statistics returned. `batch_norm` runs these on CUDA devices until it has kernels
@@ -62,6 +63,33 @@ pub fn group_norm(
     } else {
         gn.forward(x)
     }
+}
+
+/// GroupNorm over channels-last `[B, *spatial, C]`: the input moved to
+/// `[B, C, *spatial]` (a copy), [`group_norm`], and the result moved back (another).
+///
+/// # Errors
+/// `x` of rank < 2, or what [`group_norm`] returns.
+pub fn group_norm_channels_last(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let rank = x.rank();
+    if rank < 2 {
+        candle_core::bail!(
+            "group_norm_channels_last: x must have rank >= 2, got shape {:?}",
+            x.dims()
+        )
+    }
+    let mut to_first: Vec<usize> = (0..rank - 1).collect();
+    to_first.insert(1, rank - 1);
+    let y = group_norm(&x.permute(to_first)?.contiguous()?, num_groups, weight, bias, eps)?;
+    let mut to_last: Vec<usize> = (0..rank).filter(|&d| d != 1).collect();
+    to_last.push(1);
+    y.permute(to_last)?.contiguous()
 }
 
 /// x as `[C, B·prod(spatial)]`, in f32 for f16/bf16 (candle-nn's BatchNorm computes in

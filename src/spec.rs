@@ -11,6 +11,8 @@ pub(crate) enum Kind {
     Layer,
     Rms,
     Group,
+    /// GroupNorm over channels-last input.
+    GroupLast,
     Batch,
 }
 
@@ -21,6 +23,7 @@ impl Kind {
             Kind::Layer => "layer_norm",
             Kind::Rms => "rms_norm",
             Kind::Group => "group_norm",
+            Kind::GroupLast => "group_norm_channels_last",
             Kind::Batch => "batch_norm",
         }
     }
@@ -39,6 +42,8 @@ pub(crate) struct Affine {
 /// LayerNorm/RMSNorm over [M, N]: `rows = M`, `len = N`, `inner = 1`,
 /// `params_per_row = N`, `groups = 1`. GroupNorm over [B, C, *S] with G groups:
 /// `rows = B·G`, `len = (C/G)·S`, `inner = S`, `params_per_row = C/G`, `groups = G`.
+/// Channels-last GroupNorm over [B, *S, C]: the same numbers as channels-first (the
+/// rows are the (sample, group) pairs, though not contiguous).
 /// BatchNorm over [B, C, *S]: `rows = B·C`, `len = S`, `inner = S`,
 /// `params_per_row = 1`, `groups = C`, with statistics per channel, not per row.
 #[derive(Clone, Copy, Debug)]
@@ -94,12 +99,25 @@ impl Spec {
         }
     }
 
+    /// GroupNorm over channels-last `dims` = [B, *spatial, C], with `groups` dividing
+    /// C: as [`Self::channel_groups`], each (sample, group) being the columns of its
+    /// group in the sample's S × C matrix.
+    pub(crate) fn channels_last_groups(dims: &[usize], groups: usize, eps: f64) -> Self {
+        let (b, c) = (dims[0], dims[dims.len() - 1]);
+        let s: usize = dims[1..dims.len() - 1].iter().product();
+        Self {
+            kind: Kind::GroupLast,
+            op: Kind::GroupLast.name(),
+            ..Self::channel_groups(&[b, c, s], groups, eps)
+        }
+    }
+
     /// The same norm of `x + residual`: the fused residual add.
     pub(crate) fn with_residual(self) -> Self {
         let op = match self.kind {
             Kind::Layer => "add_layer_norm",
             Kind::Rms => "add_rms_norm",
-            Kind::Group | Kind::Batch => self.op,
+            Kind::Group | Kind::GroupLast | Kind::Batch => self.op,
         };
         Self {
             residual: true,

@@ -1,5 +1,5 @@
 //! Backward: against candle autograd through the composed references, and against
-//! central finite differences in f64, for x, weight and bias of all three ops.
+//! central finite differences in f64, for x, weight and bias of every op.
 mod common;
 use candle_core::{DType, Tensor};
 use common::*;
@@ -29,6 +29,16 @@ const CASES: &[(Norm, &[usize])] = &[
     (Norm::Group(1), &[1, 4, 100, 100]),
     (Norm::Group(32), &[2, 64, 8, 8]),
     (Norm::Group(3), &[2, 6, 9999]),
+    (Norm::GroupLast(3), &[2, 6]),
+    (Norm::GroupLast(2), &[2, 5, 6]),
+    (Norm::GroupLast(4), &[2, 4, 4, 8]),
+    (Norm::GroupLast(2), &[1, 3, 3, 3, 4]),
+    (Norm::GroupLast(2), &[4, 1, 1, 8]),
+    (Norm::GroupLast(1), &[3, 7, 1]),
+    (Norm::GroupLast(1), &[1, 100, 100, 4]),
+    (Norm::GroupLast(32), &[2, 8, 8, 64]),
+    (Norm::GroupLast(3), &[2, 9999, 6]),
+    (Norm::GroupLast(10), &[2, 7, 1000]),
 ];
 
 fn ours(n: Norm, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> candle_core::Result<Tensor> {
@@ -167,6 +177,9 @@ fn matches_finite_differences_in_f64() {
         (Norm::Group(2), &[2, 4, 3]),
         (Norm::Group(1), &[1, 2, 2, 2]),
         (Norm::Group(3), &[2, 3]),
+        (Norm::GroupLast(2), &[2, 3, 4]),
+        (Norm::GroupLast(1), &[1, 2, 2, 2]),
+        (Norm::GroupLast(3), &[2, 3]),
     ];
     for &(norm, shape) in cases {
         let case = Case::new(&mut rng, norm, shape, DType::F64, Affine::WeightBias, 1e-5);
@@ -188,6 +201,7 @@ fn parameter_gradients_are_deterministic() {
     for &(norm, shape) in &[
         (Norm::Layer, &[300usize, 2048][..]),
         (Norm::Group(1), &[2, 8, 128, 64][..]),
+        (Norm::GroupLast(4), &[2, 128, 64, 8][..]),
         (Norm::Layer, &[4, 100000][..]),
     ] {
         let case = Case::new(&mut rng, norm, shape, DType::F32, Affine::WeightBias, 1e-5);

@@ -101,6 +101,8 @@ fn every_level_gives_the_bits_of_the_baseline() {
         (Norm::Layer, &[1, 40_000]),
         (Norm::Group(2), &[3, 4, 257]),
         (Norm::Group(4), &[2, 8, 5, 5]),
+        (Norm::GroupLast(2), &[3, 37, 4]),
+        (Norm::GroupLast(4), &[2, 5, 5, 1000]),
     ];
     let mut cases = Vec::new();
     let mut dys = Vec::new();

@@ -111,6 +111,53 @@ fn groups_match_cpu_from_tiny_to_huge() {
     }
 }
 
+/// Channels-last GroupNorm: scalar and vector paths (C/G off and on the vector width),
+/// B = 1 with a long group, 1×1 spatial, and an input that starts one element past an
+/// aligned address.
+#[test]
+fn channels_last_groups_match_cpu() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = Rng::new(46);
+    let cases: &[(&[usize], usize)] = &[
+        (&[2, 5, 6], 3),
+        (&[2, 4, 4, 8], 4),
+        (&[3, 1, 1, 8], 2),
+        (&[2, 7, 7, 64], 8),
+        (&[8, 32, 32, 128], 32),
+        (&[1, 64, 64, 320], 32),
+        (&[16, 16, 16, 512], 32),
+        (&[1, 512, 512, 4], 1),
+        (&[2, 9999, 6], 3),
+    ];
+    for &(shape, g) in cases {
+        for dtype in GPU_DTYPES {
+            for affine in AFFINES {
+                let case = Case::new(&mut rng, Norm::GroupLast(g), shape, dtype, affine, 1e-5);
+                check(&dev, &case, &mut rng);
+            }
+            let case = Case::new(&mut rng, Norm::GroupLast(g), shape, dtype, Affine::WeightBias, 1e-5);
+            let mut on_gpu = case.to_device(&dev);
+            let n = case.x.elem_count();
+            let padded = Tensor::cat(&[&on_gpu.x.flatten_all().unwrap(), &on_gpu.x.flatten_all().unwrap()], 0).unwrap();
+            on_gpu.x = padded.narrow(0, 1, n).unwrap().reshape(shape).unwrap();
+            let mut want = case.clone();
+            want.x = padded
+                .to_device(&Device::Cpu)
+                .unwrap()
+                .narrow(0, 1, n)
+                .unwrap()
+                .reshape(shape)
+                .unwrap();
+            let what = format!("{shape:?} {dtype:?} misaligned");
+            assert_close(&what, &on_gpu.ours().unwrap(), &want.ours().unwrap(), tol(dtype).fwd);
+            let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+            let got = on_gpu.backward(&dy.to_device(&dev).unwrap()).unwrap();
+            let cpu = want.backward(&dy).unwrap();
+            assert_close_max(&format!("{what} dx"), &got.dx, &cpu.dx, tol(dtype).bwd);
+        }
+    }
+}
+
 #[test]
 fn hard_data_and_non_contiguous_inputs_match_cpu() {
     let Some(dev) = gpu() else { return };
@@ -147,6 +194,7 @@ fn parameter_gradients_are_bitwise_deterministic() {
         (Norm::Layer, &[4096usize, 1024][..]),
         (Norm::Rms, &[512, 16384][..]),
         (Norm::Group(32), &[4, 320, 32, 32][..]),
+        (Norm::GroupLast(32), &[4, 32, 32, 320][..]),
     ] {
         for dtype in GPU_DTYPES {
             let case = Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5).to_device(&dev);

@@ -36,6 +36,23 @@ const GROUP_SHAPES: &[(&[usize], usize)] = &[
     (&[2, 6, 9999], 3),
 ];
 
+/// Channels-last GroupNorm shapes ([B, *spatial, C]) and groups: no spatial dimension,
+/// 1×1, B = 1, C = 1, G = 1 and G = C, more channels than a block, and spatial sizes
+/// that leave a short last tile.
+const GROUP_LAST_SHAPES: &[(&[usize], usize)] = &[
+    (&[2, 6], 3),
+    (&[2, 5, 6], 2),
+    (&[2, 4, 4, 8], 4),
+    (&[1, 3, 3, 3, 4], 2),
+    (&[4, 1, 1, 8], 2),
+    (&[2, 3, 3, 4], 4),
+    (&[3, 7, 1], 1),
+    (&[1, 100, 100, 4], 1),
+    (&[1, 16, 16, 64], 32),
+    (&[2, 9999, 6], 3),
+    (&[2, 7, 1000], 10),
+];
+
 fn cases() -> Vec<(Norm, &'static [usize])> {
     let mut v = vec![];
     for &s in ROW_SHAPES {
@@ -44,6 +61,9 @@ fn cases() -> Vec<(Norm, &'static [usize])> {
     }
     for &(s, g) in GROUP_SHAPES {
         v.push((Norm::Group(g), s));
+    }
+    for &(s, g) in GROUP_LAST_SHAPES {
+        v.push((Norm::GroupLast(g), s));
     }
     v
 }

@@ -5,12 +5,14 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Which norm a case runs (GroupNorm with its number of groups).
+/// Which norm a case runs (GroupNorm, channels-first or channels-last, with its number
+/// of groups).
 #[derive(Clone, Copy, Debug)]
 pub enum Norm {
     Layer,
     Rms,
     Group(usize),
+    GroupLast(usize),
 }
 
 /// One benchmarked op on one shape.
@@ -22,7 +24,8 @@ pub struct Case {
 
 /// The grid of a device: on the CPU LLM-style rows of medium size and two diffusion-style
 /// GroupNorm shapes; on a GPU rows of 2^27 elements from N = 256 to 262144, small M at
-/// N = 4096, and three GroupNorm shapes of a diffusion UNet.
+/// N = 4096, and three GroupNorm shapes of a diffusion UNet. The GroupNorm shapes run
+/// channels-first, and channels-last with the channels moved to the end.
 pub fn cases(dev: &Device) -> Vec<Case> {
     let rows: Vec<Vec<usize>> = if dev.is_cpu() {
         vec![vec![4096, 768], vec![2048, 4096], vec![1024, 8192]]
@@ -42,6 +45,10 @@ pub fn cases(dev: &Device) -> Vec<Case> {
     v.extend(groups.iter().map(|s| Case {
         norm: Norm::Group(32),
         shape: s.to_vec(),
+    }));
+    v.extend(groups.iter().map(|&[b, c, h, w]| Case {
+        norm: Norm::GroupLast(32),
+        shape: vec![b, h, w, c],
     }));
     v
 }
@@ -81,6 +88,7 @@ impl Case {
             Norm::Layer => "layer_norm",
             Norm::Rms => "rms_norm",
             Norm::Group(_) => "group_norm",
+            Norm::GroupLast(_) => "group_norm_channels_last",
         }
     }
 
@@ -106,6 +114,7 @@ impl Case {
             Norm::Layer => candle_norm::layer_norm(x, Some(w), Some(b), 1e-5),
             Norm::Rms => candle_norm::rms_norm(x, Some(w), 1e-5),
             Norm::Group(g) => candle_norm::group_norm(x, g, Some(w), Some(b), 1e-5),
+            Norm::GroupLast(g) => candle_norm::group_norm_channels_last(x, g, Some(w), Some(b), 1e-5),
         }
     }
 
@@ -115,6 +124,7 @@ impl Case {
             Norm::Layer => candle_norm::layer_norm_backward(x, Some(w), Some(b), dy, 1e-5),
             Norm::Rms => candle_norm::rms_norm_backward(x, Some(w), dy, 1e-5),
             Norm::Group(g) => candle_norm::group_norm_backward(x, g, Some(w), Some(b), dy, 1e-5),
+            Norm::GroupLast(g) => candle_norm::group_norm_channels_last_backward(x, g, Some(w), Some(b), dy, 1e-5),
         }?;
         Ok(g.dx)
     }
@@ -154,6 +164,7 @@ impl Case {
             Norm::Layer => r::layer_norm(x, Some(w), Some(b), 1e-5),
             Norm::Rms => r::rms_norm(x, Some(w), 1e-5),
             Norm::Group(g) => r::group_norm(x, g, Some(w), Some(b), 1e-5),
+            Norm::GroupLast(g) => r::group_norm_channels_last(x, g, Some(w), Some(b), 1e-5),
         }
     }
 
@@ -162,7 +173,7 @@ impl Case {
         match self.norm {
             Norm::Layer => Some(candle_nn::ops::layer_norm(x, w, b, 1e-5)),
             Norm::Rms => Some(candle_nn::ops::rms_norm(x, w, 1e-5)),
-            Norm::Group(_) => None,
+            Norm::Group(_) | Norm::GroupLast(_) => None,
         }
     }
 }

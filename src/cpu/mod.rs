@@ -17,6 +17,10 @@
 //! (`backward`) makes two passes too, the first reading x and dy from memory, the
 //! second from cache.
 //!
+//! Channels-last GroupNorm, whose groups are column blocks rather than rows, has its
+//! own passes over tiles of rows (`channels_last`); BatchNorm gathers its statistics
+//! per channel across rows (`batch`) and then runs the common passes.
+//!
 //! Each task runs through `simd::run`, compiled for AVX2 and AVX-512 as well as the
 //! baseline, at the widest level the CPU has. Sums run over four groups of lanes folded
 //! in a fixed order, and the dγ/dβ partials are per task and reduced in task order:
@@ -26,6 +30,7 @@ mod alloc;
 mod backward;
 mod batch;
 mod blocks;
+mod channels_last;
 mod convert;
 mod elem;
 mod forward;
@@ -35,7 +40,7 @@ pub(crate) mod simd;
 
 use crate::check::{self, dispatch_dtype};
 use crate::custom_op::Arg;
-use crate::spec::{Affine, Spec};
+use crate::spec::{Affine, Kind, Spec};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Result};
 use elem::Elem;
@@ -60,7 +65,11 @@ pub(crate) fn forward(
         [residual, w, b]: [Option<Arg<CpuStorage>>; 3],
     ) -> Result<CpuStorage> {
         let [residual, w, b] = [residual, w, b].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
-        let y = forward::forward(spec, slice::<T>(spec, x)?, residual?, w?, b?);
+        let (x, residual, w, b) = (slice::<T>(spec, x)?, residual?, w?, b?);
+        let y = match spec.kind {
+            Kind::GroupLast => channels_last::forward(spec, x, w, b),
+            _ => forward::forward(spec, x, residual, w, b),
+        };
         Ok(T::to_cpu_storage_owned(y))
     }
     dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, x, [residual, w, b]))
@@ -84,8 +93,11 @@ pub(crate) fn backward(
         [w, dh]: [Option<Arg<CpuStorage>>; 2],
     ) -> Result<CpuStorage> {
         let [w, dh] = [w, dh].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
-        let ins = (slice::<T>(spec, x)?, w?, slice::<T>(spec, dy)?, dh?);
-        let out = backward::backward(spec, want, ins, backward::RowGrads::Computed);
+        let (x, w, dy, dh) = (slice::<T>(spec, x)?, w?, slice::<T>(spec, dy)?, dh?);
+        let out = match spec.kind {
+            Kind::GroupLast => channels_last::backward(spec, want, (x, w, dy)),
+            _ => backward::backward(spec, want, (x, w, dy, dh), backward::RowGrads::Computed),
+        };
         Ok(T::to_cpu_storage_owned(out))
     }
     dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh]))

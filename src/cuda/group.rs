@@ -1,11 +1,11 @@
-//! GroupNorm launches (kernels/group_norm.cu): each group is split over enough blocks
-//! to fill the GPU, a statistics kernel first, then the forward or the two backward
-//! kernels.
+//! GroupNorm launches (kernels/group_norm.cu), channels-first and channels-last: each
+//! group is split over enough blocks to fill the GPU, a statistics kernel first, then
+//! the forward or the two backward kernels.
 
 use super::launch::GVEC;
 use super::module::{function, sm_count, CudaElem};
 use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials, BLOCK};
-use crate::spec::Spec;
+use crate::spec::{Kind, Spec};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::Result;
@@ -31,10 +31,16 @@ struct GroupShape {
 unsafe impl DeviceRepr for GroupShape {}
 
 /// GroupNorm launch shape: each group cut into `splits` slices so that about four
-/// blocks per SM have work, each slice at least [`MIN_SLICE`] elements.
+/// blocks per SM have work, each slice at least [`MIN_SLICE`] elements. Vectors stay in
+/// one channel (channels-first) or in one row of a group (channels-last).
 fn group_shape<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<(GroupShape, i32)> {
     let v = 16 / std::mem::size_of::<T>();
-    let vec = aligned && spec.inner.is_multiple_of(v);
+    let run = if spec.kind == Kind::GroupLast {
+        spec.params_per_row
+    } else {
+        spec.inner
+    };
+    let vec = aligned && run.is_multiple_of(v);
     let want = (4 * sm_count(dev)?).div_ceil(spec.rows);
     let splits = want.clamp(1, spec.len.div_ceil(MIN_SLICE).max(1)).min(65535);
     let chunk = spec.len.div_ceil(splits).next_multiple_of(if vec { v } else { 1 });
@@ -97,7 +103,8 @@ pub(super) fn forward<T: CudaElem>(
 }
 
 /// The backward: per-(sample, channel) sums, then dx; the sums are the dγ/dβ partials,
-/// one row per sample.
+/// one row per sample (channels-first) or per slice of a sample's spatial rows
+/// (channels-last, whose sums kernel reads whole rows of channels).
 pub(super) fn backward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
@@ -110,21 +117,28 @@ pub(super) fn backward<T: CudaElem>(
     let stream = dev.cuda_stream();
     let (g, flags, part) = group_stats::<T>(spec, dev, xv, aligned)?;
     let b = spec.rows / spec.groups;
-    let (s1, s2) = (dev.alloc_zeros::<f32>(b * np)?, dev.alloc_zeros::<f32>(b * np)?);
-    let grid = (spec.rows, g.splits as usize);
+    let last = spec.kind == Kind::GroupLast;
+    // Channels-last: R slices of `rows` spatial rows, about four blocks per SM in all.
+    let rows = spec
+        .inner
+        .div_ceil((4 * sm_count(dev)?).div_ceil(b).clamp(1, spec.inner.max(1)));
+    let r = if last { spec.inner.div_ceil(rows.max(1)) } else { 1 };
+    let (s1, s2) = (dev.alloc_zeros::<f32>(b * r * np)?, dev.alloc_zeros::<f32>(b * r * np)?);
     let f = function::<T>(dev, spec.kind, "bwd_sums")?;
     let mut lb = stream.launch_builder(&f);
-    lb.arg(xv)
-        .arg(dyv)
-        .arg(&part)
-        .arg(&s1)
-        .arg(&s2)
-        .arg(&g)
-        .arg(&eps)
-        .arg(&flags);
-    // SAFETY: matches group_norm_bwd_sums (x, dy, part, s1, s2, g, eps, flags); one
-    // block per (b, c), s1 and s2 hold B·C floats.
-    unsafe { lb.launch(cfg((b * np, 1), BLOCK, 0)) }.w()?;
+    lb.arg(xv).arg(dyv).arg(&part).arg(&s1).arg(&s2).arg(&g).arg(&eps);
+    let (ri, rows_i) = (int(spec, "row slices", r)?, int(spec, "rows per slice", rows)?);
+    if last {
+        lb.arg(&ri).arg(&rows_i);
+        // SAFETY: matches group_norm_channels_last_bwd_sums (x, dy, part, s1, s2, g, eps,
+        // R, rows); one block per (b, slice), s1 and s2 hold B·R·C floats.
+        unsafe { lb.launch(cfg((b, r), BLOCK, 0)) }.w()?;
+    } else {
+        lb.arg(&flags);
+        // SAFETY: matches group_norm_bwd_sums (x, dy, part, s1, s2, g, eps, flags); one
+        // block per (b, c), s1 and s2 hold B·C floats.
+        unsafe { lb.launch(cfg((b * np, 1), BLOCK, 0)) }.w()?;
+    }
     let f = function::<T>(dev, spec.kind, "bwd_dx")?;
     let mut lb = stream.launch_builder(&f);
     lb.arg(xv);
@@ -137,12 +151,16 @@ pub(super) fn backward<T: CudaElem>(
         .arg(&g)
         .arg(&eps)
         .arg(&flags);
-    // SAFETY: matches group_norm_bwd_dx (x, w, dy, part, s1, s2, dx, g, eps, flags);
-    // dx is the first B·C·S elements of the output.
-    unsafe { lb.launch(cfg(grid, BLOCK, 0)) }.w()?;
+    if last {
+        lb.arg(&ri);
+    }
+    // SAFETY: matches group_norm[_channels_last]_bwd_dx (x, w, dy, part, s1, s2, dx, g,
+    // eps, flags[, R]); s1 and s2 as the sums kernel wrote them, dx the first B·C·S
+    // elements of the output.
+    unsafe { lb.launch(cfg((spec.rows, g.splits as usize), BLOCK, 0)) }.w()?;
     Ok(Partials {
         dg: s1,
         db: s2,
-        count: b,
+        count: b * r,
     })
 }

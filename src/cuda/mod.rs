@@ -2,7 +2,7 @@
 //! build.rs). Each call picks its kernels' path and grid on the host, launches them on
 //! the stream of the tensor's candle device, and returns any failure as a candle error.
 //!
-//! `row` launches LayerNorm/RMSNorm, `group` GroupNorm; both end in the shared dγ/dβ
+//! `row` launches LayerNorm/RMSNorm, `group` GroupNorm (both layouts); both end in the shared dγ/dβ
 //! reduction below. `module` loads the kernels, `launch` holds the constants the
 //! kernels share with this code.
 
@@ -110,7 +110,7 @@ pub(crate) fn forward(
         if n > 0 {
             let (mut y, mut h) = out.split_at_mut(n);
             match (spec.kind, rv) {
-                (Kind::Group, None) => group::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
+                (Kind::Group | Kind::GroupLast, None) => group::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
                 (Kind::Layer | Kind::Rms, None) => row::forward(spec, dev, (&xv, &wv, &bv), &mut y, aligned)?,
                 (Kind::Layer | Kind::Rms, Some(rv)) => {
                     aligned &= (n * std::mem::size_of::<T>()).is_multiple_of(16);
@@ -168,7 +168,7 @@ pub(crate) fn backward(
         let (mut dx, mut params) = out.split_at_mut(len);
         let ins = (&xv, &wv, &dyv);
         let partials = match (spec.kind, &dhv) {
-            (Kind::Group, None) => group::backward(spec, dev, ins, &mut dx, aligned)?,
+            (Kind::Group | Kind::GroupLast, None) => group::backward(spec, dev, ins, &mut dx, aligned)?,
             (Kind::Layer | Kind::Rms, dh) => row::backward(spec, dev, ins, dh, &mut dx, aligned)?,
             _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
         };

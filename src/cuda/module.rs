@@ -42,7 +42,11 @@ pub(super) fn function<T: CudaElem>(dev: &CudaDevice, kind: Kind, stage: &str) -
     type Cache = Mutex<HashMap<(usize, &'static str), Arc<CudaModule>>>;
     static MODULES: OnceLock<Cache> = OnceLock::new();
     let ctx = dev.cuda_stream().context().clone();
-    let file = kind.name();
+    // Both GroupNorm layouts are compiled from group_norm.cu.
+    let file = match kind {
+        Kind::GroupLast => Kind::Group.name(),
+        k => k.name(),
+    };
     let module = {
         let mut cache = MODULES
             .get_or_init(Default::default)
@@ -60,7 +64,9 @@ pub(super) fn function<T: CudaElem>(dev: &CudaDevice, kind: Kind, stage: &str) -
             }
         }
     };
-    module.load_function(&format!("{file}_{stage}_{}", T::SUFFIX)).w()
+    module
+        .load_function(&format!("{}_{stage}_{}", kind.name(), T::SUFFIX))
+        .w()
 }
 
 /// The number of streaming multiprocessors of the device.

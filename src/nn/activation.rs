@@ -200,7 +200,8 @@ pub fn rms_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
 }
 
 /// GroupNorm over `[B, C, *spatial]` with a per-channel weight and bias; see
-/// [`crate::group_norm`].
+/// [`crate::group_norm`]. With [`GroupNorm::with_channels_last`], over
+/// `[B, *spatial, C]` instead ([`crate::group_norm_channels_last`]).
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
     weight: Tensor,
@@ -208,6 +209,7 @@ pub struct GroupNorm {
     eps: f64,
     num_channels: usize,
     num_groups: usize,
+    channels_last: bool,
 }
 
 impl GroupNorm {
@@ -228,7 +230,20 @@ impl GroupNorm {
             eps,
             num_channels,
             num_groups,
+            channels_last: false,
         })
+    }
+
+    /// The same layer over channels-last input `[B, *spatial, C]` when `channels_last`
+    /// (channels-first `[B, C, *spatial]` otherwise, the default): the same weights,
+    /// statistics and output, without moving x.
+    pub fn with_channels_last(self, channels_last: bool) -> Self {
+        Self { channels_last, ..self }
+    }
+
+    /// Whether x is channels-last, `[B, *spatial, C]`.
+    pub fn channels_last(&self) -> bool {
+        self.channels_last
     }
 
     /// The per-channel weight (γ).
@@ -258,11 +273,17 @@ impl GroupNorm {
 }
 
 impl Module for GroupNorm {
-    /// Normalizes `x` of shape `[B, C, *spatial]`. Errors as [`crate::group_norm`] does,
-    /// and when C differs from `num_channels`.
+    /// Normalizes `x` of shape `[B, C, *spatial]` (or `[B, *spatial, C]` when
+    /// channels-last). Errors as [`crate::group_norm`] does, and when C differs from
+    /// `num_channels`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::check::channels("GroupNorm", x, self.num_channels)?;
-        crate::group_norm(x, self.num_groups, Some(&self.weight), Some(&self.bias), self.eps)
+        crate::check::channels("GroupNorm", x, self.num_channels, self.channels_last)?;
+        let (w, b) = (Some(&self.weight), Some(&self.bias));
+        if self.channels_last {
+            crate::group_norm_channels_last(x, self.num_groups, w, b, self.eps)
+        } else {
+            crate::group_norm(x, self.num_groups, w, b, self.eps)
+        }
     }
 }
 
@@ -350,7 +371,7 @@ impl Module for InstanceNorm {
     /// Normalizes `x` of shape `[B, C, *spatial]`. Errors as [`crate::instance_norm`]
     /// does, and when C differs from `num_features`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::check::channels("InstanceNorm", x, self.num_features)?;
+        crate::check::channels("InstanceNorm", x, self.num_features, false)?;
         crate::instance_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
     }
 }

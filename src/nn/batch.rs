@@ -106,7 +106,7 @@ impl ModuleT for BatchNorm {
     /// [`crate::batch_norm`] and [`crate::batch_norm_eval`] do, and when C differs from
     /// `num_features`.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        crate::check::channels("BatchNorm", x, self.num_features)?;
+        crate::check::channels("BatchNorm", x, self.num_features, false)?;
         let (w, b) = self.weight_and_bias.as_ref().map(|(w, b)| (w, b)).unzip();
         match &self.running {
             Some((mean, var)) if !train => crate::batch_norm_eval(x, mean, var, w, b, self.eps),

@@ -1,4 +1,4 @@
-//! GroupNorm (channels-first): the public functions and their checks.
+//! GroupNorm, channels-first and channels-last: the public functions and their checks.
 
 use super::NormGrads;
 use crate::check;
@@ -34,6 +34,47 @@ pub fn group_norm(
         weight,
         bias,
     )
+}
+
+/// GroupNorm over channels-last input `[B, *spatial, C]` (the layout of NHWC
+/// convolutions and of transformer-style vision blocks): the same statistics and
+/// output as [`group_norm`] of the input moved to `[B, C, *spatial]`, without moving
+/// it. Each (sample, group) is normalized over its `C / num_groups · prod(spatial)`
+/// elements, then scaled and shifted per channel (the last dimension).
+///
+/// `x` has rank >= 2 (`[B, C]` has no spatial dimension) and a float dtype (f32,
+/// f16, bf16, f64); `weight` and `bias`, when given, have shape `[C]` and `x`'s dtype
+/// and device. Statistics are accumulated in f32 (f64 for f64); the op is
+/// differentiable through one fused backward, as [`group_norm`] is.
+///
+/// # Errors
+/// As [`group_norm`], with C the last dimension of `x`.
+pub fn group_norm_channels_last(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    super::forward(spec_last(x, num_groups, weight, bias, eps)?, x, weight, bias)
+}
+
+/// The backward of [`group_norm_channels_last`] on its own, outside autograd: given
+/// `dy` (shape, dtype and device of `x`), the gradients of `x`, of `weight` when given
+/// and of `bias` when given, from the fused kernels `Tensor::backward` runs.
+///
+/// # Errors
+/// Those of [`group_norm_channels_last`], and a `dy` whose shape, dtype or device
+/// differ from `x`'s.
+pub fn group_norm_channels_last_backward(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<NormGrads> {
+    super::backward(spec_last(x, num_groups, weight, bias, eps)?, x, weight, bias, dy, None)
 }
 
 /// The backward of [`group_norm`] on its own, outside autograd: given the upstream
@@ -72,10 +113,29 @@ pub(super) fn spec(
     eps: f64,
 ) -> Result<Spec> {
     check::input(op, x, 2, "[B, C, *spatial]")?;
-    check::eps(op, eps)?;
-    check::groups(op, x, num_groups)?;
-    let c = x.dims()[1];
-    check::param(op, x, weight, "weight", c, "the channel dimension")?;
-    check::param(op, x, bias, "bias", c, "the channel dimension")?;
+    check_params(op, x, x.dims()[1], num_groups, (weight, bias), eps)?;
     Ok(Spec::channel_groups(x.dims(), num_groups, eps).named(op))
+}
+
+/// The checked [`Spec`] of a channels-last GroupNorm of `x`.
+fn spec_last(x: &Tensor, num_groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
+    let op = Kind::GroupLast.name();
+    check::input(op, x, 2, "[B, *spatial, C]")?;
+    check_params(op, x, x.dims()[x.rank() - 1], num_groups, (weight, bias), eps)?;
+    Ok(Spec::channels_last_groups(x.dims(), num_groups, eps))
+}
+
+/// Checks eps, the groups of the `c` channels and the per-channel weight and bias.
+fn check_params(
+    op: &str,
+    x: &Tensor,
+    c: usize,
+    num_groups: usize,
+    (weight, bias): (Option<&Tensor>, Option<&Tensor>),
+    eps: f64,
+) -> Result<()> {
+    check::eps(op, eps)?;
+    check::groups(op, x, num_groups, c)?;
+    check::param(op, x, weight, "weight", c, "the channel dimension")?;
+    check::param(op, x, bias, "bias", c, "the channel dimension")
 }

@@ -16,7 +16,7 @@ mod weight;
 
 pub use add::{add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward};
 pub use batch::{batch_norm, batch_norm_backward, batch_norm_eval, batch_norm_train};
-pub use group::{group_norm, group_norm_backward};
+pub use group::{group_norm, group_norm_backward, group_norm_channels_last, group_norm_channels_last_backward};
 pub use instance::{instance_norm, instance_norm_backward};
 pub use layer::{layer_norm, layer_norm_backward};
 pub use rms::{rms_norm, rms_norm_backward};

@@ -48,10 +48,11 @@ pub const HARD_DATA: [(&str, f64, f64); 3] = [
 ];
 
 /// The norms the hard-data tests run, each with its shape.
-pub const HARD_CASES: [(Norm, &[usize]); 3] = [
+pub const HARD_CASES: [(Norm, &[usize]); 4] = [
     (Norm::Layer, &[9, 1023]),
     (Norm::Rms, &[9, 1023]),
     (Norm::Group(2), &[3, 4, 257]),
+    (Norm::GroupLast(2), &[3, 257, 4]),
 ];
 
 /// SplitMix64: reproducible data without a dependency.
@@ -97,12 +98,14 @@ impl Rng {
     }
 }
 
-/// One of the three norms, with its group count for GroupNorm.
+/// One of the norms, with its group count for GroupNorm (channels-first, and
+/// channels-last: x of shape `[B, *spatial, C]`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Norm {
     Layer,
     Rms,
     Group(usize),
+    GroupLast(usize),
 }
 
 impl Norm {
@@ -124,6 +127,7 @@ impl Norm {
             Norm::Layer => candle_norm::layer_norm(x, w, b, eps),
             Norm::Rms => candle_norm::rms_norm(x, w, eps),
             Norm::Group(g) => candle_norm::group_norm(x, g, w, b, eps),
+            Norm::GroupLast(g) => candle_norm::group_norm_channels_last(x, g, w, b, eps),
         }
     }
 
@@ -139,7 +143,7 @@ impl Norm {
         match self {
             Norm::Layer => candle_norm::add_layer_norm(x, r, w, b, eps),
             Norm::Rms => candle_norm::add_rms_norm(x, r, w, eps),
-            Norm::Group(_) => panic!("GroupNorm has no residual add"),
+            Norm::Group(_) | Norm::GroupLast(_) => panic!("GroupNorm has no residual add"),
         }
     }
 
@@ -156,7 +160,7 @@ impl Norm {
         match self {
             Norm::Layer => candle_norm::add_layer_norm_backward(h, w, b, dy, dh, eps),
             Norm::Rms => candle_norm::add_rms_norm_backward(h, w, dy, dh, eps),
-            Norm::Group(_) => panic!("GroupNorm has no residual add"),
+            Norm::Group(_) | Norm::GroupLast(_) => panic!("GroupNorm has no residual add"),
         }
     }
 
@@ -167,6 +171,7 @@ impl Norm {
             Norm::Layer => r::layer_norm(x, w, b, eps),
             Norm::Rms => r::rms_norm(x, w, eps),
             Norm::Group(g) => r::group_norm(x, g, w, b, eps),
+            Norm::GroupLast(g) => r::group_norm_channels_last(x, g, w, b, eps),
         }
     }
 }
@@ -225,6 +230,7 @@ impl Case {
             Norm::Layer => candle_norm::layer_norm_backward(x, w, b, dy, self.eps),
             Norm::Rms => candle_norm::rms_norm_backward(x, w, dy, self.eps),
             Norm::Group(g) => candle_norm::group_norm_backward(x, g, w, b, dy, self.eps),
+            Norm::GroupLast(g) => candle_norm::group_norm_channels_last_backward(x, g, w, b, dy, self.eps),
         }
     }
 

@@ -1,0 +1,384 @@
+//! Channels-last GroupNorm: each sample of x is an S × C matrix (S = prod(spatial)),
+//! and group g is the block of columns `g·C/G..(g+1)·C/G` of every row. The passes walk
+//! tiles of whole rows of a sample: column sums across a tile's rows are adds of whole
+//! rows, which vectorize across channels however few channels a group has. A tile's
+//! group moments come from two passes over it (group mean, then squared deviations),
+//! from cache; tiles are merged in order with Chan's formula, so results are the same
+//! from run to run. The normalize and dx passes then apply per-channel values to each
+//! row.
+
+use super::alloc::output;
+use super::backward::{GradSums, RowGrad};
+use super::blocks::{read_blocks, write_blocks};
+use super::elem::{Acc, Elem};
+use super::reduce::Moments;
+use super::rows::{affine_params, TASK_ELEMS};
+use super::simd::run;
+use crate::spec::{Affine, Spec};
+use rayon::prelude::*;
+
+/// Most rows in a tile: a column's sum over a tile is a plain sequential sum, so its
+/// length is kept short (longer runs merge through Chan's formula).
+const MAX_TILE_ROWS: usize = 256;
+
+/// How a channels-last [`Spec`] is walked: B samples of S rows of C channels, in G
+/// groups of `cpg`, each sample cut into tiles of `tile` rows.
+#[derive(Clone, Copy)]
+struct Tiles {
+    s: usize,
+    c: usize,
+    g: usize,
+    cpg: usize,
+    tile: usize,
+    /// Tiles per sample.
+    per_sample: usize,
+    /// Tiles of all samples.
+    count: usize,
+}
+
+impl Tiles {
+    fn of(spec: &Spec) -> Self {
+        let (g, cpg, s) = (spec.groups, spec.params_per_row, spec.inner);
+        let c = g * cpg;
+        let tile = (TASK_ELEMS / c.max(1)).clamp(1, MAX_TILE_ROWS);
+        let per_sample = s.div_ceil(tile);
+        Self {
+            s,
+            c,
+            g,
+            cpg,
+            tile,
+            per_sample,
+            count: spec.rows / g * per_sample,
+        }
+    }
+
+    /// Tile `k` (sample `k / per_sample`) of `v`, whole rows.
+    fn tile_of<'a, T>(&self, v: &'a [T], k: usize) -> &'a [T] {
+        let (b, t) = (k / self.per_sample, k % self.per_sample);
+        let sample = &v[b * self.s * self.c..(b + 1) * self.s * self.c];
+        &sample[t * self.tile * self.c..((t + 1) * self.tile).min(self.s) * self.c]
+    }
+
+    /// Rayon's minimum number of tiles per job, so that a job has [`TASK_ELEMS`].
+    fn min_len(&self) -> usize {
+        (TASK_ELEMS / (self.tile * self.c).max(1)).max(1)
+    }
+
+    /// (tile, mutable tile) for every tile of `out` (shaped as x), in parallel.
+    fn tiles_mut<'a, T: Send>(&self, out: &'a mut [T]) -> impl ParallelIterator<Item = (usize, &'a mut [T])> {
+        let t = *self;
+        out.par_chunks_mut(t.s * t.c).enumerate().flat_map(move |(b, y)| {
+            y.par_chunks_mut(t.tile * t.c)
+                .with_min_len(t.min_len())
+                .enumerate()
+                .map(move |(k, tile)| (b * t.per_sample + k, tile))
+        })
+    }
+}
+
+/// Calls `f(channel, blocks)` for every block of every row of the `K` equally shaped
+/// tiles (rows of `c` elements), `channel` being the block's first channel.
+#[inline(always)]
+fn for_rows<T: Elem, const K: usize>(c: usize, tiles: [&[T]; K], mut f: impl FnMut(usize, [&[T::Acc]; K])) {
+    for r in 0..tiles[0].len() / c {
+        read_blocks(tiles.map(|t| &t[r * c..(r + 1) * c]), &mut f);
+    }
+}
+
+/// `acc[c] += f(v[c], m[c])` over a block.
+#[inline(always)]
+fn add_cols<A: Acc>(acc: &mut [A], v: &[A], m: &[A], f: impl Fn(A, A) -> A) {
+    for ((a, &v), &m) in acc.iter_mut().zip(v).zip(m) {
+        *a += f(v, m);
+    }
+}
+
+/// Per-channel buffers of a tile's passes, made once per rayon job.
+struct Cols<A> {
+    sum: Vec<A>,
+    mean: Vec<A>,
+    m2: Vec<A>,
+}
+
+impl<A: Acc> Cols<A> {
+    fn new(c: usize) -> Self {
+        Self {
+            sum: vec![A::ZERO; c],
+            mean: vec![A::ZERO; c],
+            m2: vec![A::ZERO; c],
+        }
+    }
+
+    /// First pass over a tile: each group's mean over the tile, then broadcast to its
+    /// channels in `self.mean`; `self.m2` is zeroed for the second pass.
+    #[inline(always)]
+    fn group_means<T: Elem<Acc = A>>(&mut self, t: &Tiles, x: &[T]) -> Vec<A> {
+        self.sum.fill(A::ZERO);
+        self.m2.fill(A::ZERO);
+        for_rows(
+            t.c,
+            [x],
+            #[inline(always)]
+            |o, [xa]| add_cols(&mut self.sum[o..], xa, xa, |v, _| v),
+        );
+        let n = A::from_f64((x.len() / t.c * t.cpg) as f64);
+        let means: Vec<A> = self.sum.chunks(t.cpg).map(|s| sum(s) / n).collect();
+        for (m, &gm) in self.mean.chunks_mut(t.cpg).zip(&means) {
+            m.fill(gm);
+        }
+        means
+    }
+}
+
+/// Sum of a few values, in order.
+#[inline(always)]
+fn sum<A: Acc>(v: &[A]) -> A {
+    v.iter().fold(A::ZERO, |a, &b| a + b)
+}
+
+/// The moments of each group of a tile.
+#[inline(always)]
+fn tile_moments<T: Elem>(t: &Tiles, x: &[T], cols: &mut Cols<T::Acc>) -> Vec<Moments<T::Acc>> {
+    let means = cols.group_means(t, x);
+    let Cols { mean, m2, .. } = cols;
+    for_rows(
+        t.c,
+        [x],
+        #[inline(always)]
+        |o, [xa]| add_cols(&mut m2[o..], xa, &mean[o..], |v, m| (v - m) * (v - m)),
+    );
+    let n = T::Acc::from_f64((x.len() / t.c * t.cpg) as f64);
+    means
+        .into_iter()
+        .zip(m2.chunks(t.cpg))
+        .map(|(mean, m2)| Moments { n, mean, m2: sum(m2) })
+        .collect()
+}
+
+/// Each (sample, group)'s value, merged over the sample's tiles in order from
+/// `per_tile` (G values a tile).
+fn per_group<V: Copy>(t: &Tiles, per_tile: &[Vec<V>], empty: V, merge: impl Fn(V, V) -> V) -> Vec<V> {
+    per_tile
+        .chunks(t.per_sample)
+        .flat_map(|sample| {
+            (0..t.g)
+                .map(|g| sample.iter().fold(empty, |a, v| merge(a, v[g])))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Per (sample, channel) values: `f(group value)` of its group, for each channel of
+/// each sample (B·C values).
+fn per_channel<V: Copy, R>(t: &Tiles, groups: &[V], f: impl Fn(V, usize) -> R) -> Vec<R> {
+    (0..groups.len() * t.cpg)
+        .map(|i| f(groups[i / t.cpg], i % t.c))
+        .collect()
+}
+
+/// Forward: y, laid out as x.
+pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<&[T]>) -> Vec<T> {
+    let mut out = output(x.len(), x.len());
+    if x.is_empty() {
+        return out;
+    }
+    let t = Tiles::of(spec);
+    let per_tile: Vec<Vec<Moments<T::Acc>>> = (0..t.count)
+        .into_par_iter()
+        .with_min_len(t.min_len())
+        .map_init(
+            || Cols::new(t.c),
+            |cols, k| {
+                run(
+                    #[inline(always)]
+                    || tile_moments(&t, t.tile_of(x, k), cols),
+                )
+            },
+        )
+        .collect();
+    let eps = T::Acc::from_f64(spec.eps);
+    let stats: Vec<(T::Acc, T::Acc)> = per_group(&t, &per_tile, Moments::EMPTY, Moments::merge)
+        .into_iter()
+        .map(|m| m.stats(eps))
+        .collect();
+    let (w, b) = affine_params(spec, w, b);
+    // (mean, rstd·γ) per (sample, channel).
+    let coef = per_channel(&t, &stats, |(mean, rstd), c| (mean, rstd * w[c]));
+    let (mean, scale): (Vec<_>, Vec<_>) = coef.into_iter().unzip();
+    t.tiles_mut(&mut out).for_each(|(k, yt)| {
+        let at = k / t.per_sample * t.c;
+        let (mean, scale) = (&mean[at..at + t.c], &scale[at..at + t.c]);
+        let xt = t.tile_of(x, k);
+        run(
+            #[inline(always)]
+            || {
+                for (yr, xr) in yt.chunks_mut(t.c).zip(xt.chunks(t.c)) {
+                    write_blocks(
+                        [xr],
+                        yr,
+                        #[inline(always)]
+                        |o, [xa], ya| {
+                            let n = xa.len();
+                            let (m, s, b) = (&mean[o..o + n], &scale[o..o + n], &b[o..o + n]);
+                            for ((((y, &x), &m), &s), &b) in ya.iter_mut().zip(xa).zip(m).zip(s).zip(b) {
+                                *y = (x - m) * s + b;
+                            }
+                        },
+                    );
+                }
+            },
+        )
+    });
+    out
+}
+
+/// What the first backward pass learns from a tile: each group's [`GradSums`], and per
+/// channel Σdy and Σdy·(x − tile group mean), from which dγ and dβ follow once the
+/// group's statistics are known.
+struct TileGrads<A> {
+    sums: Vec<GradSums<A>>,
+    dy: Vec<A>,
+    dyx: Vec<A>,
+}
+
+/// The first backward pass over a tile of x and dy.
+#[inline(always)]
+fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mut Cols<T::Acc>) -> TileGrads<T::Acc> {
+    let means = cols.group_means(t, x);
+    let (mut sdy, mut sdyx) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
+    let Cols { mean, m2, .. } = cols;
+    for_rows(
+        t.c,
+        [x, dy],
+        #[inline(always)]
+        |o, [xa, da]| {
+            let mean = &mean[o..];
+            add_cols(&mut m2[o..], xa, mean, |v, m| (v - m) * (v - m));
+            add_cols(&mut sdy[o..], da, da, |d, _| d);
+            for (((a, &d), &v), &m) in sdyx[o..].iter_mut().zip(da).zip(xa).zip(mean) {
+                *a += d * (v - m);
+            }
+        },
+    );
+    let n = T::Acc::from_f64((x.len() / t.c * t.cpg) as f64);
+    let dot = |v: &[T::Acc], c0: usize| v.iter().zip(&w[c0..]).fold(T::Acc::ZERO, |a, (&v, &w)| a + v * w);
+    let sums = (0..t.g)
+        .map(|g| {
+            let r = g * t.cpg..(g + 1) * t.cpg;
+            GradSums {
+                x: Moments {
+                    n,
+                    mean: means[g],
+                    m2: sum(&m2[r.clone()]),
+                },
+                sg: dot(&sdy[r.clone()], r.start),
+                cgx: dot(&sdyx[r.clone()], r.start),
+            }
+        })
+        .collect();
+    TileGrads {
+        sums,
+        dy: sdy,
+        dyx: sdyx,
+    }
+}
+
+/// Backward: dx, then dγ and dβ as wanted, as every norm's backward lays them out.
+/// The first pass gives each group's statistics and sums; dγ and dβ are the tiles'
+/// per-channel sums, added in tile order; the second pass writes dx.
+pub(super) fn backward<T: Elem>(spec: &Spec, want: Affine, (x, w, dy): (&[T], Option<&[T]>, &[T])) -> Vec<T> {
+    let t = Tiles::of(spec);
+    let mut out = output(x.len(), spec.packed_grads(want));
+    let (gamma, _) = affine_params(spec, w, None);
+    let (mut dg, mut db) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
+    if !x.is_empty() {
+        let tiles: Vec<TileGrads<T::Acc>> = (0..t.count)
+            .into_par_iter()
+            .with_min_len(t.min_len())
+            .map_init(
+                || Cols::new(t.c),
+                |cols, k| {
+                    let ins = (t.tile_of(x, k), t.tile_of(dy, k));
+                    run(
+                        #[inline(always)]
+                        || tile_grads(&t, ins, &gamma, cols),
+                    )
+                },
+            )
+            .collect();
+        let sums: Vec<Vec<GradSums<T::Acc>>> = tiles.iter().map(|g| g.sums.clone()).collect();
+        let grads: Vec<RowGrad<T::Acc>> = per_group(&t, &sums, GradSums::EMPTY, GradSums::merge)
+            .into_iter()
+            .map(|s| s.finish(spec))
+            .collect();
+        param_grads(&t, &tiles, &grads, (&mut dg, &mut db));
+        // Per (sample, channel), as separate vectors so the dx loop vectorizes.
+        let field = |f: fn(&RowGrad<T::Acc>) -> T::Acc| per_channel(&t, &grads, |r, _| f(&r));
+        let [mean, rstd, mean_g, mean_gx] = [
+            field(|r| r.mean),
+            field(|r| r.rstd),
+            field(|r| r.mean_g),
+            field(|r| r.mean_gx),
+        ];
+        let dx = &mut out[..x.len()];
+        t.tiles_mut(dx).for_each(|(k, dxt)| {
+            let at = k / t.per_sample * t.c;
+            let [mean, rstd, mean_g, mean_gx] = [&mean, &rstd, &mean_g, &mean_gx].map(|v| &v[at..at + t.c]);
+            let (xt, dyt) = (t.tile_of(x, k), t.tile_of(dy, k));
+            run(
+                #[inline(always)]
+                || {
+                    for ((dr, xr), dyr) in dxt.chunks_mut(t.c).zip(xt.chunks(t.c)).zip(dyt.chunks(t.c)) {
+                        write_blocks(
+                            [xr, dyr],
+                            dr,
+                            #[inline(always)]
+                            |o, [xa, da], dxa| {
+                                let n = xa.len();
+                                let [m, r, mg, mgx, g] =
+                                    [mean, rstd, mean_g, mean_gx, &gamma[..]].map(|v| &v[o..o + n]);
+                                let (da, dxa) = (&da[..n], &mut dxa[..n]);
+                                for i in 0..n {
+                                    let xh = (xa[i] - m[i]) * r[i];
+                                    dxa[i] = r[i] * (da[i] * g[i] - mg[i] - xh * mgx[i]);
+                                }
+                            },
+                        );
+                    }
+                },
+            )
+        });
+    }
+    for (wanted, g) in [(want.weight, &dg), (want.bias, &db)] {
+        if wanted {
+            let at = out.len();
+            out.resize(at + t.c, T::zero());
+            T::store(g, &mut out[at..]);
+        }
+    }
+    out
+}
+
+/// dγ_c = Σ dy·x̂ and dβ_c = Σ dy over every row of every sample, from the tiles'
+/// per-channel sums: Σ dy·(x − mean) = Σ dy·(x − tile mean) + (tile mean − mean)·Σ dy.
+/// Channels are spread over threads; each adds its tiles in order.
+fn param_grads<A: Acc>(t: &Tiles, tiles: &[TileGrads<A>], grads: &[RowGrad<A>], (dg, db): (&mut [A], &mut [A])) {
+    const CHANNELS: usize = 64;
+    dg.par_chunks_mut(CHANNELS)
+        .zip(db.par_chunks_mut(CHANNELS))
+        .enumerate()
+        .for_each(|(j, (dg, db))| {
+            let c0 = j * CHANNELS;
+            for (k, tg) in tiles.iter().enumerate() {
+                let b = k / t.per_sample;
+                for (i, (dg, db)) in dg.iter_mut().zip(db.iter_mut()).enumerate() {
+                    let c = c0 + i;
+                    let g = c / t.cpg;
+                    let r = grads[b * t.g + g];
+                    *dg += r.rstd * (tg.dyx[c] + (tg.sums[g].x.mean - r.mean) * tg.dy[c]);
+                    *db += tg.dy[c];
+                }
+            }
+        });
+}
