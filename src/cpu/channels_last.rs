@@ -9,7 +9,7 @@
 
 use super::alloc::output;
 use super::backward::{GradSums, RowGrad};
-use super::blocks::{read_blocks, write_blocks};
+use super::blocks::write_blocks;
 use super::elem::{Acc, Elem};
 use super::reduce::Moments;
 use super::rows::{affine_params, TASK_ELEMS};
@@ -77,12 +77,26 @@ impl Tiles {
     }
 }
 
-/// Calls `f(channel, blocks)` for every block of every row of the `K` equally shaped
-/// tiles (rows of `c` elements), `channel` being the block's first channel.
+/// Calls `f(rows)` for every row of the `K` equally shaped tiles (rows of `c`
+/// elements).
 #[inline(always)]
-fn for_rows<T: Elem, const K: usize>(c: usize, tiles: [&[T]; K], mut f: impl FnMut(usize, [&[T::Acc]; K])) {
+fn for_rows<A, const K: usize>(c: usize, tiles: [&[A]; K], mut f: impl FnMut([&[A]; K])) {
     for r in 0..tiles[0].len() / c {
-        read_blocks(tiles.map(|t| &t[r * c..(r + 1) * c]), &mut f);
+        f(tiles.map(|t| &t[r * c..(r + 1) * c]));
+    }
+}
+
+/// A tile as accumulators: the tile itself for f32 and f64, else converted once into
+/// `buf` (made once per rayon job), so that the passes over the tile convert nothing.
+#[inline(always)]
+fn acc_tile<'a, T: Elem>(x: &'a [T], buf: &'a mut Vec<T::Acc>) -> &'a [T::Acc] {
+    match T::as_acc(x) {
+        Some(a) => a,
+        None => {
+            buf.resize(x.len(), T::Acc::ZERO);
+            T::load(x, buf);
+            buf
+        }
     }
 }
 
@@ -94,11 +108,14 @@ fn add_cols<A: Acc>(acc: &mut [A], v: &[A], m: &[A], f: impl Fn(A, A) -> A) {
     }
 }
 
-/// Per-channel buffers of a tile's passes, made once per rayon job.
+/// Per-channel buffers of a tile's passes, and the converted tiles of x and dy, made
+/// once per rayon job.
 struct Cols<A> {
     sum: Vec<A>,
     mean: Vec<A>,
     m2: Vec<A>,
+    x: Vec<A>,
+    dy: Vec<A>,
 }
 
 impl<A: Acc> Cols<A> {
@@ -107,20 +124,22 @@ impl<A: Acc> Cols<A> {
             sum: vec![A::ZERO; c],
             mean: vec![A::ZERO; c],
             m2: vec![A::ZERO; c],
+            x: Vec::new(),
+            dy: Vec::new(),
         }
     }
 
     /// First pass over a tile: each group's mean over the tile, then broadcast to its
     /// channels in `self.mean`; `self.m2` is zeroed for the second pass.
     #[inline(always)]
-    fn group_means<T: Elem<Acc = A>>(&mut self, t: &Tiles, x: &[T]) -> Vec<A> {
+    fn group_means(&mut self, t: &Tiles, x: &[A]) -> Vec<A> {
         self.sum.fill(A::ZERO);
         self.m2.fill(A::ZERO);
         for_rows(
             t.c,
             [x],
             #[inline(always)]
-            |o, [xa]| add_cols(&mut self.sum[o..], xa, xa, |v, _| v),
+            |[xr]| add_cols(&mut self.sum, xr, xr, |v, _| v),
         );
         let n = A::from_f64((x.len() / t.c * t.cpg) as f64);
         let means: Vec<A> = self.sum.chunks(t.cpg).map(|s| sum(s) / n).collect();
@@ -140,20 +159,23 @@ fn sum<A: Acc>(v: &[A]) -> A {
 /// The moments of each group of a tile.
 #[inline(always)]
 fn tile_moments<T: Elem>(t: &Tiles, x: &[T], cols: &mut Cols<T::Acc>) -> Vec<Moments<T::Acc>> {
-    let means = cols.group_means(t, x);
-    let Cols { mean, m2, .. } = cols;
+    let mut buf = std::mem::take(&mut cols.x);
+    let xa = acc_tile(x, &mut buf);
+    let means = cols.group_means(t, xa);
     for_rows(
         t.c,
-        [x],
+        [xa],
         #[inline(always)]
-        |o, [xa]| add_cols(&mut m2[o..], xa, &mean[o..], |v, m| (v - m) * (v - m)),
+        |[xr]| add_cols(&mut cols.m2, xr, &cols.mean, |v, m| (v - m) * (v - m)),
     );
     let n = T::Acc::from_f64((x.len() / t.c * t.cpg) as f64);
-    means
+    let moments = means
         .into_iter()
-        .zip(m2.chunks(t.cpg))
+        .zip(cols.m2.chunks(t.cpg))
         .map(|(mean, m2)| Moments { n, mean, m2: sum(m2) })
-        .collect()
+        .collect();
+    cols.x = buf;
+    moments
 }
 
 /// Each (sample, group)'s value, merged over the sample's tiles in order from
@@ -245,18 +267,19 @@ struct TileGrads<A> {
 /// The first backward pass over a tile of x and dy.
 #[inline(always)]
 fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mut Cols<T::Acc>) -> TileGrads<T::Acc> {
-    let means = cols.group_means(t, x);
+    let (mut xbuf, mut dybuf) = (std::mem::take(&mut cols.x), std::mem::take(&mut cols.dy));
+    let (xa, da) = (acc_tile(x, &mut xbuf), acc_tile(dy, &mut dybuf));
+    let means = cols.group_means(t, xa);
     let (mut sdy, mut sdyx) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
     let Cols { mean, m2, .. } = cols;
     for_rows(
         t.c,
-        [x, dy],
+        [xa, da],
         #[inline(always)]
-        |o, [xa, da]| {
-            let mean = &mean[o..];
-            add_cols(&mut m2[o..], xa, mean, |v, m| (v - m) * (v - m));
-            add_cols(&mut sdy[o..], da, da, |d, _| d);
-            for (((a, &d), &v), &m) in sdyx[o..].iter_mut().zip(da).zip(xa).zip(mean) {
+        |[xr, dr]| {
+            add_cols(m2, xr, mean, |v, m| (v - m) * (v - m));
+            add_cols(&mut sdy, dr, dr, |d, _| d);
+            for (((a, &d), &v), &m) in sdyx.iter_mut().zip(dr).zip(xr).zip(mean.iter()) {
                 *a += d * (v - m);
             }
         },
@@ -277,6 +300,7 @@ fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mu
             }
         })
         .collect();
+    (cols.x, cols.dy) = (xbuf, dybuf);
     TileGrads {
         sums,
         dy: sdy,
