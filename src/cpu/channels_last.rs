@@ -141,13 +141,31 @@ impl<A: Acc> Cols<A> {
             #[inline(always)]
             |[xr]| add_cols(&mut self.sum, xr, xr, |v, _| v),
         );
-        let n = A::from_f64((x.len() / t.c * t.cpg) as f64);
+        let n = group_count(t, x);
         let means: Vec<A> = self.sum.chunks(t.cpg).map(|s| sum(s) / n).collect();
         for (m, &gm) in self.mean.chunks_mut(t.cpg).zip(&means) {
             m.fill(gm);
         }
         means
     }
+
+    /// Each group's moments over the tile `x`, from its `means` and the squared
+    /// deviations the second pass left in `self.m2`.
+    #[inline(always)]
+    fn group_moments(&self, t: &Tiles, x: &[A], means: &[A]) -> Vec<Moments<A>> {
+        let n = group_count(t, x);
+        means
+            .iter()
+            .zip(self.m2.chunks(t.cpg))
+            .map(|(&mean, m2)| Moments { n, mean, m2: sum(m2) })
+            .collect()
+    }
+}
+
+/// The elements of a group in the tile `x`: its rows times the group's channels.
+#[inline(always)]
+fn group_count<A: Acc>(t: &Tiles, x: &[A]) -> A {
+    A::from_f64((x.len() / t.c * t.cpg) as f64)
 }
 
 /// Sum of a few values, in order.
@@ -168,24 +186,25 @@ fn tile_moments<T: Elem>(t: &Tiles, x: &[T], cols: &mut Cols<T::Acc>) -> Vec<Mom
         #[inline(always)]
         |[xr]| add_cols(&mut cols.m2, xr, &cols.mean, |v, m| (v - m) * (v - m)),
     );
-    let n = T::Acc::from_f64((x.len() / t.c * t.cpg) as f64);
-    let moments = means
-        .into_iter()
-        .zip(cols.m2.chunks(t.cpg))
-        .map(|(mean, m2)| Moments { n, mean, m2: sum(m2) })
-        .collect();
+    let moments = cols.group_moments(t, xa, &means);
     cols.x = buf;
     moments
 }
 
-/// Each (sample, group)'s value, merged over the sample's tiles in order from
-/// `per_tile` (G values a tile).
-fn per_group<V: Copy>(t: &Tiles, per_tile: &[Vec<V>], empty: V, merge: impl Fn(V, V) -> V) -> Vec<V> {
+/// Each (sample, group)'s value, merged over the sample's tiles in order from the G
+/// values `groups` gives for each of `per_tile`.
+fn per_group<P, V: Copy>(
+    t: &Tiles,
+    per_tile: &[P],
+    groups: impl Fn(&P) -> &[V],
+    empty: V,
+    merge: impl Fn(V, V) -> V,
+) -> Vec<V> {
     per_tile
         .chunks(t.per_sample)
         .flat_map(|sample| {
             (0..t.g)
-                .map(|g| sample.iter().fold(empty, |a, v| merge(a, v[g])))
+                .map(|g| sample.iter().fold(empty, |a, p| merge(a, groups(p)[g])))
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -220,14 +239,14 @@ pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<
         )
         .collect();
     let eps = T::Acc::from_f64(spec.eps);
-    let stats: Vec<(T::Acc, T::Acc)> = per_group(&t, &per_tile, Moments::EMPTY, Moments::merge)
+    let stats: Vec<(T::Acc, T::Acc)> = per_group(&t, &per_tile, |m| m, Moments::EMPTY, Moments::merge)
         .into_iter()
         .map(|m| m.stats(eps))
         .collect();
     let (w, b) = affine_params(spec, w, b);
-    // (mean, rstd·γ) per (sample, channel).
-    let coef = per_channel(&t, &stats, |(mean, rstd), c| (mean, rstd * w[c]));
-    let (mean, scale): (Vec<_>, Vec<_>) = coef.into_iter().unzip();
+    // The mean and rstd·γ of each (sample, channel).
+    let mean = per_channel(&t, &stats, |(mean, _), _| mean);
+    let scale = per_channel(&t, &stats, |(_, rstd), c| rstd * w[c]);
     t.tiles_mut(&mut out).for_each(|(k, yt)| {
         let at = k / t.per_sample * t.c;
         let (mean, scale) = (&mean[at..at + t.c], &scale[at..at + t.c]);
@@ -284,19 +303,17 @@ fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mu
             }
         },
     );
-    let n = T::Acc::from_f64((x.len() / t.c * t.cpg) as f64);
     let dot = |v: &[T::Acc], c0: usize| v.iter().zip(&w[c0..]).fold(T::Acc::ZERO, |a, (&v, &w)| a + v * w);
-    let sums = (0..t.g)
-        .map(|g| {
-            let r = g * t.cpg..(g + 1) * t.cpg;
+    let sums = cols
+        .group_moments(t, xa, &means)
+        .into_iter()
+        .enumerate()
+        .map(|(g, x)| {
+            let (c0, r) = (g * t.cpg, g * t.cpg..(g + 1) * t.cpg);
             GradSums {
-                x: Moments {
-                    n,
-                    mean: means[g],
-                    m2: sum(&m2[r.clone()]),
-                },
-                sg: dot(&sdy[r.clone()], r.start),
-                cgx: dot(&sdyx[r.clone()], r.start),
+                x,
+                sg: dot(&sdy[r.clone()], c0),
+                cgx: dot(&sdyx[r], c0),
             }
         })
         .collect();
@@ -331,8 +348,7 @@ pub(super) fn backward<T: Elem>(spec: &Spec, want: Affine, (x, w, dy): (&[T], Op
                 },
             )
             .collect();
-        let sums: Vec<Vec<GradSums<T::Acc>>> = tiles.iter().map(|g| g.sums.clone()).collect();
-        let grads: Vec<RowGrad<T::Acc>> = per_group(&t, &sums, GradSums::EMPTY, GradSums::merge)
+        let grads: Vec<RowGrad<T::Acc>> = per_group(&t, &tiles, |g| &g.sums, GradSums::EMPTY, GradSums::merge)
             .into_iter()
             .map(|s| s.finish(spec))
             .collect();

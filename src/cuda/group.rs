@@ -102,6 +102,14 @@ pub(super) fn forward<T: CudaElem>(
     Ok(())
 }
 
+/// Channels-last backward sums: the S spatial rows of each of the `b` samples cut into
+/// R slices of `rows` rows, (R, rows), so that about four blocks per SM have work.
+fn row_slices(spec: &Spec, dev: &CudaDevice, b: usize) -> Result<(usize, usize)> {
+    let s = spec.inner.max(1);
+    let rows = s.div_ceil((4 * sm_count(dev)?).div_ceil(b).clamp(1, s));
+    Ok((s.div_ceil(rows), rows))
+}
+
 /// The backward: per-(sample, channel) sums, then dx; the sums are the dγ/dβ partials,
 /// one row per sample (channels-first) or per slice of a sample's spatial rows
 /// (channels-last, whose sums kernel reads whole rows of channels).
@@ -118,11 +126,11 @@ pub(super) fn backward<T: CudaElem>(
     let (g, flags, part) = group_stats::<T>(spec, dev, xv, aligned)?;
     let b = spec.rows / spec.groups;
     let last = spec.kind == Kind::GroupLast;
-    // Channels-last: R slices of `rows` spatial rows, about four blocks per SM in all.
-    let rows = spec
-        .inner
-        .div_ceil((4 * sm_count(dev)?).div_ceil(b).clamp(1, spec.inner.max(1)));
-    let r = if last { spec.inner.div_ceil(rows.max(1)) } else { 1 };
+    let (r, rows) = if last {
+        row_slices(spec, dev, b)?
+    } else {
+        (1, spec.inner)
+    };
     let (s1, s2) = (dev.alloc_zeros::<f32>(b * r * np)?, dev.alloc_zeros::<f32>(b * r * np)?);
     let f = function::<T>(dev, spec.kind, "bwd_sums")?;
     let mut lb = stream.launch_builder(&f);
