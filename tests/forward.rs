@@ -5,7 +5,8 @@ use candle_core::{DType, Tensor};
 use common::*;
 
 /// LayerNorm/RMSNorm shapes: M = 1, N = 1, odd N, N off every vector width, N = 131072,
-/// rank 1 and rank 4, and rows long enough (or few enough) to be cut into chunks.
+/// rank 1 and rank 4, rows long enough (or few enough) to be cut into chunks, and
+/// outputs of one collected piece of 4096 elements and one element either side.
 const ROW_SHAPES: &[&[usize]] = &[
     &[1, 1],
     &[3, 1],
@@ -19,6 +20,9 @@ const ROW_SHAPES: &[&[usize]] = &[
     &[2, 20000],
     &[1, 131072],
     &[3, 70001],
+    &[1, 4095],
+    &[4, 1024],
+    &[4097, 1],
 ];
 
 /// GroupNorm shapes and groups: 0–3 spatial dims, G = 1 and G = C, one group larger

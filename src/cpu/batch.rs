@@ -3,10 +3,9 @@
 //! differentiated, by the passes every other norm uses, each with its channel's
 //! statistics. Row r of the [`Spec`] is channel r mod C.
 
-use super::alloc::output;
 use super::backward::{backward_sums, GradSums, RowGrad, RowGrads, Scratch};
 use super::elem::{Acc, Elem};
-use super::forward::normalize;
+use super::forward::normalized;
 use super::reduce::{moments, Moments};
 use super::rows::{affine_params, chunk_of, CHUNK, TASK_ELEMS};
 use super::simd::run;
@@ -73,9 +72,8 @@ pub(super) fn forward<T: Elem>(
     b: Option<&[T]>,
     source: Source<T>,
 ) -> (Vec<T>, Vec<T>) {
-    let (n, c) = (x.len(), spec.groups);
+    let c = spec.groups;
     let batch = matches!(source, Source::Batch);
-    let mut out = output(n, n);
     let (w, b) = affine_params(spec, w, b);
     let (stats, moments) = match source {
         Source::Batch => {
@@ -96,9 +94,7 @@ pub(super) fn forward<T: Elem>(
         }
         Source::Running(mean, var) => (running(spec, mean, var), Vec::new()),
     };
-    if n > 0 {
-        normalize(spec, x, &mut out, |r| stats[r % c], (&w, &b));
-    }
+    let out = normalized(spec, x, || (), |_, r| stats[r % c], (&w, &b));
     let mut stats = vec![T::zero(); if batch { 2 * c } else { 0 }];
     if batch {
         let (mean, var): (Vec<_>, Vec<_>) = moments.iter().map(|m| (m.mean, m.m2 / m.n)).unzip();

@@ -1,9 +1,9 @@
-//! The forward of every norm: two passes over a row (moments, then y), y written in
-//! place by the task that owns the row (or the chunk of a split row). The fused
-//! residual add writes h = x + residual first, in the same task, and normalizes it
-//! from cache.
+//! The forward of every norm: two passes over a row (moments, then y), y either
+//! collected into memory written once or written in place by the task that owns the
+//! row (or the chunk of a split row). The fused residual add writes h = x + residual
+//! first, in the same task, and normalizes it from cache.
 
-use super::alloc::output;
+use super::alloc::{collect, output};
 use super::blocks::write_blocks;
 use super::elem::{Acc, Elem};
 use super::reduce::{moments, Moments};
@@ -130,11 +130,15 @@ fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut [T])>) -> 
         .collect()
 }
 
-/// Forward: y for every element of `x`, laid out as `x`, written in place by tasks of
-/// whole rows, or of chunks of rows too long for one task (whose statistics are then
-/// gathered first, across tasks). With a `residual`, the norm is of
-/// `h = x + residual`, and the output holds y, then h; each task writes its part of h
-/// and normalizes it while it is in cache.
+/// Forward: y for every element of `x`, laid out as `x`; with a `residual`, the norm is
+/// of `h = x + residual` and the output holds y, then h.
+///
+/// f32 and f64 are bound by memory, so their plain forward collects y into memory
+/// written once (see [`normalized`]): each rayon job takes a row's moments at the first
+/// of its elements the job reaches and normalizes the rest of the row from cache.
+/// f16/bf16 are bound by their conversions, and the collect's copy of each piece
+/// costs them more than zeroing the output does (docs/perf-notes.md, c10): they, and
+/// the fused residual add, run [`in_place`].
 pub(super) fn forward<T: Elem>(
     spec: &Spec,
     x: &[T],
@@ -142,18 +146,59 @@ pub(super) fn forward<T: Elem>(
     w: Option<&[T]>,
     b: Option<&[T]>,
 ) -> Vec<T> {
+    let (w, b) = affine_params(spec, w, b);
+    let wb = (&w[..], &b[..]);
+    match residual {
+        None if T::as_acc(x).is_some() => written_once(spec, x, wb),
+        _ => in_place(spec, x, residual, wb),
+    }
+}
+
+/// The plain forward into memory written once; rows too long for one task have their
+/// statistics gathered first, across tasks.
+fn written_once<T: Elem>(spec: &Spec, x: &[T], wb: (&[T::Acc], &[T::Acc])) -> Vec<T> {
+    if split_rows(spec) {
+        let stats = split_stats(spec, x, None);
+        return normalized(spec, x, || (), |_, r| stats[r], wb);
+    }
+    let (eps, center) = (T::Acc::from_f64(spec.eps), spec.center());
+    normalized(
+        spec,
+        x,
+        || (usize::MAX, (T::Acc::ZERO, T::Acc::ZERO)),
+        #[inline(always)]
+        |(row, stats), r| {
+            if *row != r {
+                let xr = &x[r * spec.len..(r + 1) * spec.len];
+                (*row, *stats) = (r, moments(xr, center).stats(eps));
+            }
+            *stats
+        },
+        wb,
+    )
+}
+
+/// The forward into a zeroed output, written in place by tasks of whole rows, or of
+/// chunks of rows too long for one task (whose statistics are then gathered first,
+/// across tasks). With a `residual`, each task writes its part of h and normalizes it
+/// while it is in cache.
+fn in_place<T: Elem>(spec: &Spec, x: &[T], residual: Option<&[T]>, wb: (&[T::Acc], &[T::Acc])) -> Vec<T> {
     let total = spec.outputs();
     let mut out = output(total, total);
     if x.is_empty() {
         return out;
     }
-    let (w, b) = affine_params(spec, w, b);
-    let wb = (&w[..], &b[..]);
     let (y, h) = out.split_at_mut(x.len());
     if split_rows(spec) {
         let stats = split_stats(spec, x, residual.map(|r| (r, &mut *h)));
         let src = if residual.is_some() { &*h } else { x };
-        normalize(spec, src, y, |r| stats[r], wb);
+        chunks_mut(spec, y).for_each(|(r, k, yc)| {
+            let xc = chunk_of(spec, src, r, k);
+            run(
+                #[inline(always)]
+                || forward_part(spec, (r, k * CHUNK), xc, yc, stats[r], wb),
+            )
+        });
         return out;
     }
     let rpt = rows_per_task(spec);
@@ -187,37 +232,31 @@ pub(super) fn forward<T: Elem>(
     out
 }
 
-/// Normalizes every row of `src` into `y` with the (mean, rstd) that `stats` gives for
-/// the row: by chunks for split rows, else by tasks of whole rows.
-pub(super) fn normalize<T: Elem>(
+/// Every row of `src` normalized with the (mean, rstd) that `stats(state, row)` gives,
+/// in a new vector written once, never zeroed (`super::alloc::collect`): a job asks
+/// for a row's statistics once per run of its elements, with the `state` that `init`
+/// made for the job.
+pub(super) fn normalized<T: Elem, S>(
     spec: &Spec,
     src: &[T],
-    y: &mut [T],
-    stats: impl Fn(usize) -> (T::Acc, T::Acc) + Sync,
+    init: impl Fn() -> S + Sync + Send,
+    stats: impl Fn(&mut S, usize) -> (T::Acc, T::Acc) + Sync + Send,
     wb: (&[T::Acc], &[T::Acc]),
-) {
-    if split_rows(spec) {
-        chunks_mut(spec, y).for_each(|(r, k, yc)| {
-            let (xc, st) = (chunk_of(spec, src, r, k), stats(r));
-            run(
-                #[inline(always)]
-                || forward_part(spec, (r, k * CHUNK), xc, yc, st, wb),
-            )
-        });
-        return;
-    }
-    let (len, rpt) = (spec.len, rows_per_task(spec));
-    y.par_chunks_mut(rpt * len)
-        .zip(src.par_chunks(rpt * len))
-        .enumerate()
-        .for_each(|(t, (yt, xt))| {
-            run(
-                #[inline(always)]
-                || {
-                    for (i, (yr, xr)) in yt.chunks_mut(len).zip(xt.chunks(len)).enumerate() {
-                        forward_part(spec, (t * rpt + i, 0), xr, yr, stats(t * rpt + i), wb);
-                    }
-                },
-            )
-        });
+) -> Vec<T> {
+    let len = spec.len;
+    collect(src.len(), init, |state, start, y| {
+        run(
+            #[inline(always)]
+            || {
+                let mut o = 0;
+                while o < y.len() {
+                    let (r, i0) = ((start + o) / len, (start + o) % len);
+                    let n = (len - i0).min(y.len() - o);
+                    let st = stats(state, r);
+                    forward_part(spec, (r, i0), &src[start + o..start + o + n], &mut y[o..o + n], st, wb);
+                    o += n;
+                }
+            },
+        )
+    })
 }
