@@ -9,9 +9,9 @@ use rayon::prelude::*;
 /// `n` zeros with room for `capacity` elements, in memory asked to be backed by huge
 /// pages, for outputs that tasks then write in place. Large outputs are zeroed by all
 /// threads, so that the first touch of fresh pages is shared among the cores instead
-/// of falling on the calling thread alone. For outputs whose tasks follow a fixed split
-/// (the backward's dγ/dβ partials are summed in task order); [`collect`] saves the
-/// zeroing where rayon's own split will do.
+/// of falling on the calling thread alone. This is for outputs whose tasks must follow a
+/// fixed split (the backward sums its dγ/dβ partials in task order); where rayon's own
+/// split will do, [`collect`] saves the zeroing.
 pub(super) fn output<T: Elem>(n: usize, capacity: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(capacity);
     advise_huge_pages(&v);
