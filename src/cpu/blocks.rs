@@ -63,3 +63,31 @@ pub(super) fn write_blocks<T: Elem, const K: usize>(
         },
     );
 }
+
+/// `x` as accumulators: `x` itself for f32 and f64, else converted into `buf`.
+#[inline(always)]
+pub(super) fn as_acc<'a, T: Elem>(x: &'a [T], buf: &'a mut Vec<T::Acc>) -> &'a [T::Acc] {
+    if let Some(a) = T::as_acc(x) {
+        return a;
+    }
+    buf.resize(x.len(), T::Acc::ZERO);
+    T::load(x, buf);
+    buf
+}
+
+/// Fills `out` block by block: `f(offset, block)` computes a block of accumulators,
+/// in `out` itself for f32 and f64, else in `buf`, which is then rounded into `out`.
+#[inline(always)]
+pub(super) fn store_blocks<T: Elem>(out: &mut [T], buf: &mut [T::Acc; BLOCK], mut f: impl FnMut(usize, &mut [T::Acc])) {
+    if let Some(acc) = T::as_acc_mut(out) {
+        for (k, ob) in acc.chunks_mut(BLOCK).enumerate() {
+            f(k * BLOCK, ob);
+        }
+        return;
+    }
+    for (k, ob) in out.chunks_mut(BLOCK).enumerate() {
+        let b = &mut buf[..ob.len()];
+        f(k * BLOCK, b);
+        T::store(b, ob);
+    }
+}

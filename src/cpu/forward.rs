@@ -4,7 +4,7 @@
 //! first, in the same task, and normalizes it from cache.
 
 use super::alloc::{collect, output};
-use super::blocks::write_blocks;
+use super::blocks::{as_acc, store_blocks, write_blocks, BLOCK};
 use super::elem::{Acc, Elem};
 use super::reduce::{moments, Moments};
 use super::rows::{affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK};
@@ -83,13 +83,43 @@ fn add<T: Elem>(x: &[T], r: &[T], h: &mut [T]) {
     );
 }
 
+/// What a task keeps across its rows, so that no buffer is made per row: an f16/bf16
+/// row converted to accumulators once, and a block of y before it is rounded.
+struct Scratch<A> {
+    x: Vec<A>,
+    y: [A; BLOCK],
+}
+
+impl<A: Acc> Scratch<A> {
+    fn new() -> Self {
+        Self {
+            x: Vec::new(),
+            y: [A::ZERO; BLOCK],
+        }
+    }
+}
+
 /// Normalizes whole rows: `src` holds the task's rows, starting at row `first`.
 #[inline(always)]
-fn forward_rows<T: Elem>(spec: &Spec, first: usize, src: &[T], y: &mut [T], wb: (&[T::Acc], &[T::Acc])) {
+fn forward_rows<T: Elem>(
+    spec: &Spec,
+    first: usize,
+    src: &[T],
+    y: &mut [T],
+    (w, b): (&[T::Acc], &[T::Acc]),
+    scratch: &mut Scratch<T::Acc>,
+) {
     let eps = T::Acc::from_f64(spec.eps);
+    let Scratch { x: xbuf, y: ybuf } = scratch;
     for (i, (yr, xr)) in y.chunks_mut(spec.len).zip(src.chunks(spec.len)).enumerate() {
-        let stats = moments(xr, spec.center()).stats(eps);
-        forward_part(spec, (first + i, 0), xr, yr, stats, wb);
+        let xa = as_acc(xr, xbuf);
+        let stats = Moments::of_blocks(xa, spec.center()).stats(eps);
+        store_blocks(
+            yr,
+            ybuf,
+            #[inline(always)]
+            |o, yb| apply_forward(spec, first + i, o, &xa[o..o + yb.len()], yb, stats, w, b),
+        );
     }
 }
 
@@ -208,10 +238,10 @@ fn in_place<T: Elem>(spec: &Spec, x: &[T], residual: Option<&[T]>, wb: (&[T::Acc
             .par_chunks_mut(step)
             .zip(x.par_chunks(step))
             .enumerate()
-            .for_each(|(t, (yt, xt))| {
+            .for_each_init(Scratch::new, |s, (t, (yt, xt))| {
                 run(
                     #[inline(always)]
-                    || forward_rows(spec, t * rpt, xt, yt, wb),
+                    || forward_rows(spec, t * rpt, xt, yt, wb, s),
                 )
             }),
         Some(r) => y
@@ -219,12 +249,12 @@ fn in_place<T: Elem>(spec: &Spec, x: &[T], residual: Option<&[T]>, wb: (&[T::Acc
             .zip(h.par_chunks_mut(step))
             .zip(x.par_chunks(step).zip(r.par_chunks(step)))
             .enumerate()
-            .for_each(|(t, ((yt, ht), (xt, rt)))| {
+            .for_each_init(Scratch::new, |s, (t, ((yt, ht), (xt, rt)))| {
                 run(
                     #[inline(always)]
                     || {
                         add(xt, rt, ht);
-                        forward_rows(spec, t * rpt, ht, yt, wb);
+                        forward_rows(spec, t * rpt, ht, yt, wb, s);
                     },
                 )
             }),

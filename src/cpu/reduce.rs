@@ -1,7 +1,7 @@
 //! Sums in a fixed order over lanes the compiler keeps in vector registers, and the
 //! (count, mean, M2) moments of a block, merged with Chan et al.'s formula.
 
-use super::blocks::read_blocks;
+use super::blocks::{read_blocks, BLOCK};
 use super::elem::{Acc, Elem};
 
 /// f32 lanes of an AVX-512 register: the width of one of the four accumulator groups
@@ -85,6 +85,16 @@ impl<A: Acc> Moments<A> {
         let mean = if center { lane_sum(x, |v| v) / n } else { A::ZERO };
         let m2 = lane_sum(x, |v| (v - mean) * (v - mean));
         Self { n, mean, m2 }
+    }
+
+    /// Moments of a row of accumulators, block by block as [`moments`] takes them.
+    #[inline(always)]
+    pub(super) fn of_blocks(x: &[A], center: bool) -> Self {
+        let mut m = Self::EMPTY;
+        for b in x.chunks(BLOCK) {
+            m = m.merge(Self::of(b, center));
+        }
+        m
     }
 
     /// Chan et al.'s pairwise merge of two non-empty blocks, or of [`Self::EMPTY`] and
