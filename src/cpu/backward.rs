@@ -1,12 +1,13 @@
 //! The fused backward of every norm: dx, dγ and dβ in two passes over a row. The
 //! first reads x and dy from memory and gathers the moments together with Σg and the
 //! co-moment Σg·(x − mean) ([`GradSums`]); the second, from cache, accumulates dγ/dβ
-//! and writes dx. dγ/dβ partials are per task (or chunk) and summed in task order.
+//! and writes dx. An f16/bf16 row (or chunk) is widened to f32 once, for both passes.
+//! dγ/dβ partials are per task (or chunk) and summed in task order.
 //! The fused residual add's backward is the same over h, with the gradient reaching h
 //! directly added to dx.
 
 use super::alloc::output;
-use super::blocks::{read_blocks, write_blocks, BLOCK};
+use super::blocks::{as_acc, store_blocks, BLOCK};
 use super::elem::{Acc, Elem};
 use super::reduce::{lane_dot, lane_sum, lane_sum2, Moments};
 use super::rows::{
@@ -182,47 +183,99 @@ pub(super) enum RowGrads<'a, A> {
     PerChannel(&'a [RowGrad<A>]),
 }
 
-/// Block-sized buffers of the two backward passes (g = dy·w, and x̂), made once per task
-/// rather than once per row: zeroing them for every call would cost more than a short
-/// row's arithmetic.
-pub(super) struct Scratch<A> {
+/// Block-sized buffers of the two backward passes (g = dy·w, x̂, and a block of dx
+/// before it is rounded), made once per task rather than once per row: zeroing them
+/// for every call would cost more than a short row's arithmetic.
+struct Blocks<A> {
     g: [A; BLOCK],
     xh: [A; BLOCK],
+    dx: [A; BLOCK],
 }
 
-impl<A: Acc> Scratch<A> {
+/// What a backward task keeps across its rows: the block buffers, and the `K` inputs
+/// of the current row (or chunk) widened to accumulators once, when they are f16/bf16,
+/// for both passes to read.
+pub(super) struct Scratch<A, const K: usize> {
+    blocks: Blocks<A>,
+    wide: [Vec<A>; K],
+}
+
+impl<A: Acc, const K: usize> Scratch<A, K> {
     pub(super) fn new() -> Self {
         Self {
-            g: [A::ZERO; BLOCK],
-            xh: [A::ZERO; BLOCK],
+            blocks: Blocks {
+                g: [A::ZERO; BLOCK],
+                xh: [A::ZERO; BLOCK],
+                dx: [A::ZERO; BLOCK],
+            },
+            wide: std::array::from_fn(|_| Vec::new()),
         }
+    }
+
+    /// `ins` as accumulators: themselves for f32 and f64, else widened into `wide`.
+    #[inline(always)]
+    fn widen<'a, T: Elem<Acc = A>>(wide: &'a mut [Vec<A>; K], ins: [&'a [T]; K]) -> [&'a [A]; K] {
+        let mut k = 0;
+        wide.each_mut().map(|buf| {
+            let s = ins[k];
+            k += 1;
+            as_acc(s, buf)
+        })
+    }
+
+    /// The first backward pass over x and dy, elements `at = (row, i0)` on of a row:
+    /// their [`GradSums`].
+    #[inline(always)]
+    pub(super) fn sums<T: Elem<Acc = A>>(
+        &mut self,
+        spec: &Spec,
+        at: (usize, usize),
+        ins: [&[T]; K],
+        w: &[A],
+    ) -> GradSums<A> {
+        let wide = Self::widen(&mut self.wide, ins);
+        backward_sums(spec, at, (wide[0], wide[1]), w, &mut self.blocks.g)
+    }
+
+    /// Both backward passes over a row, or the second alone when the row's
+    /// statistics are given: dx into `dx`, dγ/dβ into `acc`.
+    #[inline(always)]
+    fn row<T: Elem<Acc = A>>(
+        &mut self,
+        spec: &Spec,
+        at: (usize, usize),
+        (ins, dx): ([&[T]; K], &mut [T]),
+        (given, w): (Option<RowGrad<A>>, &[A]),
+        acc: &mut ParamGrads<A>,
+    ) {
+        let wide = Self::widen(&mut self.wide, ins);
+        let stats = match given {
+            Some(g) => g,
+            None => backward_sums(spec, at, (wide[0], wide[1]), w, &mut self.blocks.g).finish(spec),
+        };
+        backward_dx(spec, at, wide, dx, (stats, w), acc, &mut self.blocks);
     }
 }
 
 /// First backward pass over the elements of a row from `at = (row, i0)` on, the one
 /// that reads x and dy from memory: their [`GradSums`], block by block.
 #[inline(always)]
-pub(super) fn backward_sums<T: Elem>(
+fn backward_sums<A: Acc>(
     spec: &Spec,
     at: (usize, usize),
-    (x, dy): (&[T], &[T]),
-    w: &[T::Acc],
-    scratch: &mut Scratch<T::Acc>,
-) -> GradSums<T::Acc> {
-    let g = &mut scratch.g;
+    (x, dy): (&[A], &[A]),
+    w: &[A],
+    g: &mut [A; BLOCK],
+) -> GradSums<A> {
     let mut sums = GradSums::EMPTY;
-    read_blocks(
-        [x, dy],
-        #[inline(always)]
-        |o, [xa, da]| {
-            let g = &mut g[..xa.len()];
-            dy_times_w(spec, (at.0, at.1 + o), da, w, g);
-            let m = Moments::of(xa, spec.center());
-            let sg = lane_sum(g, |v| v);
-            let cgx = lane_sum2(g, xa, |g, x| g * (x - m.mean));
-            sums = sums.merge(GradSums { x: m, sg, cgx });
-        },
-    );
+    for (k, (xa, da)) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)).enumerate() {
+        let g = &mut g[..xa.len()];
+        dy_times_w(spec, (at.0, at.1 + k * BLOCK), da, w, g);
+        let m = Moments::of(xa, spec.center());
+        let sg = lane_sum(g, |v| v);
+        let cgx = lane_sum2(g, xa, |g, x| g * (x - m.mean));
+        sums = sums.merge(GradSums { x: m, sg, cgx });
+    }
     sums
 }
 
@@ -234,21 +287,22 @@ pub(super) fn backward_sums<T: Elem>(
 fn backward_dx<T: Elem, const K: usize>(
     spec: &Spec,
     at: (usize, usize),
-    ins: [&[T]; K],
+    ins: [&[T::Acc]; K],
     dx: &mut [T],
     (r, w): (RowGrad<T::Acc>, &[T::Acc]),
     acc: &mut ParamGrads<T::Acc>,
-    scratch: &mut Scratch<T::Acc>,
+    blocks: &mut Blocks<T::Acc>,
 ) {
-    let Scratch { g, xh } = scratch;
-    write_blocks(
-        ins,
+    let Blocks { g, xh, dx: dxb } = blocks;
+    store_blocks(
         dx,
+        dxb,
         #[inline(always)]
-        |o, blocks, out| {
-            let (xa, da) = (blocks[0], blocks[1]);
+        |o, out| {
+            let n = out.len();
+            let (xa, da) = (&ins[0][o..o + n], &ins[1][o..o + n]);
             let at = (at.0, at.1 + o);
-            let (xh, g) = (&mut xh[..xa.len()], &mut g[..xa.len()]);
+            let (xh, g) = (&mut xh[..n], &mut g[..n]);
             for (h, &x) in xh.iter_mut().zip(xa) {
                 *h = (x - r.mean) * r.rstd;
             }
@@ -257,8 +311,8 @@ fn backward_dx<T: Elem, const K: usize>(
             for ((d, &g), &x) in out.iter_mut().zip(&*g).zip(&*xh) {
                 *d = r.rstd * (g - r.mean_g - x * r.mean_gx);
             }
-            if let Some(dh) = blocks.get(2) {
-                for (d, &e) in out.iter_mut().zip(*dh) {
+            if let Some(dh) = ins.get(2) {
+                for (d, &e) in out.iter_mut().zip(&dh[o..o + n]) {
                     *d += e;
                 }
             }
@@ -339,14 +393,12 @@ fn backward_rows<T: Elem, const K: usize>(
                 || {
                     for (i, dxr) in dxt.chunks_mut(len).enumerate() {
                         let ins = ins.map(|s| &s[i * len..(i + 1) * len]);
-                        let at = (t * rpt + i, 0);
-                        let stats = match grads {
-                            RowGrads::Computed => {
-                                backward_sums(spec, at, (ins[0], ins[1]), w, &mut scratch).finish(spec)
-                            }
-                            RowGrads::PerChannel(g) => g[at.0 % spec.groups],
+                        let row = t * rpt + i;
+                        let given = match grads {
+                            RowGrads::Computed => None,
+                            RowGrads::PerChannel(g) => Some(g[row % spec.groups]),
                         };
-                        backward_dx(spec, at, ins, dxr, (stats, w), &mut acc, &mut scratch);
+                        scratch.row(spec, (row, 0), (ins, dxr), (given, w), &mut acc);
                     }
                 },
             );
@@ -381,7 +433,7 @@ fn backward_split<T: Elem, const K: usize>(
             let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + dxc.len() - 1) - p_base + 1, want);
             run(
                 #[inline(always)]
-                || backward_dx(spec, (r, i0), ins, dxc, (rows[r], w), &mut acc, &mut Scratch::new()),
+                || Scratch::new().row(spec, (r, i0), (ins, dxc), (Some(rows[r]), w), &mut acc),
             );
             acc
         })
@@ -404,7 +456,7 @@ fn split_grads<T: Elem, const K: usize>(spec: &Spec, ins: [&[T]; K], w: &[T::Acc
             let (xc, dyc) = (chunk_of(spec, ins[0], r, k), chunk_of(spec, ins[1], r, k));
             run(
                 #[inline(always)]
-                || backward_sums(spec, (r, k * CHUNK), (xc, dyc), w, &mut Scratch::new()),
+                || Scratch::new().sums(spec, (r, k * CHUNK), [xc, dyc], w),
             )
         })
         .collect();

@@ -3,7 +3,7 @@
 //! differentiated, by the passes every other norm uses, each with its channel's
 //! statistics. Row r of the [`Spec`] is channel r mod C.
 
-use super::backward::{backward_sums, GradSums, RowGrad, RowGrads, Scratch};
+use super::backward::{GradSums, RowGrad, RowGrads, Scratch};
 use super::elem::{Acc, Elem};
 use super::forward::normalized;
 use super::reduce::{moments, Moments};
@@ -122,7 +122,7 @@ pub(super) fn backward<T: Elem>(
                 let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
                 run(
                     #[inline(always)]
-                    || backward_sums(spec, (r, k * CHUNK), (xc, dyc), &gamma, scratch),
+                    || scratch.sums(spec, (r, k * CHUNK), [xc, dyc], &gamma),
                 )
             });
             per_channel(spec, &pieces, GradSums::EMPTY, GradSums::merge)
