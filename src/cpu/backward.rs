@@ -7,7 +7,7 @@
 //! directly added to dx.
 
 use super::alloc::output;
-use super::blocks::{as_acc, store_blocks, BLOCK};
+use super::blocks::{as_acc_all, store_blocks, BLOCK};
 use super::elem::{Acc, Elem};
 use super::reduce::{lane_dot, lane_sum, lane_sum2, Moments};
 use super::rows::{
@@ -212,17 +212,6 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         }
     }
 
-    /// `ins` as accumulators: themselves for f32 and f64, else widened into `wide`.
-    #[inline(always)]
-    fn widen<'a, T: Elem<Acc = A>>(wide: &'a mut [Vec<A>; K], ins: [&'a [T]; K]) -> [&'a [A]; K] {
-        let mut k = 0;
-        wide.each_mut().map(|buf| {
-            let s = ins[k];
-            k += 1;
-            as_acc(s, buf)
-        })
-    }
-
     /// The first backward pass over x and dy, elements `at = (row, i0)` on of a row:
     /// their [`GradSums`].
     #[inline(always)]
@@ -233,7 +222,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         ins: [&[T]; K],
         w: &[A],
     ) -> GradSums<A> {
-        let wide = Self::widen(&mut self.wide, ins);
+        let wide = as_acc_all(ins, &mut self.wide);
         backward_sums(spec, at, (wide[0], wide[1]), w, &mut self.blocks.g)
     }
 
@@ -248,7 +237,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         (given, w): (Option<RowGrad<A>>, &[A]),
         acc: &mut ParamGrads<A>,
     ) {
-        let wide = Self::widen(&mut self.wide, ins);
+        let wide = as_acc_all(ins, &mut self.wide);
         let stats = match given {
             Some(g) => g,
             None => backward_sums(spec, at, (wide[0], wide[1]), w, &mut self.blocks.g).finish(spec),
@@ -426,14 +415,14 @@ fn backward_split<T: Elem, const K: usize>(
         RowGrads::PerChannel(g) => (0..spec.rows).map(|r| g[r % spec.groups]).collect(),
     };
     let parts: Vec<ParamGrads<T::Acc>> = chunks_mut(spec, dx)
-        .map(|(r, k, dxc)| {
+        .map_init(Scratch::new, |scratch, (r, k, dxc)| {
             let ins = ins.map(|s| chunk_of(spec, s, r, k));
             let i0 = k * CHUNK;
             let p_base = spec.param(r, i0);
             let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + dxc.len() - 1) - p_base + 1, want);
             run(
                 #[inline(always)]
-                || Scratch::new().row(spec, (r, i0), (ins, dxc), (Some(rows[r]), w), &mut acc),
+                || scratch.row(spec, (r, i0), (ins, dxc), (Some(rows[r]), w), &mut acc),
             );
             acc
         })
@@ -451,12 +440,12 @@ fn split_grads<T: Elem, const K: usize>(spec: &Spec, ins: [&[T]; K], w: &[T::Acc
     let nck = spec.len.div_ceil(CHUNK);
     let sums: Vec<GradSums<T::Acc>> = (0..spec.rows * nck)
         .into_par_iter()
-        .map(|item| {
+        .map_init(Scratch::new, |scratch, item| {
             let (r, k) = (item / nck, item % nck);
             let (xc, dyc) = (chunk_of(spec, ins[0], r, k), chunk_of(spec, ins[1], r, k));
             run(
                 #[inline(always)]
-                || Scratch::new().sums(spec, (r, k * CHUNK), [xc, dyc], w),
+                || scratch.sums(spec, (r, k * CHUNK), [xc, dyc], w),
             )
         })
         .collect();

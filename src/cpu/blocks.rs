@@ -1,6 +1,9 @@
-//! Walking rows in blocks of [`BLOCK`] elements: f16/bf16 blocks are converted
-//! into f32 stack buffers as they are read and back as they are written, so no pass
-//! needs row-sized scratch; f32 and f64 are read and written in place.
+//! Walking rows in blocks of [`BLOCK`] elements, with f32 and f64 read and written in
+//! place. For f16/bf16, either each block is converted into an f32 stack buffer as it
+//! is read and back as it is written ([`read_blocks`], [`write_blocks`]), or a pass
+//! that reads its input twice widens it once into a buffer its task keeps
+//! ([`as_acc`], [`as_acc_all`]) and rounds its output block by block
+//! ([`store_blocks`]).
 
 use super::elem::{Acc, Elem};
 
@@ -73,6 +76,20 @@ pub(super) fn as_acc<'a, T: Elem>(x: &'a [T], buf: &'a mut Vec<T::Acc>) -> &'a [
     buf.resize(x.len(), T::Acc::ZERO);
     T::load(x, buf);
     buf
+}
+
+/// The `K` inputs as accumulators, each as [`as_acc`] gives it, into its own buffer.
+#[inline(always)]
+pub(super) fn as_acc_all<'a, T: Elem, const K: usize>(
+    ins: [&'a [T]; K],
+    bufs: &'a mut [Vec<T::Acc>; K],
+) -> [&'a [T::Acc]; K] {
+    let mut k = 0;
+    bufs.each_mut().map(|buf| {
+        let x = ins[k];
+        k += 1;
+        as_acc(x, buf)
+    })
 }
 
 /// Fills `out` block by block: `f(offset, block)` computes a block of accumulators,

@@ -6,13 +6,15 @@
 //! is too long for one task, each row is cut into chunks whose partial results are
 //! merged in chunk order.
 //!
-//! Every pass over a row walks it in blocks (`blocks`); f16 and bf16 blocks are
-//! converted into f32 stack buffers (`convert`), so there is no row-sized scratch and a
+//! Every pass over a row walks it in blocks (`blocks`). f16 and bf16 are converted to
+//! f32 (`convert`): the row-wise forward and backward widen each row (or chunk) once
+//! into a buffer their task keeps, other passes block by block into stack buffers. A
 //! row is read from memory once and then served from L1/L2. The moments of each block
 //! are taken in two passes over the block (never E[x²] − mean²) and merged across
 //! blocks and chunks with Chan's formula (`reduce`).
 //!
-//! The forward (`forward`) makes two passes over a row, moments then y, and writes y
+//! The forward (`forward`) makes two passes over a row, moments then y. f32 and f64
+//! collect y into memory written once; f16/bf16 and the fused residual add write it
 //! in place into an output zeroed by every thread (`alloc`). The backward
 //! (`backward`) makes two passes too, the first reading x and dy from memory, the
 //! second from cache.
