@@ -62,7 +62,7 @@ fn main() {
         .unwrap_or_default();
     std::fs::write(out.join("launch.h"), launch_header())
         .unwrap_or_else(|e| fail(&format!("could not write launch.h: {e}")));
-    let sources = ["layer_norm", "rms_norm", "group_norm"];
+    let sources = ["layer_norm", "rms_norm", "group_norm", "batch_norm"];
     std::thread::scope(|s| {
         let jobs: Vec<_> = sources
             .iter()

@@ -5,8 +5,7 @@
 //! channels-last input moved to channels-first and back) behind the signatures of
 //! this crate's fused ops, filling a missing weight with ones and a missing bias with
 //! zeros; BatchNorm is composed here, as candle-nn's `BatchNorm` computes it, with its
-//! statistics returned. `batch_norm` runs these on CUDA devices until it has kernels
-//! there. They are differentiable through candle autograd, which makes them the
+//! statistics returned. They are differentiable through candle autograd, which makes them the
 //! yardstick of this crate's tests (forward and backward) and the "composed autograd"
 //! baseline of its benchmarks. They are not meant for production use: each makes
 //! several passes over memory and materializes intermediates.

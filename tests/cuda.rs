@@ -185,7 +185,8 @@ fn hard_data_and_non_contiguous_inputs_match_cpu() {
     assert_close("transposed", &got, &want, tol(DType::BF16).fwd);
 }
 
-/// dγ/dβ come from per-block partials reduced in order: two runs agree bit for bit.
+/// dγ/dβ come from per-block partials reduced in order, and BatchNorm's batch
+/// statistics from per-slice partials merged in order: two runs agree bit for bit.
 #[test]
 fn parameter_gradients_are_bitwise_deterministic() {
     let Some(dev) = gpu() else { return };
@@ -206,6 +207,28 @@ fn parameter_gradients_are_bitwise_deterministic() {
                 assert_eq!(to_f64(&x), to_f64(&y), "{norm:?} {dtype:?} db");
             }
         }
+    }
+    for dtype in GPU_DTYPES {
+        let shape = [32, 64, 56, 56];
+        let case = Case::new(&mut rng, Norm::Group(1), &shape, dtype, Affine::WeightBias, 1e-5).to_device(&dev);
+        let dy = rng.tensor(&shape, dtype, 0.0, 1.0).to_device(&dev).unwrap();
+        let train = || candle_norm::batch_norm_train(&case.x, case.w.as_ref(), case.b.as_ref(), case.eps).unwrap();
+        let back =
+            || candle_norm::batch_norm_backward(&case.x, case.w.as_ref(), case.b.as_ref(), &dy, case.eps).unwrap();
+        let ((_, m1, v1), (_, m2, v2)) = (train(), train());
+        assert_eq!(to_f64(&m1), to_f64(&m2), "BatchNorm {dtype:?} mean");
+        assert_eq!(to_f64(&v1), to_f64(&v2), "BatchNorm {dtype:?} var");
+        let (a, b) = (back(), back());
+        assert_eq!(
+            to_f64(&a.dweight.unwrap()),
+            to_f64(&b.dweight.unwrap()),
+            "BatchNorm {dtype:?} dw"
+        );
+        assert_eq!(
+            to_f64(&a.dbias.unwrap()),
+            to_f64(&b.dbias.unwrap()),
+            "BatchNorm {dtype:?} db"
+        );
     }
 }
 
@@ -304,42 +327,111 @@ fn instance_norm_matches_cpu() {
     }
 }
 
-/// BatchNorm on a CUDA device (composed candle ops until it has kernels) against the
-/// CPU: training output, statistics and gradients, and eval output.
+/// y of `f` on the case, then the gradients of x, weight and bias through autograd.
+fn y_and_grads(
+    c: &Case,
+    dy: &Tensor,
+    f: impl Fn(Norm, &Tensor, Option<&Tensor>, Option<&Tensor>, f64) -> candle_core::Result<Tensor> + Copy,
+) -> Vec<Option<Tensor>> {
+    let (dx, dw, db) = c.grads(dy, f).unwrap();
+    let y = f(c.norm, &c.x, c.w.as_ref(), c.b.as_ref(), c.eps).unwrap();
+    vec![Some(y), Some(dx), dw, db]
+}
+
+/// BatchNorm's training op through autograd: y, then the gradients of x, weight and
+/// bias.
+fn batch_train(c: &Case, dy: &Tensor) -> Vec<Option<Tensor>> {
+    y_and_grads(c, dy, |_, x, w, b, eps| candle_norm::batch_norm(x, w, b, eps))
+}
+
+/// BatchNorm's eval op with running statistics `m`, `v` through autograd: y, then the
+/// gradients of x, weight and bias.
+fn batch_eval(c: &Case, m: &Tensor, v: &Tensor, dy: &Tensor) -> Vec<Option<Tensor>> {
+    y_and_grads(c, dy, |_, x, w, b, eps| {
+        candle_norm::batch_norm_eval(x, m, v, w, b, eps)
+    })
+}
+
+/// BatchNorm's standalone training backward, laid out as [`batch_train`] without y.
+fn batch_backward(c: &Case, dy: &Tensor) -> Vec<Option<Tensor>> {
+    let g = candle_norm::batch_norm_backward(&c.x, c.w.as_ref(), c.b.as_ref(), dy, c.eps).unwrap();
+    vec![None, Some(g.dx), g.dweight, g.dbias]
+}
+
+/// `got` against `want`, element by element: the first (y) within the forward's
+/// tolerance, the gradients within the backward's.
+fn assert_outputs(what: &str, got: &[Option<Tensor>], want: &[Option<Tensor>], dtype: DType) {
+    let t = tol(dtype);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let name = ["y", "dx", "dw", "db"][i];
+        assert_eq!(g.is_some(), w.is_some(), "{what} {name}");
+        if let (Some(g), Some(w)) = (g, w) {
+            let tol = if i == 0 { t.fwd } else { t.bwd };
+            assert_close_max(&format!("{what} {name}"), g, w, tol);
+        }
+    }
+}
+
+/// BatchNorm's kernels against the CPU: training (y, the batch statistics, the
+/// gradients through autograd and the standalone backward) and eval (y and the
+/// gradients with running statistics), every affine, on the scalar path (S off the
+/// vector width, S = 1), the vector path, B = 1, C = 1, a channel of 2^20 values split
+/// over many blocks, and an input one element past an aligned address.
 #[test]
 fn batch_norm_matches_cpu() {
     let Some(dev) = gpu() else { return };
-    let mut rng = Rng::new(46);
-    for shape in [&[8usize, 16, 9, 9][..], &[64, 32]] {
+    let mut rng = Rng::new(47);
+    let shapes: &[&[usize]] = &[
+        &[8, 16, 9, 9],
+        &[64, 32],
+        &[4, 8, 16, 16],
+        &[1, 3, 5, 5],
+        &[5, 1, 7],
+        &[16, 2, 256, 256],
+    ];
+    let on = |t: &Tensor| t.to_device(&dev).unwrap();
+    for &shape in shapes {
         for dtype in GPU_DTYPES {
+            for affine in AFFINES {
+                let case = Case::new(&mut rng, Norm::Group(1), shape, dtype, affine, 1e-5);
+                let g = case.to_device(&dev);
+                let what = format!("{shape:?} {dtype:?} {affine:?}");
+                let t = tol(dtype);
+                let train = |c: &Case| candle_norm::batch_norm_train(&c.x, c.w.as_ref(), c.b.as_ref(), c.eps).unwrap();
+                let ((_, gm, gv), (_, cm, cv)) = (train(&g), train(&case));
+                assert_close(&format!("{what} mean"), &gm, &cm, t.fwd);
+                assert_close(&format!("{what} var"), &gv, &cv, t.fwd);
+                let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+                assert_outputs(&what, &batch_train(&g, &on(&dy)), &batch_train(&case, &dy), dtype);
+                let (got, want) = (batch_backward(&g, &on(&dy)), batch_backward(&case, &dy));
+                assert_outputs(&format!("{what} standalone"), &got, &want, dtype);
+                let (m, v) = (
+                    rng.tensor(&[shape[1]], dtype, 0.0, 1.0),
+                    rng.tensor(&[shape[1]], dtype, 1.0, 0.25).abs().unwrap(),
+                );
+                let got = batch_eval(&g, &on(&m), &on(&v), &on(&dy));
+                assert_outputs(&format!("{what} eval"), &got, &batch_eval(&case, &m, &v, &dy), dtype);
+            }
             let case = Case::new(&mut rng, Norm::Group(1), shape, dtype, Affine::WeightBias, 1e-5);
-            let g = case.to_device(&dev);
-            let what = format!("{shape:?} {dtype:?}");
-            let t = tol(dtype);
-            let train = |c: &Case| candle_norm::batch_norm_train(&c.x, c.w.as_ref(), c.b.as_ref(), c.eps).unwrap();
-            let (gy, gm, gv) = train(&g);
-            let (cy, cm, cv) = train(&case);
-            assert_close(&format!("{what} y"), &gy, &cy, t.fwd);
-            assert_close(&format!("{what} mean"), &gm, &cm, t.fwd);
-            assert_close(&format!("{what} var"), &gv, &cv, t.fwd);
-            let bn = |_: Norm, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64| {
-                candle_norm::batch_norm(x, w, b, eps)
-            };
+            let mut g = case.to_device(&dev);
+            let n = case.x.elem_count();
+            let padded = Tensor::cat(&[&g.x.flatten_all().unwrap(), &g.x.flatten_all().unwrap()], 0).unwrap();
+            g.x = padded.narrow(0, 1, n).unwrap().reshape(shape).unwrap();
+            let mut want = case.clone();
+            want.x = g.x.to_device(&Device::Cpu).unwrap();
             let dy = rng.tensor(shape, dtype, 0.0, 1.0);
-            let (gdx, gdw, _) = g.grads(&dy.to_device(&dev).unwrap(), bn).unwrap();
-            let (cdx, cdw, _) = case.grads(&dy, bn).unwrap();
-            assert_close_max(&format!("{what} dx"), &gdx, &cdx, t.bwd);
-            assert_close_max(&format!("{what} dw"), &gdw.unwrap(), &cdw.unwrap(), t.bwd);
-            let eval = |c: &Case, m: &Tensor, v: &Tensor| {
-                candle_norm::batch_norm_eval(&c.x, m, v, c.w.as_ref(), c.b.as_ref(), c.eps).unwrap()
-            };
-            let on = |t: &Tensor| t.to_device(&dev).unwrap();
-            assert_close(
-                &format!("{what} eval"),
-                &eval(&g, &on(&cm), &on(&cv)),
-                &eval(&case, &cm, &cv),
-                t.fwd,
-            );
+            let what = format!("{shape:?} {dtype:?} misaligned");
+            assert_outputs(&what, &batch_train(&g, &on(&dy)), &batch_train(&want, &dy), dtype);
+            // Autograd copies x into a fresh Var: the standalone backward reads offset views.
+            let dy_gpu = Tensor::cat(&[&on(&dy).flatten_all().unwrap(), &on(&dy).flatten_all().unwrap()], 0)
+                .unwrap()
+                .narrow(0, 1, n)
+                .unwrap()
+                .reshape(shape)
+                .unwrap();
+            let got = batch_backward(&g, &dy_gpu);
+            let cpu = batch_backward(&want, &dy_gpu.to_device(&Device::Cpu).unwrap());
+            assert_outputs(&format!("{what} standalone"), &got, &cpu, dtype);
         }
     }
 }

@@ -6,13 +6,14 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Which norm a case runs (GroupNorm, channels-first or channels-last, with its number
-/// of groups).
+/// of groups; BatchNorm in training).
 #[derive(Clone, Copy, Debug)]
 pub enum Norm {
     Layer,
     Rms,
     Group(usize),
     GroupLast(usize),
+    Batch,
 }
 
 /// One benchmarked op on one shape.
@@ -24,8 +25,10 @@ pub struct Case {
 
 /// The grid of a device: on the CPU LLM-style rows of medium size and two diffusion-style
 /// GroupNorm shapes; on a GPU rows of 2^27 elements from N = 256 to 262144, small M at
-/// N = 4096, and three GroupNorm shapes of a diffusion UNet. The GroupNorm shapes run
-/// channels-first, and channels-last with the channels moved to the end.
+/// N = 4096, three GroupNorm shapes of a diffusion UNet, and BatchNorm in training on
+/// two ResNet stages and one large activation (the CPU measures BatchNorm against
+/// candle-nn's module in its own group). The GroupNorm shapes run channels-first, and
+/// channels-last with the channels moved to the end.
 pub fn cases(dev: &Device) -> Vec<Case> {
     let rows: Vec<Vec<usize>> = if dev.is_cpu() {
         vec![vec![4096, 768], vec![2048, 4096], vec![1024, 8192]]
@@ -50,6 +53,13 @@ pub fn cases(dev: &Device) -> Vec<Case> {
         norm: Norm::GroupLast(32),
         shape: vec![b, h, w, c],
     }));
+    if !dev.is_cpu() {
+        let batch = [[32usize, 64, 56, 56], [256, 512, 7, 7], [8, 256, 128, 128]];
+        v.extend(batch.iter().map(|s| Case {
+            norm: Norm::Batch,
+            shape: s.to_vec(),
+        }));
+    }
     v
 }
 
@@ -89,6 +99,7 @@ impl Case {
             Norm::Rms => "rms_norm",
             Norm::Group(_) => "group_norm",
             Norm::GroupLast(_) => "group_norm_channels_last",
+            Norm::Batch => "batch_norm",
         }
     }
 
@@ -103,7 +114,7 @@ impl Case {
     /// Length of the weight and bias.
     pub fn params(&self) -> usize {
         match self.norm {
-            Norm::Group(_) => self.shape[1],
+            Norm::Group(_) | Norm::Batch => self.shape[1],
             _ => *self.shape.last().unwrap(),
         }
     }
@@ -115,6 +126,7 @@ impl Case {
             Norm::Rms => candle_norm::rms_norm(x, Some(w), 1e-5),
             Norm::Group(g) => candle_norm::group_norm(x, g, Some(w), Some(b), 1e-5),
             Norm::GroupLast(g) => candle_norm::group_norm_channels_last(x, g, Some(w), Some(b), 1e-5),
+            Norm::Batch => candle_norm::batch_norm(x, Some(w), Some(b), 1e-5),
         }
     }
 
@@ -125,6 +137,7 @@ impl Case {
             Norm::Rms => candle_norm::rms_norm_backward(x, Some(w), dy, 1e-5),
             Norm::Group(g) => candle_norm::group_norm_backward(x, g, Some(w), Some(b), dy, 1e-5),
             Norm::GroupLast(g) => candle_norm::group_norm_channels_last_backward(x, g, Some(w), Some(b), dy, 1e-5),
+            Norm::Batch => candle_norm::batch_norm_backward(x, Some(w), Some(b), dy, 1e-5),
         }?;
         Ok(g.dx)
     }
@@ -165,6 +178,7 @@ impl Case {
             Norm::Rms => r::rms_norm(x, Some(w), 1e-5),
             Norm::Group(g) => r::group_norm(x, g, Some(w), Some(b), 1e-5),
             Norm::GroupLast(g) => r::group_norm_channels_last(x, g, Some(w), Some(b), 1e-5),
+            Norm::Batch => Ok(r::batch_norm_train(x, Some(w), Some(b), 1e-5)?.0),
         }
     }
 
@@ -173,7 +187,7 @@ impl Case {
         match self.norm {
             Norm::Layer => Some(candle_nn::ops::layer_norm(x, w, b, 1e-5)),
             Norm::Rms => Some(candle_nn::ops::rms_norm(x, w, 1e-5)),
-            Norm::Group(_) | Norm::GroupLast(_) => None,
+            Norm::Group(_) | Norm::GroupLast(_) | Norm::Batch => None,
         }
     }
 }

@@ -30,8 +30,7 @@ struct GroupShape {
 // SAFETY: a #[repr(C)] struct of eight i32, laid out as the kernels' `cn::GroupShape`.
 unsafe impl DeviceRepr for GroupShape {}
 
-/// GroupNorm launch shape: each group cut into `splits` slices so that about four
-/// blocks per SM have work, each slice at least [`MIN_SLICE`] elements. Vectors stay in
+/// GroupNorm launch shape: each group cut into slices by [`slice_len`]. Vectors stay in
 /// one channel (channels-first) or in one row of a group (channels-last).
 fn group_shape<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<(GroupShape, i32)> {
     let v = 16 / std::mem::size_of::<T>();
@@ -41,9 +40,7 @@ fn group_shape<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<(Group
         spec.inner
     };
     let vec = aligned && run.is_multiple_of(v);
-    let want = (4 * sm_count(dev)?).div_ceil(spec.rows);
-    let splits = want.clamp(1, spec.len.div_ceil(MIN_SLICE).max(1)).min(65535);
-    let chunk = spec.len.div_ceil(splits).next_multiple_of(if vec { v } else { 1 });
+    let chunk = slice_len(dev, spec.rows, spec.len, if vec { v } else { 1 })?;
     let g = GroupShape {
         rows: int(spec, "B·G", spec.rows)?,
         k: int(spec, "group size", spec.len)?,
@@ -56,6 +53,16 @@ fn group_shape<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<(Group
     };
     int(spec, "element count", spec.rows * spec.len)?;
     Ok((g, if vec { GVEC } else { 0 }))
+}
+
+/// The elements of each slice when `rows` reductions of `len` elements are each cut
+/// into slices, so that about four blocks per SM have work, each slice at least
+/// [`MIN_SLICE`] elements and a multiple of `step` (a vector width); the last slice of
+/// a row may be shorter. GroupNorm's groups and BatchNorm's channels are split so.
+pub(super) fn slice_len(dev: &CudaDevice, rows: usize, len: usize, step: usize) -> Result<usize> {
+    let want = (4 * sm_count(dev)?).div_ceil(rows.max(1));
+    let splits = want.clamp(1, len.div_ceil(MIN_SLICE).max(1)).min(65535);
+    Ok(len.div_ceil(splits).next_multiple_of(step))
 }
 
 /// GroupNorm's first kernel, shared by forward and backward: the launch shape and the

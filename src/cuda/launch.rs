@@ -19,6 +19,8 @@ launch_constants! {
     MULTI: i32 = 4;
     /// GroupNorm flag: 16-byte vector accesses (aligned pointers, S a multiple of the width).
     GVEC: i32 = 1;
+    /// BatchNorm flag: 16-byte vector accesses (aligned pointers, S a multiple of the width).
+    BVEC: i32 = 1;
     /// Threads of the dγ/dβ reduction's block: 8 warps over 32 columns.
     DPARAMS_THREADS: usize = 256;
 }

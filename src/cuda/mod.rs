@@ -2,8 +2,8 @@
 //! build.rs). Each call picks its kernels' path and grid on the host, launches them on
 //! the stream of the tensor's candle device, and returns any failure as a candle error.
 //!
-//! `row` launches LayerNorm/RMSNorm, `group` GroupNorm (both layouts); both end in the shared dγ/dβ
-//! reduction below. `module` loads the kernels, `launch` holds the constants the
+//! `row` launches LayerNorm/RMSNorm, `group` GroupNorm (both layouts), `batch`
+//! BatchNorm; their backwards all end in the shared dγ/dβ reduction below. `module` loads the kernels, `launch` holds the constants the
 //! kernels share with this code.
 
 /// Declares the constants of `launch.rs` for the launch code (build.rs declares the same
@@ -14,6 +14,7 @@ macro_rules! launch_constants {
     };
 }
 
+mod batch;
 mod group;
 mod launch;
 mod module;
@@ -124,7 +125,65 @@ pub(crate) fn forward(
     dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, x, [residual, w, b]))
 }
 
-/// Per-block (rows) or per-sample (groups) f32 partials of dγ and dβ, `[count, N]`.
+/// BatchNorm's forward on the GPU: y, and in training (`running` is `None`) each
+/// channel's batch mean, then its biased variance (2·C elements of x's dtype); in eval,
+/// y normalized with the running mean and variance, and no statistics.
+pub(crate) fn batch_forward(
+    spec: &Spec,
+    x: Arg<CudaStorage>,
+    [w, b]: [Option<Arg<CudaStorage>>; 2],
+    running: Option<[Arg<CudaStorage>; 2]>,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    fn run<T: CudaElem>(
+        spec: &Spec,
+        x: Arg<CudaStorage>,
+        [w, b]: [Option<Arg<CudaStorage>>; 2],
+        running: Option<[Arg<CudaStorage>; 2]>,
+    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        let dev = &x.0.device;
+        // The kernels read γ and β one at a time: only x's alignment matters.
+        let (xv, aligned) = view::<T>(spec, x)?;
+        let [wv, bv] = [w, b].map(|a| a.map(|a| view::<T>(spec, a)).transpose());
+        let [wv, bv] = [wv?.map(|v| v.0), bv?.map(|v| v.0)];
+        let running = running_views::<T>(spec, running)?;
+        let n = xv.len();
+        // SAFETY: every element of y is written by the forward kernel below, which runs
+        // whenever y has elements.
+        let mut y = unsafe { dev.alloc::<T>(n) }?;
+        let mut stats = match running {
+            None => Some(dev.alloc_zeros::<T>(2 * spec.groups)?),
+            Some(_) => None,
+        };
+        if n > 0 {
+            let running = running.as_ref().map(|[m, v]| [m, v]);
+            batch::forward(
+                spec,
+                dev,
+                (&xv, &wv, &bv),
+                running,
+                &mut y.as_view_mut(),
+                stats.as_mut(),
+                aligned,
+            )?;
+        }
+        let wrap = |s| CudaStorage::wrap_cuda_slice(s, dev.clone());
+        Ok((wrap(y), stats.map(wrap)))
+    }
+    dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, x, [w, b], running))
+}
+
+/// The views of BatchNorm's running mean and variance, when given.
+fn running_views<'a, T: CudaElem>(
+    spec: &Spec,
+    running: Option<[Arg<'a, CudaStorage>; 2]>,
+) -> Result<Option<[CudaView<'a, T>; 2]>> {
+    running
+        .map(|[m, v]| Ok([view::<T>(spec, m)?.0, view::<T>(spec, v)?.0]))
+        .transpose()
+}
+
+/// Per-block (rows), per-sample (groups) or per-slice (BatchNorm) f32 partials of dγ
+/// and dβ, `[count, N]`.
 struct Partials {
     dg: CudaSlice<f32>,
     db: CudaSlice<f32>,
@@ -142,11 +201,35 @@ pub(crate) fn backward(
     dy: Arg<CudaStorage>,
     dh: Option<Arg<CudaStorage>>,
 ) -> Result<CudaStorage> {
+    grads(spec, want, [x, dy], [w, dh], None)
+}
+
+/// BatchNorm's backward on the GPU, laid out as [`backward`]'s, with the batch's
+/// statistics (training, `running` is `None`) or the running mean and variance (eval).
+pub(crate) fn batch_backward(
+    spec: &Spec,
+    want: Affine,
+    [x, dy]: [Arg<CudaStorage>; 2],
+    w: Option<Arg<CudaStorage>>,
+    running: Option<[Arg<CudaStorage>; 2]>,
+) -> Result<CudaStorage> {
+    grads(spec, want, [x, dy], [w, None], running)
+}
+
+/// [`backward`] and [`batch_backward`].
+fn grads(
+    spec: &Spec,
+    want: Affine,
+    [x, dy]: [Arg<CudaStorage>; 2],
+    [w, dh]: [Option<Arg<CudaStorage>>; 2],
+    running: Option<[Arg<CudaStorage>; 2]>,
+) -> Result<CudaStorage> {
     fn run<T: CudaElem>(
         spec: &Spec,
         want: Affine,
         [x, dy]: [Arg<CudaStorage>; 2],
         [w, dh]: [Option<Arg<CudaStorage>>; 2],
+        running: Option<[Arg<CudaStorage>; 2]>,
     ) -> Result<CudaStorage> {
         let dev = &x.0.device;
         let (xv, xa) = view::<T>(spec, x)?;
@@ -166,10 +249,16 @@ pub(crate) fn backward(
         // when wanted, by the dparams kernel, launched whenever one of them is.
         let mut out = unsafe { dev.alloc::<T>(total) }?;
         let (mut dx, mut params) = out.split_at_mut(len);
+        let running = running_views::<T>(spec, running)?;
         let ins = (&xv, &wv, &dyv);
         let partials = match (spec.kind, &dhv) {
             (Kind::Group | Kind::GroupLast, None) => group::backward(spec, dev, ins, &mut dx, aligned)?,
             (Kind::Layer | Kind::Rms, dh) => row::backward(spec, dev, ins, dh, &mut dx, aligned)?,
+            (Kind::Batch, None) => {
+                let running = running.as_ref().map(|[m, v]| [m, v]);
+                let sums = want.weight || want.bias;
+                batch::backward(spec, dev, ins, running, sums, &mut dx, aligned)?
+            }
             _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
         };
         if want.weight || want.bias {
@@ -177,7 +266,7 @@ pub(crate) fn backward(
         }
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
-    dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh]))
+    dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh], running))
 }
 
 /// Sums the partials in a fixed order into dγ (the first N elements of `params`, with

@@ -10,7 +10,7 @@ use half::{bf16, f16};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-const FATBINS: [(&str, &[u8]); 3] = [
+const FATBINS: [(&str, &[u8]); 4] = [
     (
         "layer_norm",
         include_bytes!(concat!(env!("OUT_DIR"), "/layer_norm.fatbin")),
@@ -19,6 +19,10 @@ const FATBINS: [(&str, &[u8]); 3] = [
     (
         "group_norm",
         include_bytes!(concat!(env!("OUT_DIR"), "/group_norm.fatbin")),
+    ),
+    (
+        "batch_norm",
+        include_bytes!(concat!(env!("OUT_DIR"), "/batch_norm.fatbin")),
     ),
 ];
 

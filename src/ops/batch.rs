@@ -1,6 +1,5 @@
-//! BatchNorm: the public functions, their checks and their two fused ops. The CPU runs
-//! this crate's kernels; until CUDA kernels exist, a CUDA input runs the composed
-//! candle ops of [`crate::reference`].
+//! BatchNorm: the public functions, their checks and their two fused ops, on the CPU
+//! and on CUDA.
 
 use super::{affine, halves, packed_params, run_backward, split_params, NormGrads};
 use crate::check;
@@ -42,9 +41,6 @@ pub fn batch_norm_train(
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let spec = spec(x, weight, bias, eps, None)?;
-    if !x.device().is_cpu() {
-        return crate::reference::batch_norm_train(x, weight, bias, eps);
-    }
     let (x, p) = (x.contiguous()?, packed_params(weight, bias)?);
     let ins: Vec<&Tensor> = [Some(&x), p.as_ref()].into_iter().flatten().collect();
     let stats = Arc::new(Mutex::new(None));
@@ -62,7 +58,7 @@ pub fn batch_norm_train(
     let Some(stats) = stats else {
         bail!("{OP}: internal error: the forward left no statistics")
     };
-    let stats = Tensor::from_storage(Storage::Cpu(stats), 2 * spec.groups, BackpropOp::none(), false);
+    let stats = Tensor::from_storage(stats, 2 * spec.groups, BackpropOp::none(), false);
     Ok((
         y,
         stats.narrow(0, 0, spec.groups)?,
@@ -87,9 +83,6 @@ pub fn batch_norm_eval(
     eps: f64,
 ) -> Result<Tensor> {
     let spec = spec(x, weight, bias, eps, Some((running_mean, running_var)))?;
-    if !x.device().is_cpu() {
-        return crate::reference::batch_norm_eval(x, running_mean, running_var, weight, bias, eps);
-    }
     let stats = Tensor::cat(&[running_mean, running_var], 0)?.detach();
     let (x, p) = (x.contiguous()?, packed_params(weight, bias)?);
     let ins: Vec<&Tensor> = [Some(&x), p.as_ref(), Some(&stats)].into_iter().flatten().collect();
@@ -108,8 +101,7 @@ pub fn batch_norm_eval(
 /// recomputed from `x`).
 ///
 /// # Errors
-/// Those of [`batch_norm`], a `dy` whose shape, dtype or device differ from `x`'s, and
-/// a CUDA `x` (no CUDA kernels yet; autograd through [`batch_norm`] works there).
+/// Those of [`batch_norm`], and a `dy` whose shape, dtype or device differ from `x`'s.
 pub fn batch_norm_backward(
     x: &Tensor,
     weight: Option<&Tensor>,
@@ -119,12 +111,6 @@ pub fn batch_norm_backward(
 ) -> Result<NormGrads> {
     let spec = spec(x, weight, bias, eps, None)?;
     check::same(OP, dy, "dy", x, "x")?;
-    if !x.device().is_cpu() {
-        bail!(
-            "{OP}: the standalone backward has no CUDA kernels yet (x is on {:?})",
-            x.device().location()
-        )
-    }
     let w = weight.map(Tensor::contiguous).transpose()?;
     let affine = affine(weight, bias);
     let (dx, params) = grads(spec, affine, &x.contiguous()?, w.as_ref(), dy, None)?;
@@ -188,7 +174,7 @@ struct BatchFwd {
     spec: Spec,
     affine: Affine,
     eval: bool,
-    stats: Arc<Mutex<Option<CpuStorage>>>,
+    stats: Arc<Mutex<Option<Storage>>>,
 }
 
 /// The fused backward: (x, [weight,] dy[, stats]) to dx, dγ, dβ in one flat tensor.
@@ -199,6 +185,16 @@ struct BatchBwd {
 }
 
 impl BatchFwd {
+    /// Leaves training's statistics for [`batch_norm_train`].
+    fn keep(&self, stats: Storage) -> Result<()> {
+        let mut slot = self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{OP}: statistics lock poisoned")))?;
+        *slot = Some(stats);
+        Ok(())
+    }
+
     /// Calls `f(x, [weight, bias], running)` with the inputs of this op.
     fn with_inputs<S, R>(
         &self,
@@ -229,19 +225,21 @@ impl Fused for BatchFwd {
         self.with_inputs(ins, |x, wb, running| {
             let (y, stats) = crate::cpu::batch_forward(&self.spec, x, wb, running)?;
             if !self.eval {
-                let mut slot = self
-                    .stats
-                    .lock()
-                    .map_err(|_| candle_core::Error::Msg(format!("{OP}: statistics lock poisoned")))?;
-                *slot = Some(stats);
+                self.keep(Storage::Cpu(stats))?;
             }
             Ok((y, x.1.shape().clone()))
         })
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda(&self, _: &[Arg<candle_core::CudaStorage>]) -> Result<(candle_core::CudaStorage, Shape)> {
-        bail!("{OP}: internal error: CUDA inputs run the composed ops")
+    fn cuda(&self, ins: &[Arg<candle_core::CudaStorage>]) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.with_inputs(ins, |x, wb, running| {
+            let (y, stats) = crate::cuda::batch_forward(&self.spec, x, wb, running)?;
+            if let Some(stats) = stats {
+                self.keep(Storage::Cuda(stats))?;
+            }
+            Ok((y, x.1.shape().clone()))
+        })
     }
 
     fn grads(&self, ins: &[&Tensor], _y: &Tensor, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
@@ -257,27 +255,38 @@ impl Fused for BatchFwd {
     }
 }
 
+/// A backward of one device: `(spec, want, [x, dy], weight, running)` to the flat
+/// gradients.
+type Backend<S> = for<'a> fn(&Spec, Affine, [Arg<'a, S>; 2], Option<Arg<'a, S>>, Option<[Arg<'a, S>; 2]>) -> Result<S>;
+
+impl BatchBwd {
+    /// Runs `backend` on the inputs of this op (x, [weight,] dy[, running statistics
+    /// packed]), and gives the output's shape.
+    fn with_inputs<S>(&self, ins: &[Arg<S>], backend: Backend<S>) -> Result<(S, Shape)> {
+        let w = self.affine.weight.then(|| ins[1]);
+        let dy = ins[1 + usize::from(self.affine.weight)];
+        let (spec, affine) = (&self.spec, self.affine);
+        let out = match self.eval {
+            true => halves(OP, ins[ins.len() - 1], spec.groups, |mv| {
+                backend(spec, affine, [ins[0], dy], w, Some(mv))
+            })?,
+            false => backend(spec, affine, [ins[0], dy], w, None)?,
+        };
+        Ok((out, Shape::from(spec.packed_grads(affine))))
+    }
+}
+
 impl Fused for BatchBwd {
     fn name(&self) -> &'static str {
         OP
     }
 
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
-        let w = self.affine.weight.then(|| ins[1]);
-        let dy = ins[1 + usize::from(self.affine.weight)];
-        let shape = Shape::from(self.spec.packed_grads(self.affine));
-        let (spec, affine) = (&self.spec, self.affine);
-        let out = match self.eval {
-            true => halves(OP, ins[ins.len() - 1], spec.groups, |mv| {
-                crate::cpu::batch_backward(spec, affine, [ins[0], dy], w, Some(mv))
-            })?,
-            false => crate::cpu::batch_backward(spec, affine, [ins[0], dy], w, None)?,
-        };
-        Ok((out, shape))
+        self.with_inputs(ins, crate::cpu::batch_backward)
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda(&self, _: &[Arg<candle_core::CudaStorage>]) -> Result<(candle_core::CudaStorage, Shape)> {
-        bail!("{OP}: internal error: CUDA inputs run the composed ops")
+    fn cuda(&self, ins: &[Arg<candle_core::CudaStorage>]) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.with_inputs(ins, crate::cuda::batch_backward)
     }
 }

@@ -1,0 +1,228 @@
+// BatchNorm over channels-first input [B, C, *spatial] (PyTorch semantics: biased
+// variance, eps inside the square root), in training (batch statistics) and in eval
+// (running statistics), forward and backward, for f32, f16 and bf16 with f32
+// statistics.
+//
+// Channel c gathers K = B·S elements (S = prod(spatial)): B runs of S contiguous
+// elements, run b at b·C·S + c·S. Element i of the channel is element i mod S of run
+// i / S. A channel is long while C can be small (64 channels of 100 352 at
+// [32, 64, 56, 56]), so each is split across `splits` blocks, a block per (c, slice):
+//
+// batch_norm_stats_*:   (count, mean, M2) of each block's slice, Chan-merged within the
+//                       block → part[C, splits, 3]
+// batch_norm_fwd_*:     each block merges its channel's partials in order (so every
+//                       block of a channel sees the same statistics) and writes its
+//                       slice of y; the first block of a channel also writes the
+//                       channel's mean and biased variance, rounded to T, for the
+//                       running statistics
+// batch_norm_bwd_sums_*: s1 = Σ dy·x̂ and s2 = Σ dy over each block's slice → [splits, C]
+// batch_norm_bwd_dx_*:  dx = rstd·(γ·dy − γ·s2/K − x̂·γ·s1/K), s1 and s2 summed over the
+//                       channel's slices in order
+// batch_norm_eval_*:    the same kernels with the running mean and variance in place of
+//                       the batch's (eval): the forward is a per-channel affine, and
+//                       dx = γ·rstd·dy needs no sums (they are run for dγ/dβ alone)
+// batch_norm_dparams_*: dγ_c = Σ s1[s, c], dβ_c = Σ s2[s, c] over the slices, in order
+//
+// No atomics: results are the same bit for bit from run to run. 16-byte accesses when
+// every pointer is aligned and S is a multiple of the vector width (a vector then stays
+// in one run), else scalar. Limits: B·C·S < 2^31, and B·S plus a slice and a block's
+// stride too (the host checks both).
+#include "common.cuh"
+
+namespace cn {
+
+struct BatchShape {
+    int C, S, K, splits, chunk;
+};
+
+// Offset of element i of channel c.
+__device__ __forceinline__ size_t bn_at(const BatchShape& s, int c, int i) {
+    return (size_t)(i / s.S) * s.C * s.S + (size_t)c * s.S + i % s.S;
+}
+
+// Mean and biased variance of channel c: from the running statistics (EVAL), else merged from its
+// slices' partials in slice order.
+template <typename T, bool EVAL>
+__device__ __forceinline__ void bn_channel(const float* part, const T* rmean, const T* rvar, const BatchShape& s,
+                                           int c, float& mean, float& var) {
+    if constexpr (EVAL) {
+        mean = to_f32(rmean[c]);
+        var = to_f32(rvar[c]);
+    } else {
+        Moments m{0.f, 0.f, 0.f};
+        for (int k = 0; k < s.splits; k++) {
+            const float* p = part + 3 * ((size_t)c * s.splits + k);
+            m = merge(m, Moments{p[0], p[1], p[2]});
+        }
+        mean = m.mean;
+        var = m.m2 / m.n;
+    }
+}
+
+template <typename T, int V> __device__ void bn_stats(const T* x, float* part, BatchShape s) {
+    __shared__ float smem[96];
+    const int c = blockIdx.x, k = blockIdx.y;
+    const int start = k * s.chunk, end = min(s.K, start + s.chunk);
+    Moments m{0.f, 0.f, 0.f};
+    for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
+        float v[V];
+        load<T, V>(x + bn_at(s, c, i), v);
+        m = merge(m, pack_moments<V, true>(v));
+    }
+    m = block_moments(m, smem);
+    if (threadIdx.x == 0) {
+        float* p = part + 3 * ((size_t)c * s.splits + k);
+        p[0] = m.n;
+        p[1] = m.mean;
+        p[2] = m.m2;
+    }
+}
+
+// `mean` and `var` (training only; null in eval) receive the channel's statistics.
+template <typename T, int V, bool EVAL>
+__device__ void bn_fwd(const T* x, const T* w, const T* b, const float* part, const T* rmean, const T* rvar, T* y,
+                       T* mean_out, T* var_out, BatchShape s, float eps) {
+    const int c = blockIdx.x, k = blockIdx.y;
+    float mean, var;
+    bn_channel<T, EVAL>(part, rmean, rvar, s, c, mean, var);
+    if (!EVAL && k == 0 && threadIdx.x == 0) {
+        mean_out[c] = from_f32<T>(mean);
+        var_out[c] = from_f32<T>(var);
+    }
+    const float scale = rsqrtf(var + eps) * param_or(w, c, 1.f), shift = param_or(b, c, 0.f);
+    const int start = k * s.chunk, end = min(s.K, start + s.chunk);
+    for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
+        const size_t at = bn_at(s, c, i);
+        float v[V];
+        load<T, V>(x + at, v);
+#pragma unroll
+        for (int j = 0; j < V; j++) v[j] = (v[j] - mean) * scale + shift;
+        store<T, V>(y + at, v);
+    }
+}
+
+template <typename T, int V, bool EVAL>
+__device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const T* rmean, const T* rvar, float* s1,
+                            float* s2, BatchShape s, float eps) {
+    __shared__ float smem[32];
+    const int c = blockIdx.x, k = blockIdx.y;
+    float mean, var;
+    bn_channel<T, EVAL>(part, rmean, rvar, s, c, mean, var);
+    const float rstd = rsqrtf(var + eps);
+    const int start = k * s.chunk, end = min(s.K, start + s.chunk);
+    float a1 = 0.f, a2 = 0.f;
+    for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
+        const size_t at = bn_at(s, c, i);
+        float xv[V], gv[V];
+        load<T, V>(x + at, xv);
+        load<T, V>(dy + at, gv);
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            a1 += gv[j] * (xv[j] - mean) * rstd;
+            a2 += gv[j];
+        }
+    }
+    a1 = team_sum<false>(a1, smem);
+    a2 = team_sum<false>(a2, smem);
+    if (threadIdx.x == 0) {
+        s1[(size_t)k * s.C + c] = a1;
+        s2[(size_t)k * s.C + c] = a2;
+    }
+}
+
+// Training reads s1 and s2 of every slice of the channel; eval reads neither, nor x.
+template <typename T, int V, bool EVAL>
+__device__ void bn_bwd_dx(const T* x, const T* w, const T* dy, const float* part, const T* rmean, const T* rvar,
+                          const float* s1, const float* s2, T* dx, BatchShape s, float eps) {
+    const int c = blockIdx.x, k = blockIdx.y;
+    float mean, var;
+    bn_channel<T, EVAL>(part, rmean, rvar, s, c, mean, var);
+    const float rstd = rsqrtf(var + eps), wc = param_or(w, c, 1.f);
+    float mean_g = 0.f, mean_gx = 0.f;
+    if constexpr (!EVAL) {
+        float sgx = 0.f, sg = 0.f;
+        for (int j = 0; j < s.splits; j++) {
+            sgx += s1[(size_t)j * s.C + c];
+            sg += s2[(size_t)j * s.C + c];
+        }
+        mean_g = wc * sg / s.K;
+        mean_gx = wc * sgx / s.K;
+    }
+    const int start = k * s.chunk, end = min(s.K, start + s.chunk);
+    for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
+        const size_t at = bn_at(s, c, i);
+        float gv[V];
+        load<T, V>(dy + at, gv);
+        if constexpr (EVAL) {
+#pragma unroll
+            for (int j = 0; j < V; j++) gv[j] *= wc * rstd;
+        } else {
+            float xv[V];
+            load<T, V>(x + at, xv);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                const float xh = (xv[j] - mean) * rstd;
+                gv[j] = rstd * (gv[j] * wc - mean_g - xh * mean_gx);
+            }
+        }
+        store<T, V>(dx + at, gv);
+    }
+}
+
+}  // namespace cn
+
+// One body per kernel and mode: the runtime flag picks the vector width.
+#define CN_BN_DISPATCH(FN, ...)                                          \
+    if (flags & cn::BVEC) cn::FN<T, cn::pack_of<T>(), EVAL>(__VA_ARGS__); \
+    else cn::FN<T, 1, EVAL>(__VA_ARGS__);
+
+template <bool EVAL> struct BatchNorm {
+    template <typename T>
+    static __device__ void fwd(const T* x, const T* w, const T* b, const float* part, const T* rmean, const T* rvar,
+                               T* y, T* mean, T* var, cn::BatchShape s, float eps, int flags) {
+        CN_BN_DISPATCH(bn_fwd, x, w, b, part, rmean, rvar, y, mean, var, s, eps)
+    }
+
+    template <typename T>
+    static __device__ void bwd_sums(const T* x, const T* dy, const float* part, const T* rmean, const T* rvar,
+                                    float* s1, float* s2, cn::BatchShape s, float eps, int flags) {
+        CN_BN_DISPATCH(bn_bwd_sums, x, dy, part, rmean, rvar, s1, s2, s, eps)
+    }
+
+    template <typename T>
+    static __device__ void bwd_dx(const T* x, const T* w, const T* dy, const float* part, const T* rmean,
+                                  const T* rvar, const float* s1, const float* s2, T* dx, cn::BatchShape s, float eps,
+                                  int flags) {
+        CN_BN_DISPATCH(bn_bwd_dx, x, w, dy, part, rmean, rvar, s1, s2, dx, s, eps)
+    }
+};
+
+template <typename T> __device__ void batch_norm_stats(const T* x, float* part, cn::BatchShape s, int flags) {
+    if (flags & cn::BVEC) cn::bn_stats<T, cn::pack_of<T>()>(x, part, s);
+    else cn::bn_stats<T, 1>(x, part, s);
+}
+
+#define CN_BN_STATS_PARAMS(T) (const T* x, float* part, cn::BatchShape s, int flags)
+#define CN_BN_FWD_PARAMS(T)                                                                                     \
+    (const T* x, const T* w, const T* b, const float* part, const T* rmean, const T* rvar, T* y, T* mean, T* var, \
+     cn::BatchShape s, float eps, int flags)
+#define CN_BN_SUMS_PARAMS(T)                                                                                   \
+    (const T* x, const T* dy, const float* part, const T* rmean, const T* rvar, float* s1, float* s2, cn::BatchShape s, \
+     float eps, int flags)
+#define CN_BN_DX_PARAMS(T)                                                                                   \
+    (const T* x, const T* w, const T* dy, const float* part, const T* rmean, const T* rvar, const float* s1, \
+     const float* s2, T* dx, cn::BatchShape s, float eps, int flags)
+CN_INSTANTIATE(batch_norm_stats, batch_norm_stats, CN_BN_STATS_PARAMS, (x, part, s, flags))
+CN_INSTANTIATE(batch_norm_fwd, BatchNorm<false>::fwd, CN_BN_FWD_PARAMS,
+               (x, w, b, part, rmean, rvar, y, mean, var, s, eps, flags))
+CN_INSTANTIATE(batch_norm_eval_fwd, BatchNorm<true>::fwd, CN_BN_FWD_PARAMS,
+               (x, w, b, part, rmean, rvar, y, mean, var, s, eps, flags))
+CN_INSTANTIATE(batch_norm_bwd_sums, BatchNorm<false>::bwd_sums, CN_BN_SUMS_PARAMS,
+               (x, dy, part, rmean, rvar, s1, s2, s, eps, flags))
+CN_INSTANTIATE(batch_norm_eval_bwd_sums, BatchNorm<true>::bwd_sums, CN_BN_SUMS_PARAMS,
+               (x, dy, part, rmean, rvar, s1, s2, s, eps, flags))
+CN_INSTANTIATE(batch_norm_bwd_dx, BatchNorm<false>::bwd_dx, CN_BN_DX_PARAMS,
+               (x, w, dy, part, rmean, rvar, s1, s2, dx, s, eps, flags))
+CN_INSTANTIATE(batch_norm_eval_bwd_dx, BatchNorm<true>::bwd_dx, CN_BN_DX_PARAMS,
+               (x, w, dy, part, rmean, rvar, s1, s2, dx, s, eps, flags))
+CN_INSTANTIATE(batch_norm_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))
