@@ -6,9 +6,10 @@
 //! cargo bench --features cuda --bench gpu_table [-- FILTER]
 //! ```
 //!
-//! FILTER keeps the rows whose op name contains it. With `GPU_TABLE_CSV=path` set, every
-//! number of the tables is also written to that file, one `op,dtype,shape,quantity,value`
-//! line each. Freed device memory stays in
+//! FILTER keeps the rows whose op name contains it. With `GPU_TABLE_CSV=path` set, both
+//! tables are also written to that file as one CSV, a line per row (columns in
+//! [`CSV_HEADER`]; `shape` quoted as `[M, N]`, the `_pct` columns in percent of the copy,
+//! a column a table does not have left empty). Freed device memory stays in
 //! CUDA's memory pool for the whole run (see [`keep_freed_memory`]). Each time is the median of 21
 //! batches, after a warm-up; a batch launches enough calls back to back to take about a
 //! millisecond and is timed on the host between two synchronizations, so the time of a
@@ -105,7 +106,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let keep = |name: &str| filter.as_ref().is_none_or(|f| name.contains(f.as_str()));
-    let mut csv = String::from("op,dtype,shape,quantity,value\n");
+    let mut csv = format!("{}\n", CSV_HEADER.join(","));
     for case in cases(&dev).into_iter().filter(|c| keep(c.name())) {
         for dtype in dtypes(&dev) {
             measure(&dev, &case, dtype, &mut csv);
@@ -126,12 +127,38 @@ fn main() {
     }
 }
 
-/// Appends `quantity = value` of one table row to the CSV.
+/// The CSV's columns: the row's op, dtype and shape, then its numbers. The first table
+/// fills `candle_nn_fwd_us` (where candle-nn has a fused forward) and the autograd
+/// columns, the fused residual add's table the `unfused_` ones.
+const CSV_HEADER: [&str; 15] = [
+    "op",
+    "dtype",
+    "shape",
+    "copy_gbs",
+    "fwd_us",
+    "fwd_gbs",
+    "fwd_pct",
+    "bwd_us",
+    "bwd_gbs",
+    "bwd_pct",
+    "candle_nn_fwd_us",
+    "autograd_us",
+    "composed_autograd_us",
+    "unfused_fwd_us",
+    "unfused_bwd_us",
+];
+
+/// Appends one table row to the CSV: `values` names the numeric columns it fills.
 fn csv_row(csv: &mut String, op: &str, dtype: DType, shape: &[usize], values: &[(&str, f64)]) {
-    let shape = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
-    for (q, v) in values {
-        let _ = writeln!(csv, "{op},{dtype:?},{shape},{q},{v}");
+    let shape = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    let mut line = format!("{op},{dtype:?},\"[{shape}]\"");
+    for col in &CSV_HEADER[3..] {
+        line.push(',');
+        if let Some((_, v)) = values.iter().find(|(q, _)| q == col) {
+            let _ = write!(line, "{v:.3}");
+        }
     }
+    let _ = writeln!(csv, "{line}");
 }
 
 fn measure(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
@@ -192,11 +219,13 @@ fn measure(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
         ("copy_gbs", copy_gbs),
         ("fwd_us", fwd * 1e6),
         ("fwd_gbs", gbs(2.0, fwd)),
+        ("fwd_pct", 100.0 * gbs(2.0, fwd) / copy_gbs),
     ];
     values.extend(fused.map(|t| ("candle_nn_fwd_us", t * 1e6)));
     values.extend([
         ("bwd_us", bwd * 1e6),
         ("bwd_gbs", gbs(3.0, bwd)),
+        ("bwd_pct", 100.0 * gbs(3.0, bwd) / copy_gbs),
         ("autograd_us", train * 1e6),
         ("composed_autograd_us", composed * 1e6),
     ]);
@@ -256,9 +285,11 @@ fn measure_add(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
         ("copy_gbs", copy_gbs),
         ("fwd_us", fwd * 1e6),
         ("fwd_gbs", gbs(fwd)),
+        ("fwd_pct", 100.0 * gbs(fwd) / copy_gbs),
         ("unfused_fwd_us", unfused * 1e6),
         ("bwd_us", bwd * 1e6),
         ("bwd_gbs", gbs(bwd)),
+        ("bwd_pct", 100.0 * gbs(bwd) / copy_gbs),
         ("unfused_bwd_us", unfused_bwd * 1e6),
     ];
     csv_row(csv, case.add_name(), dtype, &case.shape, &values);
