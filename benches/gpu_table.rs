@@ -198,6 +198,7 @@ fn measure(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
     let gbs = |n: f64, t: f64| n * bytes / t / 1e9;
     let us = |t: f64| format!("{:.1}", t * 1e6);
     let copy_gbs = gbs(2.0, copy);
+    let (fwd_pct, bwd_pct) = (100.0 * gbs(2.0, fwd) / copy_gbs, 100.0 * gbs(3.0, bwd) / copy_gbs);
     println!(
         "| {} | {:?} | {:?} | {:.0} | {} | {:.0} | {:.0}% | {} | {} | {:.0} | {:.0}% | {} | {} | {:.1}× |",
         case.name(),
@@ -206,11 +207,11 @@ fn measure(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
         copy_gbs,
         us(fwd),
         gbs(2.0, fwd),
-        100.0 * gbs(2.0, fwd) / copy_gbs,
+        fwd_pct,
         fused.map_or("—".to_string(), us),
         us(bwd),
         gbs(3.0, bwd),
-        100.0 * gbs(3.0, bwd) / copy_gbs,
+        bwd_pct,
         us(train),
         us(composed),
         composed / train,
@@ -219,13 +220,13 @@ fn measure(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
         ("copy_gbs", copy_gbs),
         ("fwd_us", fwd * 1e6),
         ("fwd_gbs", gbs(2.0, fwd)),
-        ("fwd_pct", 100.0 * gbs(2.0, fwd) / copy_gbs),
+        ("fwd_pct", fwd_pct),
     ];
     values.extend(fused.map(|t| ("candle_nn_fwd_us", t * 1e6)));
     values.extend([
         ("bwd_us", bwd * 1e6),
         ("bwd_gbs", gbs(3.0, bwd)),
-        ("bwd_pct", 100.0 * gbs(3.0, bwd) / copy_gbs),
+        ("bwd_pct", bwd_pct),
         ("autograd_us", train * 1e6),
         ("composed_autograd_us", composed * 1e6),
     ]);
@@ -264,6 +265,7 @@ fn measure_add(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
     let gbs = |t: f64| 4.0 * bytes / t / 1e9;
     let us = |t: f64| format!("{:.1}", t * 1e6);
     let copy_gbs = 2.0 * bytes / copy / 1e9;
+    let (fwd_pct, bwd_pct) = (100.0 * gbs(fwd) / copy_gbs, 100.0 * gbs(bwd) / copy_gbs);
     println!(
         "| {} | {:?} | {:?} | {:.0} | {} | {:.0} | {:.0}% | {} | {:.2}× | {} | {:.0} | {:.0}% | {} | {:.2}× |",
         case.add_name(),
@@ -272,12 +274,12 @@ fn measure_add(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
         copy_gbs,
         us(fwd),
         gbs(fwd),
-        100.0 * gbs(fwd) / copy_gbs,
+        fwd_pct,
         us(unfused),
         unfused / fwd,
         us(bwd),
         gbs(bwd),
-        100.0 * gbs(bwd) / copy_gbs,
+        bwd_pct,
         us(unfused_bwd),
         unfused_bwd / bwd,
     );
@@ -285,11 +287,11 @@ fn measure_add(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
         ("copy_gbs", copy_gbs),
         ("fwd_us", fwd * 1e6),
         ("fwd_gbs", gbs(fwd)),
-        ("fwd_pct", 100.0 * gbs(fwd) / copy_gbs),
+        ("fwd_pct", fwd_pct),
         ("unfused_fwd_us", unfused * 1e6),
         ("bwd_us", bwd * 1e6),
         ("bwd_gbs", gbs(bwd)),
-        ("bwd_pct", 100.0 * gbs(bwd) / copy_gbs),
+        ("bwd_pct", bwd_pct),
         ("unfused_bwd_us", unfused_bwd * 1e6),
     ];
     csv_row(csv, case.add_name(), dtype, &case.shape, &values);

@@ -111,6 +111,14 @@ fn groups_match_cpu_from_tiny_to_huge() {
     }
 }
 
+/// A tensor of `t`'s shape, dtype and device holding `t`'s elements shifted by one, in
+/// memory that starts one element past an aligned address (a view of a fresh tensor).
+fn misaligned(t: &Tensor) -> Tensor {
+    let flat = t.flatten_all().unwrap();
+    let padded = Tensor::cat(&[&flat, &flat], 0).unwrap();
+    padded.narrow(0, 1, t.elem_count()).unwrap().reshape(t.dims()).unwrap()
+}
+
 /// Channels-last GroupNorm: scalar and vector paths (C/G off and on the vector width),
 /// B = 1 with a long group, 1×1 spatial, and an input that starts one element past an
 /// aligned address.
@@ -137,17 +145,9 @@ fn channels_last_groups_match_cpu() {
             }
             let case = Case::new(&mut rng, Norm::GroupLast(g), shape, dtype, Affine::WeightBias, 1e-5);
             let mut on_gpu = case.to_device(&dev);
-            let n = case.x.elem_count();
-            let padded = Tensor::cat(&[&on_gpu.x.flatten_all().unwrap(), &on_gpu.x.flatten_all().unwrap()], 0).unwrap();
-            on_gpu.x = padded.narrow(0, 1, n).unwrap().reshape(shape).unwrap();
+            on_gpu.x = misaligned(&on_gpu.x);
             let mut want = case.clone();
-            want.x = padded
-                .to_device(&Device::Cpu)
-                .unwrap()
-                .narrow(0, 1, n)
-                .unwrap()
-                .reshape(shape)
-                .unwrap();
+            want.x = on_gpu.x.to_device(&Device::Cpu).unwrap();
             let what = format!("{shape:?} {dtype:?} misaligned");
             assert_close(&what, &on_gpu.ours().unwrap(), &want.ours().unwrap(), tol(dtype).fwd);
             let dy = rng.tensor(shape, dtype, 0.0, 1.0);
@@ -414,21 +414,14 @@ fn batch_norm_matches_cpu() {
             }
             let case = Case::new(&mut rng, Norm::Group(1), shape, dtype, Affine::WeightBias, 1e-5);
             let mut g = case.to_device(&dev);
-            let n = case.x.elem_count();
-            let padded = Tensor::cat(&[&g.x.flatten_all().unwrap(), &g.x.flatten_all().unwrap()], 0).unwrap();
-            g.x = padded.narrow(0, 1, n).unwrap().reshape(shape).unwrap();
+            g.x = misaligned(&g.x);
             let mut want = case.clone();
             want.x = g.x.to_device(&Device::Cpu).unwrap();
             let dy = rng.tensor(shape, dtype, 0.0, 1.0);
             let what = format!("{shape:?} {dtype:?} misaligned");
             assert_outputs(&what, &batch_train(&g, &on(&dy)), &batch_train(&want, &dy), dtype);
             // Autograd copies x into a fresh Var: the standalone backward reads offset views.
-            let dy_gpu = Tensor::cat(&[&on(&dy).flatten_all().unwrap(), &on(&dy).flatten_all().unwrap()], 0)
-                .unwrap()
-                .narrow(0, 1, n)
-                .unwrap()
-                .reshape(shape)
-                .unwrap();
+            let dy_gpu = misaligned(&on(&dy));
             let got = batch_backward(&g, &dy_gpu);
             let cpu = batch_backward(&want, &dy_gpu.to_device(&Device::Cpu).unwrap());
             assert_outputs(&format!("{what} standalone"), &got, &cpu, dtype);

@@ -8,7 +8,7 @@ use super::module::{function, CudaElem};
 use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials, BLOCK};
 use crate::spec::Spec;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::Result;
@@ -28,7 +28,7 @@ struct BatchShape {
 unsafe impl DeviceRepr for BatchShape {}
 
 /// The running mean and variance on the device (eval), or `None` (training).
-pub(super) type Running<'a, 'b, T> = Option<[&'b CudaView<'a, T>; 2]>;
+pub(super) type Running<'a, T> = Option<[CudaView<'a, T>; 2]>;
 
 /// A launch: the shape the kernels read, the vector flag, and the grid (C, splits).
 struct Launch {
@@ -65,8 +65,18 @@ fn launch<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<Launch> {
 }
 
 /// Training's first kernel, shared by forward and backward: the partial statistics
-/// (count, mean, M2) of every slice of every channel, C·splits·3 floats.
-fn batch_stats<T: CudaElem>(spec: &Spec, dev: &CudaDevice, xv: &CudaView<'_, T>, l: &Launch) -> Result<CudaSlice<f32>> {
+/// (count, mean, M2) of every slice of every channel, C·splits·3 floats; none in eval,
+/// whose statistics are the `running` ones.
+fn batch_stats<T: CudaElem>(
+    spec: &Spec,
+    dev: &CudaDevice,
+    xv: &CudaView<'_, T>,
+    l: &Launch,
+    running: &Running<'_, T>,
+) -> Result<Option<CudaSlice<f32>>> {
+    if running.is_some() {
+        return Ok(None);
+    }
     let part = dev.alloc_zeros::<f32>(l.grid.0 * l.grid.1 * 3)?;
     let f = function::<T>(dev, spec.kind, "stats")?;
     let stream = dev.cuda_stream();
@@ -75,7 +85,7 @@ fn batch_stats<T: CudaElem>(spec: &Spec, dev: &CudaDevice, xv: &CudaView<'_, T>,
     // SAFETY: matches batch_norm_stats (x, part, s, flags); part holds C·splits·3
     // floats, one (count, mean, M2) per block of the grid; x holds B·C·S elements.
     unsafe { lb.launch(cfg(l.grid, BLOCK, 0)) }.w()?;
-    Ok(part)
+    Ok(Some(part))
 }
 
 /// Pushes the statistics the kernels read: training's partials, or null, then the
@@ -83,7 +93,7 @@ fn batch_stats<T: CudaElem>(spec: &Spec, dev: &CudaDevice, xv: &CudaView<'_, T>,
 fn push_stats<'a, T>(
     lb: &mut LaunchArgs<'a>,
     part: &'a Option<CudaSlice<f32>>,
-    running: &'a Running<'a, 'a, T>,
+    running: &'a Running<'a, T>,
     null: &'a u64,
 ) {
     match part {
@@ -91,18 +101,13 @@ fn push_stats<'a, T>(
         None => lb.arg(null),
     };
     match running {
-        Some([m, v]) => lb.arg(*m).arg(*v),
+        Some([m, v]) => lb.arg(m).arg(v),
         None => lb.arg(null).arg(null),
     };
 }
 
 /// The kernel of `stage`, eval's variant with running statistics.
-fn stage<T: CudaElem>(
-    spec: &Spec,
-    dev: &CudaDevice,
-    running: bool,
-    stage: &str,
-) -> Result<candle_core::cuda_backend::cudarc::driver::CudaFunction> {
+fn stage<T: CudaElem>(spec: &Spec, dev: &CudaDevice, running: bool, stage: &str) -> Result<CudaFunction> {
     match running {
         true => function::<T>(dev, spec.kind, &format!("eval_{stage}")),
         false => function::<T>(dev, spec.kind, stage),
@@ -115,24 +120,21 @@ pub(super) fn forward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
     (xv, wv, bv): FwdIns<'_, '_, T>,
-    running: Running<'_, '_, T>,
+    running: &Running<'_, T>,
     y: &mut CudaViewMut<'_, T>,
     stats: Option<&mut CudaSlice<T>>,
     aligned: bool,
 ) -> Result<()> {
     let (eps, null) = (spec.eps as f32, 0u64);
     let l = launch::<T>(spec, dev, aligned)?;
-    let part = match running {
-        None => Some(batch_stats::<T>(spec, dev, xv, &l)?),
-        Some(_) => None,
-    };
+    let part = batch_stats::<T>(spec, dev, xv, &l, running)?;
     let f = stage::<T>(spec, dev, running.is_some(), "fwd")?;
     let stream = dev.cuda_stream();
     let mut lb = stream.launch_builder(&f);
     lb.arg(xv);
     push_opt(&mut lb, wv, &null);
     push_opt(&mut lb, bv, &null);
-    push_stats(&mut lb, &part, &running, &null);
+    push_stats(&mut lb, &part, running, &null);
     lb.arg(y);
     let mut mv = stats.map(|s| s.split_at_mut(spec.groups));
     match &mut mv {
@@ -155,7 +157,7 @@ pub(super) fn backward<T: CudaElem>(
     spec: &Spec,
     dev: &CudaDevice,
     (xv, wv, dyv): BwdIns<'_, '_, T>,
-    running: Running<'_, '_, T>,
+    running: &Running<'_, T>,
     sums: bool,
     dx: &mut CudaViewMut<'_, T>,
     aligned: bool,
@@ -163,10 +165,7 @@ pub(super) fn backward<T: CudaElem>(
     let (eps, null) = (spec.eps as f32, 0u64);
     let l = launch::<T>(spec, dev, aligned)?;
     let eval = running.is_some();
-    let part = match running {
-        None => Some(batch_stats::<T>(spec, dev, xv, &l)?),
-        Some(_) => None,
-    };
+    let part = batch_stats::<T>(spec, dev, xv, &l, running)?;
     let len = l.grid.0 * l.grid.1;
     let (s1, s2) = (dev.alloc_zeros::<f32>(len)?, dev.alloc_zeros::<f32>(len)?);
     let stream = dev.cuda_stream();
@@ -174,7 +173,7 @@ pub(super) fn backward<T: CudaElem>(
         let f = stage::<T>(spec, dev, eval, "bwd_sums")?;
         let mut lb = stream.launch_builder(&f);
         lb.arg(xv).arg(dyv);
-        push_stats(&mut lb, &part, &running, &null);
+        push_stats(&mut lb, &part, running, &null);
         lb.arg(&s1).arg(&s2).arg(&l.shape).arg(&eps).arg(&l.flags);
         // SAFETY: matches batch_norm[_eval]_bwd_sums (x, dy, part, rmean, rvar, s1, s2,
         // s, eps, flags); s1 and s2 hold splits·C floats, one per block of the grid.
@@ -185,7 +184,7 @@ pub(super) fn backward<T: CudaElem>(
     lb.arg(xv);
     push_opt(&mut lb, wv, &null);
     lb.arg(dyv);
-    push_stats(&mut lb, &part, &running, &null);
+    push_stats(&mut lb, &part, running, &null);
     lb.arg(&s1).arg(&s2).arg(dx).arg(&l.shape).arg(&eps).arg(&l.flags);
     // SAFETY: matches batch_norm[_eval]_bwd_dx (x, w, dy, part, rmean, rvar, s1, s2,
     // dx, s, eps, flags); training's s1 and s2 are as the sums kernel wrote them (eval

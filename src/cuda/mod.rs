@@ -3,8 +3,8 @@
 //! the stream of the tensor's candle device, and returns any failure as a candle error.
 //!
 //! `row` launches LayerNorm/RMSNorm, `group` GroupNorm (both layouts), `batch`
-//! BatchNorm; their backwards all end in the shared dγ/dβ reduction below. `module` loads the kernels, `launch` holds the constants the
-//! kernels share with this code.
+//! BatchNorm; their backwards all end in the shared dγ/dβ reduction below. `module`
+//! loads the kernels, `launch` holds the constants the kernels share with this code.
 
 /// Declares the constants of `launch.rs` for the launch code (build.rs declares the same
 /// list as the kernels' header).
@@ -155,12 +155,11 @@ pub(crate) fn batch_forward(
             Some(_) => None,
         };
         if n > 0 {
-            let running = running.as_ref().map(|[m, v]| [m, v]);
             batch::forward(
                 spec,
                 dev,
                 (&xv, &wv, &bv),
-                running,
+                &running,
                 &mut y.as_view_mut(),
                 stats.as_mut(),
                 aligned,
@@ -255,9 +254,8 @@ fn grads(
             (Kind::Group | Kind::GroupLast, None) => group::backward(spec, dev, ins, &mut dx, aligned)?,
             (Kind::Layer | Kind::Rms, dh) => row::backward(spec, dev, ins, dh, &mut dx, aligned)?,
             (Kind::Batch, None) => {
-                let running = running.as_ref().map(|[m, v]| [m, v]);
                 let sums = want.weight || want.bias;
-                batch::backward(spec, dev, ins, running, sums, &mut dx, aligned)?
+                batch::backward(spec, dev, ins, &running, sums, &mut dx, aligned)?
             }
             _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
         };
