@@ -52,6 +52,8 @@ fn group_shape<T>(spec: &Spec, dev: &CudaDevice, aligned: bool) -> Result<(Group
         chunk: int(spec, "slice", chunk)?,
     };
     int(spec, "element count", spec.rows * spec.len)?;
+    // The kernels' int indices run up to a slice, then a block's stride, past K.
+    int(spec, "group size, with a slice's margin", spec.len + chunk + BLOCK * v)?;
     Ok((g, if vec { GVEC } else { 0 }))
 }
 
