@@ -49,11 +49,7 @@ __device__ __forceinline__ void bn_channel(const float* part, const T* rmean, co
         mean = to_f32(rmean[c]);
         var = to_f32(rvar[c]);
     } else {
-        Moments m{0.f, 0.f, 0.f};
-        for (int k = 0; k < s.splits; k++) {
-            const float* p = part + 3 * ((size_t)c * s.splits + k);
-            m = merge(m, Moments{p[0], p[1], p[2]});
-        }
+        const Moments m = row_moments(part, c, s.splits);
         mean = m.mean;
         var = m.m2 / m.n;
     }
@@ -63,19 +59,8 @@ template <typename T, int V> __device__ void bn_stats(const T* x, float* part, B
     __shared__ float smem[96];
     const int c = blockIdx.x, k = blockIdx.y;
     const int start = k * s.chunk, end = min(s.K, start + s.chunk);
-    Moments m{0.f, 0.f, 0.f};
-    for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
-        float v[V];
-        load<T, V>(x + bn_at(s, c, i), v);
-        m = merge(m, pack_moments<V, true>(v));
-    }
-    m = block_moments(m, smem);
-    if (threadIdx.x == 0) {
-        float* p = part + 3 * ((size_t)c * s.splits + k);
-        p[0] = m.n;
-        p[1] = m.mean;
-        p[2] = m.m2;
-    }
+    const auto at = [&](int i) { return bn_at(s, c, i); };
+    slice_moments<T, V>(x, start, end, at, smem, part + 3 * ((size_t)c * s.splits + k));
 }
 
 // `mean` and `var` (training only; null in eval) receive the channel's statistics.

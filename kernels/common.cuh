@@ -159,6 +159,36 @@ template <int V, bool CENTER> __device__ __forceinline__ Moments pack_moments(co
     return {(float)V, mean, m2};
 }
 
+// One slice's partial statistics, for reductions split over blocks (GroupNorm's
+// groups, BatchNorm's channels): the block merges the moments of elements
+// [start, end), V at a time, each run at x + at(i); thread 0 stores (n, mean, M2) at p.
+template <typename T, int V, typename At>
+__device__ __forceinline__ void slice_moments(const T* x, int start, int end, At at, float* smem, float* p) {
+    Moments m{0.f, 0.f, 0.f};
+    for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
+        float v[V];
+        load<T, V>(x + at(i), v);
+        m = merge(m, pack_moments<V, true>(v));
+    }
+    m = block_moments(m, smem);
+    if (threadIdx.x == 0) {
+        p[0] = m.n;
+        p[1] = m.mean;
+        p[2] = m.m2;
+    }
+}
+
+// Statistics of reduction `row`, merged from its slices' partials (as slice_moments
+// stores them, [rows, splits, 3]) in slice order.
+__device__ __forceinline__ Moments row_moments(const float* part, int row, int splits) {
+    Moments m{0.f, 0.f, 0.f};
+    for (int s = 0; s < splits; s++) {
+        const float* p = part + 3 * ((size_t)row * splits + s);
+        m = merge(m, Moments{p[0], p[1], p[2]});
+    }
+    return m;
+}
+
 // dγ/dβ from P per-block f32 partial rows of N columns. A block of DPARAMS_THREADS owns
 // 32 columns: warp k sums partial rows k, k + 8, ... in order, then warp 0 adds the 8
 // warp sums in order, so the result is the same bit for bit from run to run while

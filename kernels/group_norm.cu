@@ -65,34 +65,12 @@ __device__ __forceinline__ float gn_dx(float x, float g, float mean, float rstd,
     return rstd * (g - mean_g - xh * mean_gx);
 }
 
-// Statistics of `row`, merged from its split partials in split order.
-__device__ __forceinline__ Moments row_moments(const float* part, int row, int splits) {
-    Moments m{0.f, 0.f, 0.f};
-    for (int s = 0; s < splits; s++) {
-        const float* p = part + 3 * ((size_t)row * splits + s);
-        m = merge(m, Moments{p[0], p[1], p[2]});
-    }
-    return m;
-}
-
 template <typename T, int V, bool LAST> __device__ void gn_stats(const T* x, float* part, GroupShape g) {
     __shared__ float smem[96];
     const int row = blockIdx.x, s = blockIdx.y;
     const int start = s * g.chunk, end = min(g.K, start + g.chunk);
-    const T* xr = x + row_start<LAST>(g, row);
-    Moments m{0.f, 0.f, 0.f};
-    for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
-        float v[V];
-        load<T, V>(xr + elem<LAST>(g, i), v);
-        m = merge(m, pack_moments<V, true>(v));
-    }
-    m = block_moments(m, smem);
-    if (threadIdx.x == 0) {
-        float* p = part + 3 * ((size_t)row * g.splits + s);
-        p[0] = m.n;
-        p[1] = m.mean;
-        p[2] = m.m2;
-    }
+    const auto at = [&](int i) { return elem<LAST>(g, i); };
+    slice_moments<T, V>(x + row_start<LAST>(g, row), start, end, at, smem, part + 3 * ((size_t)row * g.splits + s));
 }
 
 template <typename T, int V, bool LAST>
