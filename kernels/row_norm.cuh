@@ -1,13 +1,19 @@
 // Normalization over the last dimension, forward and backward, shared by LayerNorm
 // (CENTER: subtract the mean) and RMSNorm (no mean, no bias).
 //
-// A "team" owns one row at a time: a warp when the row has at most 32 × ROW_REG
+// A "team" owns one row at a time: a warp when the row has at most 32 × REG
 // elements (several rows per block), else the whole block (up to MAX_THREADS). Each
-// thread keeps its part of the row in registers (ROW_REG elements forward, ROW_REG_BWD
-// backward; these constants and the flags come from launch.h), so x and dy
-// are read once; rows too long for that take a multi-pass path that re-reads them
-// (mostly from L2). Loads are 16-byte vectors when every pointer is 16-byte aligned
-// and N is a multiple of the vector width (flag VEC), else scalar.
+// thread keeps its part of the row in registers, REG elements, so x and dy are read
+// once; rows too long for that take a multi-pass path that re-reads them (mostly from
+// L2). Loads are 16-byte vectors when every pointer is 16-byte aligned and N is a
+// multiple of the vector width, else scalar. REG is ROW_REG forward and ROW_REG_BWD
+// backward on the vector paths, ROW_REG_SCALAR and ROW_REG_BWD_SCALAR on the scalar
+// ones, whose every element is a load with its own address and bounds check (launch.h).
+//
+// Each (path, width, dtype) is an entry point of its own, chosen on the host, with
+// its own launch bounds, so no path is compiled at another's register budget:
+// NAME_{warp,block,multi}_{vec,scalar}_{f32,f16,bf16}. nvcc -Xptxas -v reports no
+// spills for any of them on sm_90.
 //
 // Fused residual add (ADD): the forward also reads r and writes h = x + r, rounded to
 // T, and normalizes that rounded h; the backward reads h for x and adds dh (the
@@ -22,6 +28,10 @@
 #include "common.cuh"
 
 namespace cn {
+
+// The three ways a row kernel holds a row: a warp's registers, a block's registers, or
+// re-read from memory (multi-pass).
+enum class Path { Warp, Block, Multi };
 
 struct Team {
     int size, tid, first, stride;
@@ -57,16 +67,16 @@ __device__ __forceinline__ float2 multi_stats(const T* xr, int nitems, float inv
     return make_float2(mean, rsqrtf(team_sum<false>(m2, smem) * inv_n + eps));
 }
 
-template <typename T, bool CENTER, int V, bool WARP, bool ADD>
+template <typename T, bool CENTER, int V, int REG, bool WARP, bool ADD>
 __device__ void row_fwd_reg(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps) {
-    constexpr int ITEMS = ROW_REG / V;
+    constexpr int ITEMS = REG / V;
     __shared__ float smem[32];
     const Team t = team<WARP>();
     const int nitems = N / V;
-    const float inv_n = 1.f / N;
+    const float inv_n = __frcp_rn((float)N);
     for (int row = t.first; row < M; row += t.stride) {
         const T* xr = x + (size_t)row * N;
-        float v[ROW_REG];
+        float v[REG];
         float s = 0.f;
 #pragma unroll
         for (int k = 0; k < ITEMS; k++) {
@@ -113,7 +123,7 @@ template <typename T, bool CENTER, int V, bool ADD>
 __device__ void row_fwd_multi(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps) {
     __shared__ float smem[32];
     const int nitems = N / V;
-    const float inv_n = 1.f / N;
+    const float inv_n = __frcp_rn((float)N);
     for (int row = blockIdx.x; row < M; row += gridDim.x) {
         const T* xr = x + (size_t)row * N;
         if constexpr (ADD) {
@@ -141,39 +151,33 @@ __device__ void row_fwd_multi(const T* x, const T* r, const T* w, const T* b, T*
     }
 }
 
-template <typename T, bool CENTER, bool ADD>
-__device__ void row_fwd(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps,
-                        int flags) {
-    constexpr int V = pack_of<T>();
-    if (flags & MULTI) {
-        if (flags & VEC) row_fwd_multi<T, CENTER, V, ADD>(x, r, w, b, h, y, M, N, eps);
-        else row_fwd_multi<T, CENTER, 1, ADD>(x, r, w, b, h, y, M, N, eps);
-    } else if (flags & WARP_TEAM) {
-        if (flags & VEC) row_fwd_reg<T, CENTER, V, true, ADD>(x, r, w, b, h, y, M, N, eps);
-        else row_fwd_reg<T, CENTER, 1, true, ADD>(x, r, w, b, h, y, M, N, eps);
-    } else {
-        if (flags & VEC) row_fwd_reg<T, CENTER, V, false, ADD>(x, r, w, b, h, y, M, N, eps);
-        else row_fwd_reg<T, CENTER, 1, false, ADD>(x, r, w, b, h, y, M, N, eps);
-    }
+// The forward of one path, chosen on the host: each (path, width, dtype) is its own
+// entry point, compiled with its own launch bounds and no other path's registers.
+template <typename T, bool CENTER, bool ADD, Path PATH, bool VEC>
+__device__ __forceinline__ void row_fwd(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N,
+                                        float eps) {
+    constexpr int V = VEC ? pack_of<T>() : 1;
+    if constexpr (PATH == Path::Multi) row_fwd_multi<T, CENTER, V, ADD>(x, r, w, b, h, y, M, N, eps);
+    else row_fwd_reg<T, CENTER, V, VEC ? ROW_REG : ROW_REG_SCALAR, PATH == Path::Warp, ADD>(x, r, w, b, h, y, M, N, eps);
 }
 
 // Backward with the row in registers. Partials: pdg/pdb hold [gridDim.x, N]; with warp
 // teams the block's warps add theirs in warp order through shared memory (2·N floats).
-template <typename T, bool CENTER, int V, bool WARP, bool ADD>
+template <typename T, bool CENTER, int V, int REG, bool WARP, bool ADD>
 __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M,
                             int N, float eps) {
-    constexpr int ITEMS = ROW_REG_BWD / V;
+    constexpr int ITEMS = REG / V;
     __shared__ float smem[32];
     extern __shared__ float part[];
     const Team t = team<WARP>();
     const int nitems = N / V;
-    const float inv_n = 1.f / N;
-    float ag[ROW_REG_BWD], ab[ROW_REG_BWD];
+    const float inv_n = __frcp_rn((float)N);
+    float ag[REG], ab[REG];
 #pragma unroll
-    for (int i = 0; i < ROW_REG_BWD; i++) ag[i] = ab[i] = 0.f;
+    for (int i = 0; i < REG; i++) ag[i] = ab[i] = 0.f;
     for (int row = t.first; row < M; row += t.stride) {
         const size_t off = (size_t)row * N;
-        float xv[ROW_REG_BWD], gv[ROW_REG_BWD];
+        float xv[REG], gv[REG];
         float s = 0.f;
 #pragma unroll
         for (int k = 0; k < ITEMS; k++) {
@@ -279,7 +283,7 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, 
                               int M, int N, float eps) {
     __shared__ float smem[32];
     const int nitems = N / V;
-    const float inv_n = 1.f / N;
+    const float inv_n = __frcp_rn((float)N);
     float* dg = pdg + (size_t)blockIdx.x * N;
     float* db = pdb + (size_t)blockIdx.x * N;
     for (int row = blockIdx.x; row < M; row += gridDim.x) {
@@ -322,29 +326,47 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, 
     }
 }
 
-template <typename T, bool CENTER, bool ADD>
-__device__ void row_bwd(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M, int N,
-                        float eps, int flags) {
-    constexpr int V = pack_of<T>();
-    if (flags & MULTI) {
-        if (flags & VEC) row_bwd_multi<T, CENTER, V, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
-        else row_bwd_multi<T, CENTER, 1, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
-    } else if (flags & WARP_TEAM) {
-        if (flags & VEC) row_bwd_reg<T, CENTER, V, true, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
-        else row_bwd_reg<T, CENTER, 1, true, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
-    } else {
-        if (flags & VEC) row_bwd_reg<T, CENTER, V, false, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
-        else row_bwd_reg<T, CENTER, 1, false, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
-    }
+// The backward of one path, as row_fwd.
+template <typename T, bool CENTER, bool ADD, Path PATH, bool VEC>
+__device__ __forceinline__ void row_bwd(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg,
+                                        float* pdb, int M, int N, float eps) {
+    constexpr int V = VEC ? pack_of<T>() : 1;
+    if constexpr (PATH == Path::Multi) row_bwd_multi<T, CENTER, V, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
+    else row_bwd_reg<T, CENTER, V, VEC ? ROW_REG_BWD : ROW_REG_BWD_SCALAR, PATH == Path::Warp, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
 }
 
 }  // namespace cn
 
-#define CN_ROW_FWD_PARAMS(T) (const T* x, const T* w, const T* b, T* y, int M, int N, float eps, int flags)
-#define CN_ROW_BWD_PARAMS(T) \
-    (const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N, float eps, int flags)
-#define CN_ADD_FWD_PARAMS(T) \
-    (const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps, int flags)
-#define CN_ADD_BWD_PARAMS(T)                                                                                   \
-    (const T* h, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M, int N, float eps, \
-     int flags)
+#define CN_ROW_FWD_PARAMS(T) (const T* x, const T* w, const T* b, T* y, int M, int N, float eps)
+#define CN_ROW_BWD_PARAMS(T) (const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N, float eps)
+#define CN_ADD_FWD_PARAMS(T) (const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps)
+#define CN_ADD_BWD_PARAMS(T) \
+    (const T* h, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M, int N, float eps)
+
+// One entry point NAME_PATH_WIDTH_{f32,f16,bf16} per dtype, each calling
+// BODY<T, P, VEC>(args...) under __launch_bounds__(THREADS, MIN_BLOCKS).
+#define CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, PATH, P, THREADS, MIN_BLOCKS, WIDTH, VEC)   \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                     \
+        NAME##_##PATH##_##WIDTH##_f32 PARAMS(float) {                                     \
+        BODY<float, P, VEC> ARGS;                                                         \
+    }                                                                                     \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                     \
+        NAME##_##PATH##_##WIDTH##_f16 PARAMS(__half) {                                    \
+        BODY<__half, P, VEC> ARGS;                                                        \
+    }                                                                                     \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                     \
+        NAME##_##PATH##_##WIDTH##_bf16 PARAMS(__nv_bfloat16) {                            \
+        BODY<__nv_bfloat16, P, VEC> ARGS;                                                 \
+    }
+
+// Every (path, width, dtype) entry of a row kernel: warp teams in blocks of BLOCK
+// threads; a block per row in at most MAX_THREADS. The multi-pass path needs few
+// registers; asking for two resident blocks keeps ptxas from spilling its f32 backward
+// at 32 registers. Names as src/cuda/row.rs builds them.
+#define CN_ROW_INSTANTIATE(NAME, BODY, PARAMS, ARGS)                                                     \
+    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, warp, cn::Path::Warp, cn::BLOCK, 1, vec, true)               \
+    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, warp, cn::Path::Warp, cn::BLOCK, 1, scalar, false)           \
+    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, block, cn::Path::Block, cn::MAX_THREADS, 1, vec, true)       \
+    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, block, cn::Path::Block, cn::MAX_THREADS, 1, scalar, false)   \
+    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, multi, cn::Path::Multi, cn::MAX_THREADS, 2, vec, true)       \
+    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, multi, cn::Path::Multi, cn::MAX_THREADS, 2, scalar, false)

@@ -49,10 +49,20 @@ const GPU_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// N at and around every path limit: warp team (N <= 1024 forward, 512 backward), block
 /// team in registers (16 384 forward, 8 192 backward), multi-pass above, up to 2^20;
-/// odd N (scalar path), M = 1, and odd element counts.
+/// odd N on the scalar paths around their own limits (warp N <= 512 forward, 256
+/// backward; block 8 192 forward, 4 096 backward); M = 1, and odd element counts.
+/// Where N is a multiple of every vector width, x is also tried misaligned, which takes
+/// the scalar path at that N.
 const ROW_SHAPES: &[&[usize]] = &[
     &[1, 1],
     &[3, 7],
+    &[9, 255],
+    &[9, 257],
+    &[7, 511],
+    &[4, 4095],
+    &[4, 4097],
+    &[3, 8191],
+    &[3, 8193],
     &[64, 512],
     &[65, 513],
     &[33, 1024],
@@ -77,6 +87,10 @@ fn rows_match_cpu_on_every_path() {
             for dtype in GPU_DTYPES {
                 for affine in AFFINES {
                     check(&dev, &Case::new(&mut rng, norm, shape, dtype, affine, 1e-5), &mut rng);
+                }
+                if shape.last().is_some_and(|n| n % 8 == 0) {
+                    let case = Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5);
+                    check_misaligned(&dev, &case, &mut rng);
                 }
             }
         }
@@ -119,6 +133,22 @@ fn misaligned(t: &Tensor) -> Tensor {
     padded.narrow(0, 1, t.elem_count()).unwrap().reshape(t.dims()).unwrap()
 }
 
+/// `case` on the GPU with x misaligned (see [`misaligned`]) against the CPU on the
+/// same values: the forward and the standalone backward's dx.
+fn check_misaligned(dev: &Device, case: &Case, rng: &mut Rng) {
+    let mut on_gpu = case.to_device(dev);
+    on_gpu.x = misaligned(&on_gpu.x);
+    let mut want = case.clone();
+    want.x = on_gpu.x.to_device(&Device::Cpu).unwrap();
+    let (shape, dtype) = (case.x.dims(), case.x.dtype());
+    let what = format!("{:?} {shape:?} {dtype:?} misaligned", case.norm);
+    assert_close(&what, &on_gpu.ours().unwrap(), &want.ours().unwrap(), tol(dtype).fwd);
+    let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+    let got = on_gpu.backward(&dy.to_device(dev).unwrap()).unwrap();
+    let cpu = want.backward(&dy).unwrap();
+    assert_close_max(&format!("{what} dx"), &got.dx, &cpu.dx, tol(dtype).bwd);
+}
+
 /// Channels-last GroupNorm: scalar and vector paths (C/G off and on the vector width),
 /// B = 1 with a long group, 1×1 spatial, and an input that starts one element past an
 /// aligned address.
@@ -144,16 +174,7 @@ fn channels_last_groups_match_cpu() {
                 check(&dev, &case, &mut rng);
             }
             let case = Case::new(&mut rng, Norm::GroupLast(g), shape, dtype, Affine::WeightBias, 1e-5);
-            let mut on_gpu = case.to_device(&dev);
-            on_gpu.x = misaligned(&on_gpu.x);
-            let mut want = case.clone();
-            want.x = on_gpu.x.to_device(&Device::Cpu).unwrap();
-            let what = format!("{shape:?} {dtype:?} misaligned");
-            assert_close(&what, &on_gpu.ours().unwrap(), &want.ours().unwrap(), tol(dtype).fwd);
-            let dy = rng.tensor(shape, dtype, 0.0, 1.0);
-            let got = on_gpu.backward(&dy.to_device(&dev).unwrap()).unwrap();
-            let cpu = want.backward(&dy).unwrap();
-            assert_close_max(&format!("{what} dx"), &got.dx, &cpu.dx, tol(dtype).bwd);
+            check_misaligned(&dev, &case, &mut rng);
         }
     }
 }

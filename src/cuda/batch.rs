@@ -3,9 +3,9 @@
 //! statistics kernel first; eval reads the running mean and variance instead.
 
 use super::group::slice_len;
-use super::launch::BVEC;
+use super::launch::{BLOCK, BVEC};
 use super::module::{function, CudaElem};
-use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials, BLOCK};
+use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials};
 use crate::spec::Spec;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, PushKernelArg,

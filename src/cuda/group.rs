@@ -2,9 +2,9 @@
 //! group is split over enough blocks to fill the GPU, a statistics kernel first, then
 //! the forward or the two backward kernels.
 
-use super::launch::GVEC;
+use super::launch::{BLOCK, GVEC};
 use super::module::{function, sm_count, CudaElem};
-use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials, BLOCK};
+use super::{cfg, int, push_opt, BwdIns, FwdIns, Partials};
 use crate::spec::{Kind, Spec};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};

@@ -7,16 +7,19 @@ launch_constants! {
     /// Largest block any kernel is launched with: the kernels' `__launch_bounds__`,
     /// which caps registers at 128 a thread so that such a block always fits on an SM.
     MAX_THREADS: usize = 512;
+    /// Block of the kernels that split their work by warps or slices: the row kernels'
+    /// warp path, GroupNorm and BatchNorm.
+    BLOCK: usize = 256;
     /// Row elements each thread keeps in registers in the row forward.
     ROW_REG: usize = 32;
     /// Row elements each thread keeps in registers in the row backward.
     ROW_REG_BWD: usize = 16;
-    /// Row-kernel flag: 16-byte vector accesses (aligned pointers, N a multiple of the width).
-    VEC: i32 = 1;
-    /// Row-kernel flag: a warp owns a row (short rows); else the whole block does.
-    WARP_TEAM: i32 = 2;
-    /// Row-kernel flag: the row is too long for registers and is read several times.
-    MULTI: i32 = 4;
+    /// Row elements each thread keeps in registers in the row forward's scalar paths
+    /// (misaligned rows, or N not a multiple of the vector width): each element there
+    /// is a load of its own, with its own address and bounds check.
+    ROW_REG_SCALAR: usize = 16;
+    /// The same for the row backward's scalar paths.
+    ROW_REG_BWD_SCALAR: usize = 8;
     /// GroupNorm flag: 16-byte vector accesses (aligned pointers, S a multiple of the width).
     GVEC: i32 = 1;
     /// BatchNorm flag: 16-byte vector accesses (aligned pointers, S a multiple of the width).

@@ -32,9 +32,6 @@ use candle_core::{bail, CudaStorage, Result};
 use half::{bf16, f16};
 use module::{function, CudaElem};
 
-/// Threads of the kernels whose block size is not tied to the row length.
-const BLOCK: usize = 256;
-
 /// A size as the kernels' `int`, or an error naming the op.
 fn int(spec: &Spec, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).or_else(|_| bail!("{}: {what} = {v} is too large for the CUDA kernels", spec.name()))
