@@ -335,6 +335,30 @@ __device__ __forceinline__ void row_bwd(const T* x, const T* w, const T* dy, con
     else row_bwd_reg<T, CENTER, V, VEC ? ROW_REG_BWD : ROW_REG_BWD_SCALAR, PATH == Path::Warp, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
 }
 
+// The entry bodies of one row norm, as CN_ROW_NORM instantiates them: LayerNorm when
+// CENTER, RMSNorm (no mean, no bias) otherwise.
+template <bool CENTER> struct RowNorm {
+    template <typename T, Path P, bool VEC>
+    static __device__ void fwd(const T* x, const T* w, const T* b, T* y, int M, int N, float eps) {
+        row_fwd<T, CENTER, false, P, VEC>(x, nullptr, w, b, nullptr, y, M, N, eps);
+    }
+    template <typename T, Path P, bool VEC>
+    static __device__ void bwd(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N,
+                               float eps) {
+        row_bwd<T, CENTER, false, P, VEC>(x, w, dy, nullptr, dx, pdg, pdb, M, N, eps);
+    }
+    template <typename T, Path P, bool VEC>
+    static __device__ void add_fwd(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N,
+                                   float eps) {
+        row_fwd<T, CENTER, true, P, VEC>(x, r, w, b, h, y, M, N, eps);
+    }
+    template <typename T, Path P, bool VEC>
+    static __device__ void add_bwd(const T* h, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb,
+                                   int M, int N, float eps) {
+        row_bwd<T, CENTER, true, P, VEC>(h, w, dy, dh, dx, pdg, pdb, M, N, eps);
+    }
+};
+
 }  // namespace cn
 
 #define CN_ROW_FWD_PARAMS(T) (const T* x, const T* w, const T* b, T* y, int M, int N, float eps)
@@ -370,3 +394,15 @@ __device__ __forceinline__ void row_bwd(const T* x, const T* w, const T* dy, con
     CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, block, cn::Path::Block, cn::MAX_THREADS, 1, scalar, false)   \
     CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, multi, cn::Path::Multi, cn::MAX_THREADS, 2, vec, true)       \
     CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, multi, cn::Path::Multi, cn::MAX_THREADS, 2, scalar, false)
+
+// Every entry point of one row norm: NAME_{fwd,bwd,add_fwd,add_bwd}_PATH_WIDTH_* and
+// NAME_dparams_*.
+#define CN_ROW_NORM(NAME, CENTER)                                                                    \
+    CN_ROW_INSTANTIATE(NAME##_fwd, cn::RowNorm<CENTER>::fwd, CN_ROW_FWD_PARAMS, (x, w, b, y, M, N, eps)) \
+    CN_ROW_INSTANTIATE(NAME##_bwd, cn::RowNorm<CENTER>::bwd, CN_ROW_BWD_PARAMS,                       \
+                       (x, w, dy, dx, pdg, pdb, M, N, eps))                                           \
+    CN_ROW_INSTANTIATE(NAME##_add_fwd, cn::RowNorm<CENTER>::add_fwd, CN_ADD_FWD_PARAMS,               \
+                       (x, r, w, b, h, y, M, N, eps))                                                 \
+    CN_ROW_INSTANTIATE(NAME##_add_bwd, cn::RowNorm<CENTER>::add_bwd, CN_ADD_BWD_PARAMS,               \
+                       (h, w, dy, dh, dx, pdg, pdb, M, N, eps))                                       \
+    CN_INSTANTIATE(NAME##_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))
