@@ -49,8 +49,8 @@ const GPU_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// N at and around every path limit: warp team (N <= 1024 forward, 512 backward), block
 /// team in registers (16 384 forward, 8 192 backward), multi-pass above, up to 2^20;
-/// odd N on the scalar paths around their own limits (warp N <= 512 forward, 256
-/// backward; block 8 192 forward, 4 096 backward); M = 1, and odd element counts.
+/// odd N on the scalar paths around their own limits (warp N <= 384 forward, 256
+/// backward; block 6 144 forward, 4 096 backward); M = 1, and odd element counts.
 /// Where N is a multiple of every vector width, x is also tried misaligned, which takes
 /// the scalar path at that N.
 const ROW_SHAPES: &[&[usize]] = &[
@@ -58,11 +58,12 @@ const ROW_SHAPES: &[&[usize]] = &[
     &[3, 7],
     &[9, 255],
     &[9, 257],
-    &[7, 511],
+    &[7, 383],
+    &[7, 385],
     &[4, 4095],
     &[4, 4097],
-    &[3, 8191],
-    &[3, 8193],
+    &[3, 6143],
+    &[3, 6145],
     &[64, 512],
     &[65, 513],
     &[33, 1024],

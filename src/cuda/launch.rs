@@ -17,7 +17,7 @@ launch_constants! {
     /// Row elements each thread keeps in registers in the row forward's scalar paths
     /// (misaligned rows, or N not a multiple of the vector width): each element there
     /// is a load of its own, with its own address and bounds check.
-    ROW_REG_SCALAR: usize = 16;
+    ROW_REG_SCALAR: usize = 12;
     /// The same for the row backward's scalar paths.
     ROW_REG_BWD_SCALAR: usize = 8;
     /// GroupNorm flag: 16-byte vector accesses (aligned pointers, S a multiple of the width).
