@@ -4,7 +4,8 @@
 #   tar -xJf gpu-bundle/candle-norm-gpu.tar.xz -C /tmp/cn && /tmp/cn/run.sh STEP...
 #
 # STEPs, in the order given: `info` (GPU, driver, libraries), `test` (every test
-# binary), `sanitize` (compute-sanitizer memcheck and racecheck over the GPU tests),
+# binary), `sanitize` (compute-sanitizer memcheck, racecheck and synccheck over the GPU
+# tests),
 # `table` (the bandwidth table of benches/gpu_table.rs, also as $OUT/table.csv),
 # `criterion` (the criterion benches, GPU groups only). Logs go to $OUT (default ./gpu-out); the run goes on after
 # a failing step and exits non-zero if any failed.
@@ -61,6 +62,8 @@ for s in "$@"; do
       # racecheck instruments every shared-memory access, about 100x slower than the
       # tests: only this crate's kernels (every name holds "norm") are instrumented.
       step sanitize-racecheck "$sanitizer" --tool racecheck --kernel-name kns=norm \
+        --error-exitcode 1 "$here/bin/test-cuda" --test-threads=1
+      step sanitize-synccheck "$sanitizer" --tool synccheck --kernel-name kns=norm \
         --error-exitcode 1 "$here/bin/test-cuda" --test-threads=1
       ;;
     table)
