@@ -25,10 +25,10 @@ pub struct Case {
 
 /// The grid of a device: on the CPU LLM-style rows of medium size and two diffusion-style
 /// GroupNorm shapes; on a GPU rows of 2^27 elements from N = 256 to 262144, small M at
-/// N = 4096, three GroupNorm shapes of a diffusion UNet, and BatchNorm in training on
-/// two ResNet stages and one large activation (the CPU measures BatchNorm against
-/// candle-nn's module in its own group). The GroupNorm shapes run channels-first, and
-/// channels-last with the channels moved to the end.
+/// N = 4096, three GroupNorm shapes of a diffusion UNet and a large [8, 512, 64, 64], and
+/// BatchNorm in training on two ResNet stages and one large activation (the CPU measures
+/// BatchNorm against candle-nn's module in its own group). The GroupNorm shapes run
+/// channels-first, and channels-last with the channels moved to the end.
 pub fn cases(dev: &Device) -> Vec<Case> {
     let rows: Vec<Vec<usize>> = if dev.is_cpu() {
         vec![vec![4096, 768], vec![2048, 4096], vec![1024, 8192]]
@@ -39,7 +39,7 @@ pub fn cases(dev: &Device) -> Vec<Case> {
     let groups: &[[usize; 4]] = if dev.is_cpu() {
         &[[8, 128, 32, 32], [1, 320, 64, 64]]
     } else {
-        &[[1, 320, 64, 64], [8, 128, 32, 32], [16, 512, 16, 16]]
+        &[[1, 320, 64, 64], [8, 128, 32, 32], [16, 512, 16, 16], [8, 512, 64, 64]]
     };
     let mut v = Vec::new();
     for norm in [Norm::Layer, Norm::Rms] {
