@@ -7,6 +7,9 @@
 # binary), `sanitize` (compute-sanitizer memcheck, racecheck and synccheck over the GPU
 # tests),
 # `table` (the bandwidth table of benches/gpu_table.rs, also as $OUT/table.csv),
+# `table=FILTER` (only the ops whose name holds FILTER, as $OUT/table-FILTER.{log,csv}:
+# several bundles' runs, alternated, resolve a change smaller than the spread between
+# runs),
 # `criterion` (the criterion benches, GPU groups only). Logs go to $OUT (default ./gpu-out); the run goes on after
 # a failing step and exits non-zero if any failed.
 set -uo pipefail
@@ -68,6 +71,10 @@ for s in "$@"; do
       ;;
     table)
       GPU_TABLE_CSV="$out/table.csv" step table "$here/bin/bench-gpu_table"
+      ;;
+    table=*)
+      f=${s#table=}
+      GPU_TABLE_CSV="$out/table-$f.csv" step "table-$f" "$here/bin/bench-gpu_table" "$f"
       ;;
     criterion)
       step criterion "$here/bin/bench-norms" --bench cuda/
