@@ -63,18 +63,19 @@ for s in "$@"; do
       step sanitize-memcheck "$sanitizer" --tool memcheck --error-exitcode 1 \
         "$here/bin/test-cuda" --test-threads=1
       # racecheck instruments every shared-memory access, about 100x slower than the
-      # tests: only this crate's kernels (every name holds "norm") are instrumented.
-      step sanitize-racecheck "$sanitizer" --tool racecheck --kernel-name kns=norm \
-        --error-exitcode 1 "$here/bin/test-cuda" --test-threads=1
-      step sanitize-synccheck "$sanitizer" --tool synccheck --kernel-name kns=norm \
-        --error-exitcode 1 "$here/bin/test-cuda" --test-threads=1
+      # tests: only this crate's kernels (every name holds "norm") are instrumented,
+      # and so by synccheck.
+      for tool in racecheck synccheck; do
+        step "sanitize-$tool" "$sanitizer" --tool "$tool" --kernel-name kns=norm \
+          --error-exitcode 1 "$here/bin/test-cuda" --test-threads=1
+      done
       ;;
-    table)
-      GPU_TABLE_CSV="$out/table.csv" step table "$here/bin/bench-gpu_table"
-      ;;
-    table=*)
-      f=${s#table=}
-      GPU_TABLE_CSV="$out/table-$f.csv" step "table-$f" "$here/bin/bench-gpu_table" "$f"
+    table | table=*)
+      # `table=FILTER` runs the ops whose name holds FILTER, as table-FILTER.
+      f=${s#table}
+      f=${f#=}
+      name=table${f:+-$f}
+      GPU_TABLE_CSV="$out/$name.csv" step "$name" "$here/bin/bench-gpu_table" ${f:+"$f"}
       ;;
     criterion)
       step criterion "$here/bin/bench-norms" --bench cuda/
