@@ -10,6 +10,12 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// The block's dynamic shared memory as an array `name` of T: an `extern __shared__`
+// array here; the CPU emulator's shim defines it as its per-block arena.
+#ifndef CN_DYNAMIC_SHARED
+#define CN_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 namespace cn {
 
 __device__ __forceinline__ float to_f32(float v) { return v; }

@@ -168,7 +168,7 @@ __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T*
                             int N, float eps) {
     constexpr int ITEMS = REG / V;
     __shared__ float smem[32];
-    extern __shared__ float part[];
+    CN_DYNAMIC_SHARED(float, part);
     const Team t = team<WARP>();
     const int nitems = N / V;
     const float inv_n = __frcp_rn((float)N);

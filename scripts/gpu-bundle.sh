@@ -5,7 +5,7 @@
 #   scripts/gpu-bundle.sh [ARCH]    # ARCH: compute capability, default 90 (H100/H200)
 #
 # It writes gpu-bundle/candle-norm-gpu.tar.xz (git-ignored): the release test binaries
-# that touch the GPU (tests/cuda.rs, tests/errors.rs) and the bench binaries, built
+# that touch the GPU (tests/kernels.rs, tests/errors.rs) and the bench binaries, built
 # with `--features cuda` and stripped (each carries candle's kernels: ~40 MiB before
 # compression), plus scripts/gpu-run.sh, the runner that executes them there.
 # docs/gpu.md says how to run it.
@@ -28,7 +28,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") \
             and m["package_id"].find("candle-norm") >= 0 \
-            and (m["target"]["kind"][0] == "bench" or m["target"]["name"] in ("cuda", "errors")):
+            and (m["target"]["kind"][0] == "bench" or m["target"]["name"] in ("kernels", "errors")):
         print(m["target"]["kind"][0], m["target"]["name"], m["executable"])
 ' | while read -r kind name exe; do
   cp "$exe" "$stage/bin/$kind-$name"

@@ -61,13 +61,13 @@ for s in "$@"; do
       ;;
     sanitize)
       step sanitize-memcheck "$sanitizer" --tool memcheck --error-exitcode 1 \
-        "$here/bin/test-cuda" --test-threads=1
+        "$here/bin/test-kernels" --test-threads=1
       # racecheck instruments every shared-memory access, about 100x slower than the
       # tests: only this crate's kernels (every name holds "norm") are instrumented,
       # and so by synccheck.
       for tool in racecheck synccheck; do
         step "sanitize-$tool" "$sanitizer" --tool "$tool" --kernel-name kns=norm \
-          --error-exitcode 1 "$here/bin/test-cuda" --test-threads=1
+          --error-exitcode 1 "$here/bin/test-kernels" --test-threads=1
       done
       ;;
     table | table=*)

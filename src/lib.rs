@@ -54,7 +54,7 @@
 
 mod check;
 mod cpu;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 mod cuda;
 mod custom_op;
 pub mod nn;
@@ -63,6 +63,8 @@ pub mod reference;
 mod spec;
 
 pub use cpu::simd::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel};
+#[cfg(feature = "cuda-emulator")]
+pub use cuda::emulator;
 pub use nn::{BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RmsNorm, WsConv2d};
 pub use ops::{
     add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, batch_norm, batch_norm_backward,

@@ -27,3 +27,8 @@ launch_constants! {
     /// Threads of the dγ/dβ reduction's block: 8 warps over 32 columns.
     DPARAMS_THREADS: usize = 256;
 }
+
+/// The kernel files, `kernels/{name}.cu`, each compiled by build.rs into one module
+/// (a fatbin for the driver, an object for the emulator): the only list of them.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) const KERNEL_FILES: [&str; 4] = ["layer_norm", "rms_norm", "group_norm", "batch_norm"];

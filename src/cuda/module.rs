@@ -1,55 +1,24 @@
 //! The compiled kernels: fatbins built by build.rs and embedded in the crate (so no JIT
-//! on the targeted GPUs), each loaded once per device, and the dtypes they exist for.
+//! on the targeted GPUs), each loaded once per device.
 
-use crate::spec::Kind;
-use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction, CudaModule, DeviceRepr, ValidAsZeroBits};
+use super::launch::KERNEL_FILES;
+use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction, CudaModule};
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
-use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
-use candle_core::{Result, WithDType};
-use half::{bf16, f16};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::Result;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-const FATBINS: [(&str, &[u8]); 4] = [
-    (
-        "layer_norm",
-        include_bytes!(concat!(env!("OUT_DIR"), "/layer_norm.fatbin")),
-    ),
-    ("rms_norm", include_bytes!(concat!(env!("OUT_DIR"), "/rms_norm.fatbin"))),
-    (
-        "group_norm",
-        include_bytes!(concat!(env!("OUT_DIR"), "/group_norm.fatbin")),
-    ),
-    (
-        "batch_norm",
-        include_bytes!(concat!(env!("OUT_DIR"), "/batch_norm.fatbin")),
-    ),
-];
+include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));
 
-/// A dtype with CUDA kernels; `SUFFIX` ends the kernels' extern "C" names.
-pub(super) trait CudaElem: CudaDType + DeviceRepr + ValidAsZeroBits + WithDType {
-    const SUFFIX: &'static str;
-}
-
-impl CudaElem for f32 {
-    const SUFFIX: &'static str = "f32";
-}
-impl CudaElem for f16 {
-    const SUFFIX: &'static str = "f16";
-}
-impl CudaElem for bf16 {
-    const SUFFIX: &'static str = "bf16";
-}
-
-/// The kernel `{kind}_{stage}_{suffix}` of this device, its module loaded once per device.
-pub(super) fn function<T: CudaElem>(dev: &CudaDevice, kind: Kind, stage: &str) -> Result<CudaFunction> {
+/// The entry point `entry` of this device, its kernel file's module loaded once per
+/// device. Every entry's name starts with its file's.
+pub(super) fn function(dev: &CudaDevice, entry: &str) -> Result<CudaFunction> {
     type Cache = Mutex<HashMap<(usize, &'static str), Arc<CudaModule>>>;
     static MODULES: OnceLock<Cache> = OnceLock::new();
     let ctx = dev.cuda_stream().context().clone();
-    // Both GroupNorm layouts are compiled from group_norm.cu.
-    let file = match kind {
-        Kind::GroupLast => Kind::Group.name(),
-        k => k.name(),
+    let Some(file) = KERNEL_FILES.into_iter().find(|f| entry.starts_with(f)) else {
+        candle_core::bail!("{entry}: no kernel file holds this entry point")
     };
     let module = {
         let mut cache = MODULES
@@ -68,9 +37,7 @@ pub(super) fn function<T: CudaElem>(dev: &CudaDevice, kind: Kind, stage: &str) -
             }
         }
     };
-    module
-        .load_function(&format!("{}_{stage}_{}", kind.name(), T::SUFFIX))
-        .w()
+    module.load_function(entry).w()
 }
 
 /// The number of streaming multiprocessors of the device.

@@ -2,16 +2,14 @@
 //! a row kernel, chosen from the row length.
 
 use super::launch::{BLOCK, MAX_THREADS, ROW_REG, ROW_REG_BWD, ROW_REG_BWD_SCALAR, ROW_REG_SCALAR};
-use super::module::{function, sm_count, CudaElem};
-use super::{cfg, int, push_opt, AddIns, BwdIns, FwdIns, Partials};
+use super::plan::{int, suffix, Executor, KArg, Launch};
+use super::{Bwd, Fwd, Partials};
 use crate::spec::Spec;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, CudaViewMut, PushKernelArg};
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
-use candle_core::Result;
+use candle_core::{DType, Result};
 
 /// How a row kernel holds a row; each path is its own compiled entry point.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Path {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Path {
     /// A warp per row, several rows a block, the row in registers.
     Warp,
     /// A block per row, the row in registers.
@@ -21,11 +19,12 @@ enum Path {
 }
 
 /// Grid, block and entry point of a row kernel.
-struct RowLaunch {
-    grid: usize,
-    block: usize,
-    path: Path,
-    vec: bool,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RowLaunch {
+    pub grid: usize,
+    pub block: usize,
+    pub path: Path,
+    pub vec: bool,
 }
 
 impl RowLaunch {
@@ -34,11 +33,11 @@ impl RowLaunch {
     /// the width), else the multi-pass path. A block-per-row block is as small as lets
     /// each thread fill its registers: the kernels' register use allows few threads per
     /// SM, and several small blocks keep more loads in flight than one large block
-    /// stalled at its reductions. 16-byte vectors when every pointer is aligned and N is
-    /// a multiple of the width.
-    fn new<T>(spec: &Spec, aligned: bool, backward: bool) -> Self {
+    /// stalled at its reductions. 16-byte vectors (of `elem`-byte elements) when every
+    /// pointer is aligned and N is a multiple of the width.
+    pub(super) fn new(spec: &Spec, elem: usize, aligned: bool, backward: bool) -> Self {
         let (m, n) = (spec.rows, spec.len);
-        let v = 16 / std::mem::size_of::<T>();
+        let v = 16 / elem;
         let vec = aligned && n.is_multiple_of(v);
         let reg = match (backward, vec) {
             (false, true) => ROW_REG,
@@ -64,122 +63,155 @@ impl RowLaunch {
     }
 
     /// The entry point `{kind}_{stage}_{path}_{width}_{dtype}` of kernels/row_norm.cuh.
-    fn function<T: CudaElem>(&self, spec: &Spec, dev: &CudaDevice, stage: &str) -> Result<CudaFunction> {
+    pub(super) fn entry(&self, spec: &Spec, stage: &str, dtype: DType) -> Result<String> {
         let path = match self.path {
             Path::Warp => "warp",
             Path::Block => "block",
             Path::Multi => "multi",
         };
         let width = if self.vec { "vec" } else { "scalar" };
-        function::<T>(dev, spec.kind, &format!("{stage}_{path}_{width}"))
+        Ok(format!(
+            "{}_{stage}_{path}_{width}_{}",
+            spec.kind.name(),
+            suffix(spec, dtype)?
+        ))
     }
 }
 
-/// The forward: y for the `M·N` elements of x.
-pub(super) fn forward<T: CudaElem>(
-    spec: &Spec,
-    dev: &CudaDevice,
-    (xv, wv, bv): FwdIns<'_, '_, T>,
-    y: &mut CudaViewMut<'_, T>,
-    aligned: bool,
-) -> Result<()> {
-    let (eps, null) = (spec.eps as f32, 0u64);
+/// The forward: y (and h, with a residual) for the `M·N` elements of x.
+pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
     let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
-    let l = RowLaunch::new::<T>(spec, aligned, false);
-    let f = l.function::<T>(spec, dev, "fwd")?;
-    let stream = dev.cuda_stream();
-    let mut lb = stream.launch_builder(&f);
-    lb.arg(xv);
-    push_opt(&mut lb, wv, &null);
-    push_opt(&mut lb, bv, &null);
-    lb.arg(y).arg(&m).arg(&n).arg(&eps);
-    // SAFETY: matches {layer,rms}_norm_fwd_* (x, w, b, y, M, N, eps); x and y hold M·N
-    // elements, w and b N or are null; the block fits the entry's launch bounds.
-    unsafe { lb.launch(cfg((l.grid, 1), l.block, 0)) }.w()?;
-    Ok(())
+    let l = RowLaunch::new(spec, dtype.size_in_bytes(), p.aligned(), false);
+    let eps = KArg::F32(spec.eps as f32);
+    let (entry, args) = match (p.residual, p.h) {
+        (Some(r), Some(h)) => (
+            l.entry(spec, "add_fwd", dtype)?,
+            vec![
+                KArg::Ptr(p.x),
+                KArg::Ptr(r),
+                KArg::opt(p.w),
+                KArg::opt(p.b),
+                KArg::Ptr(h),
+                KArg::Ptr(p.y),
+                KArg::I32(m),
+                KArg::I32(n),
+                eps,
+            ],
+        ),
+        _ => (
+            l.entry(spec, "fwd", dtype)?,
+            vec![
+                KArg::Ptr(p.x),
+                KArg::opt(p.w),
+                KArg::opt(p.b),
+                KArg::Ptr(p.y),
+                KArg::I32(m),
+                KArg::I32(n),
+                eps,
+            ],
+        ),
+    };
+    ex.launch(&Launch::new(spec, entry, (l.grid, 1), l.block, 0, args)?)
 }
 
-/// The fused residual add's forward: h = x + residual and y of h, for the `M·N`
-/// elements of x.
-pub(super) fn forward_add<T: CudaElem>(
-    spec: &Spec,
-    dev: &CudaDevice,
-    (xv, rv, wv, bv): AddIns<'_, '_, T>,
-    (h, y): (&mut CudaViewMut<'_, T>, &mut CudaViewMut<'_, T>),
-    aligned: bool,
-) -> Result<()> {
-    let (eps, null) = (spec.eps as f32, 0u64);
-    let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
-    let l = RowLaunch::new::<T>(spec, aligned, false);
-    let f = l.function::<T>(spec, dev, "add_fwd")?;
-    let stream = dev.cuda_stream();
-    let mut lb = stream.launch_builder(&f);
-    lb.arg(xv).arg(rv);
-    push_opt(&mut lb, wv, &null);
-    push_opt(&mut lb, bv, &null);
-    lb.arg(h).arg(y).arg(&m).arg(&n).arg(&eps);
-    // SAFETY: matches {layer,rms}_norm_add_fwd_* (x, r, w, b, h, y, M, N, eps); x, r,
-    // h and y hold M·N elements, w and b N or are null; the block fits the entry's
-    // launch bounds.
-    unsafe { lb.launch(cfg((l.grid, 1), l.block, 0)) }.w()?;
-    Ok(())
+/// Bytes of shared memory the warp path's backward needs: a block's 2·N partial sums.
+fn warp_partial_bytes(spec: &Spec, l: &RowLaunch) -> usize {
+    if l.path == Path::Warp {
+        2 * spec.len * std::mem::size_of::<f32>()
+    } else {
+        0
+    }
 }
 
 /// The backward: dx, and one dγ/dβ partial row per block of a persistent grid. With
 /// `dh` (the fused residual add), x is h and dh is added to dx.
-pub(super) fn backward<T: CudaElem>(
-    spec: &Spec,
-    dev: &CudaDevice,
-    (xv, wv, dyv): BwdIns<'_, '_, T>,
-    dh: &Option<CudaView<'_, T>>,
-    dx: &mut CudaViewMut<'_, T>,
-    aligned: bool,
-) -> Result<Partials> {
-    let (eps, null) = (spec.eps as f32, 0u64);
+pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
     let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
-    let l = RowLaunch::new::<T>(spec, aligned, true);
-    let smem = if l.path == Path::Warp {
-        2 * spec.len * std::mem::size_of::<f32>()
-    } else {
-        0
-    };
-    let f = l.function::<T>(spec, dev, if dh.is_some() { "add_bwd" } else { "bwd" })?;
+    let l = RowLaunch::new(spec, dtype.size_in_bytes(), p.aligned(), true);
+    let smem = warp_partial_bytes(spec, &l);
+    let entry = l.entry(spec, if p.dh.is_some() { "add_bwd" } else { "bwd" }, dtype)?;
     // Persistent: as many blocks as fit on the GPU at once, each adding its rows
     // into one partial row, so that the partials stay few and in L2.
-    let resident = f
-        .occupancy_max_active_blocks_per_multiprocessor(l.block as u32, smem, None)
-        .w()?;
-    let grid = l.grid.min(sm_count(dev)? * resident.max(1) as usize);
+    let profile = ex.profile();
+    let resident = profile.resident_blocks(&entry, l.block as u32, smem as u32)?;
+    let grid = l.grid.min(profile.sm_count()? * resident.max(1));
     // The multi-pass kernel adds into its partial row; the others write all of it.
-    let partials = || -> Result<_> {
-        if l.path == Path::Multi {
-            dev.alloc_zeros::<f32>(grid * np)
-        } else {
-            // SAFETY: the register-path kernels store every element of their block's
-            // partial row before the dparams kernel reads it.
-            unsafe { dev.alloc::<f32>(grid * np) }
-        }
-    };
-    let (pdg, pdb) = (partials()?, partials()?);
-    let stream = dev.cuda_stream();
-    let mut lb = stream.launch_builder(&f);
-    lb.arg(xv);
-    push_opt(&mut lb, wv, &null);
-    lb.arg(dyv);
-    if let Some(dh) = dh {
-        lb.arg(dh);
-    }
-    lb.arg(dx).arg(&pdg).arg(&pdb).arg(&m).arg(&n).arg(&eps);
-    // SAFETY: matches {layer,rms}_norm_bwd_* (x, w, dy, dx, pdg, pdb, M, N, eps), or
-    // with dh {layer,rms}_norm_add_bwd_* (h, w, dy, dh, dx, ...); x, dy, dh and dx hold
-    // M·N elements, w N or is null; pdg/pdb hold grid·N floats, the warp path's 2·N
-    // floats of shared memory (N <= 512) are requested, the block fits the entry's
-    // launch bounds.
-    unsafe { lb.launch(cfg((grid, 1), l.block, smem)) }.w()?;
+    let zeroed = l.path == Path::Multi;
+    let pdg = ex.scratch(grid * np * 4, zeroed, "dγ partials")?;
+    let pdb = ex.scratch(grid * np * 4, zeroed, "dβ partials")?;
+    let mut args = vec![KArg::Ptr(p.x), KArg::opt(p.w), KArg::Ptr(p.dy)];
+    args.extend(p.dh.map(KArg::Ptr));
+    args.extend([
+        KArg::Ptr(p.dx),
+        KArg::Ptr(pdg),
+        KArg::Ptr(pdb),
+        KArg::I32(m),
+        KArg::I32(n),
+    ]);
+    args.push(KArg::F32(spec.eps as f32));
+    ex.launch(&Launch::new(spec, entry, (grid, 1), l.block, smem, args)?)?;
     Ok(Partials {
         dg: pdg,
         db: pdb,
         count: grid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Kind;
+
+    fn rows(m: usize, n: usize) -> Spec {
+        Spec::last_dim(Kind::Layer, &[m, n], 1e-5)
+    }
+
+    /// Each path's limit ±1, forward and backward, on the vector and scalar widths.
+    #[test]
+    fn paths_switch_at_the_register_limits() {
+        let path = |n: usize, elem: usize, aligned: bool, bwd: bool| RowLaunch::new(&rows(3, n), elem, aligned, bwd);
+        // f32 vectors: warp up to 32·ROW_REG, block up to MAX_THREADS·ROW_REG.
+        assert_eq!(path(32 * ROW_REG, 4, true, false).path, Path::Warp);
+        assert_eq!(path(32 * ROW_REG + 4, 4, true, false).path, Path::Block);
+        assert_eq!(path(MAX_THREADS * ROW_REG, 4, true, false).path, Path::Block);
+        assert_eq!(path(MAX_THREADS * ROW_REG + 4, 4, true, false).path, Path::Multi);
+        assert_eq!(path(32 * ROW_REG_BWD, 2, true, true).path, Path::Warp);
+        assert_eq!(path(32 * ROW_REG_BWD + 8, 2, true, true).path, Path::Block);
+        assert_eq!(path(MAX_THREADS * ROW_REG_BWD + 8, 2, true, true).path, Path::Multi);
+        // Odd N or a misaligned pointer: the scalar limits.
+        assert!(!path(32 * ROW_REG_SCALAR - 1, 4, true, false).vec);
+        assert_eq!(path(32 * ROW_REG_SCALAR - 1, 4, true, false).path, Path::Warp);
+        assert_eq!(path(32 * ROW_REG_SCALAR + 1, 4, true, false).path, Path::Block);
+        assert_eq!(
+            path(MAX_THREADS * ROW_REG_BWD_SCALAR + 8, 4, false, true).path,
+            Path::Multi
+        );
+        assert!(!path(1024, 4, false, false).vec);
+    }
+
+    /// A block-per-row block gives each thread a full register row, in whole warps.
+    #[test]
+    fn block_path_blocks_fill_each_thread() {
+        let l = RowLaunch::new(&rows(5, 4096), 4, true, false);
+        assert_eq!((l.path, l.block, l.grid), (Path::Block, 128, 5));
+        let l = RowLaunch::new(&rows(5, 4097), 2, false, false);
+        assert_eq!((l.path, l.block), (Path::Block, 352));
+        let l = RowLaunch::new(&rows(1000, 100), 4, true, false);
+        assert_eq!(
+            (l.path, l.block, l.grid),
+            (Path::Warp, BLOCK, 1000usize.div_ceil(BLOCK / 32))
+        );
+    }
+
+    #[test]
+    fn entries_name_path_width_and_dtype() {
+        let spec = rows(2, 8);
+        let l = RowLaunch::new(&spec, 2, true, true);
+        assert_eq!(
+            l.entry(&spec, "bwd", DType::F16).unwrap(),
+            "layer_norm_bwd_warp_vec_f16"
+        );
+        assert!(l.entry(&spec, "bwd", DType::F64).is_err());
+    }
 }

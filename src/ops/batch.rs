@@ -216,6 +216,24 @@ impl BatchFwd {
     }
 }
 
+/// BatchNorm's forward on CPU storage: the fused CPU path, or within
+/// [`emulator::run`](crate::emulator::run) the CUDA kernels on the emulator; training's
+/// statistics beside y.
+fn host_forward(
+    spec: &Spec,
+    x: Arg<CpuStorage>,
+    wb: [Option<Arg<CpuStorage>>; 2],
+    running: Option<[Arg<CpuStorage>; 2]>,
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    #[cfg(feature = "cuda-emulator")]
+    if let Some(gpu) = crate::cuda::emulator::active() {
+        return crate::cuda::emulator::batch_forward(gpu, spec, x, wb, running);
+    }
+    let train = running.is_none();
+    let (y, stats) = crate::cpu::batch_forward(spec, x, wb, running)?;
+    Ok((y, train.then_some(stats)))
+}
+
 impl Fused for BatchFwd {
     fn name(&self) -> &'static str {
         OP
@@ -223,8 +241,8 @@ impl Fused for BatchFwd {
 
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
         self.with_inputs(ins, |x, wb, running| {
-            let (y, stats) = crate::cpu::batch_forward(&self.spec, x, wb, running)?;
-            if !self.eval {
+            let (y, stats) = host_forward(&self.spec, x, wb, running)?;
+            if let Some(stats) = stats {
                 self.keep(Storage::Cpu(stats))?;
             }
             Ok((y, x.1.shape().clone()))
@@ -282,7 +300,9 @@ impl Fused for BatchBwd {
     }
 
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
-        self.with_inputs(ins, crate::cpu::batch_backward)
+        self.with_inputs(ins, |spec, want, xdy, w, running| {
+            super::host_backward(spec, want, xdy, [w, None], running)
+        })
     }
 
     #[cfg(feature = "cuda")]

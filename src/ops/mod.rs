@@ -251,6 +251,41 @@ impl NormBwd {
     }
 }
 
+/// The forward on CPU storage: the fused CPU path, or within
+/// [`emulator::run`](crate::emulator::run) the CUDA kernels on the emulator.
+fn host_forward(
+    spec: &Spec,
+    x: Arg<CpuStorage>,
+    r: Option<Arg<CpuStorage>>,
+    w: Option<Arg<CpuStorage>>,
+    b: Option<Arg<CpuStorage>>,
+) -> Result<CpuStorage> {
+    #[cfg(feature = "cuda-emulator")]
+    if let Some(gpu) = crate::cuda::emulator::active() {
+        return crate::cuda::emulator::forward(gpu, spec, x, r, w, b);
+    }
+    cpu::forward(spec, x, r, w, b)
+}
+
+/// The backward on CPU storage, as [`host_forward`]; BatchNorm's with `running`
+/// statistics in eval.
+pub(crate) fn host_backward(
+    spec: &Spec,
+    want: Affine,
+    [x, dy]: [Arg<CpuStorage>; 2],
+    [w, dh]: [Option<Arg<CpuStorage>>; 2],
+    running: Option<[Arg<CpuStorage>; 2]>,
+) -> Result<CpuStorage> {
+    #[cfg(feature = "cuda-emulator")]
+    if let Some(gpu) = crate::cuda::emulator::active() {
+        return crate::cuda::emulator::backward(gpu, spec, want, [x, dy], [w, dh], running);
+    }
+    match spec.kind {
+        crate::spec::Kind::Batch => cpu::batch_backward(spec, want, [x, dy], w, running),
+        _ => cpu::backward(spec, want, x, w, dy, dh),
+    }
+}
+
 impl Fused for NormFwd {
     fn name(&self) -> &'static str {
         self.spec.name()
@@ -258,7 +293,7 @@ impl Fused for NormFwd {
 
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
         self.with_inputs(ins, |x, r, w, b| {
-            Ok((cpu::forward(&self.spec, x, r, w, b)?, self.shape(x.1.shape())))
+            Ok((host_forward(&self.spec, x, r, w, b)?, self.shape(x.1.shape())))
         })
     }
 
@@ -308,7 +343,7 @@ impl Fused for NormBwd {
 
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
         let (x, w, dy, dh) = self.split(ins);
-        let out = cpu::backward(&self.spec, self.affine, x, w, dy, dh)?;
+        let out = host_backward(&self.spec, self.affine, [x, dy], [w, dh], None)?;
         Ok((out, Shape::from(self.spec.packed_grads(self.affine))))
     }
 

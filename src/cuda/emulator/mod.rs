@@ -1,0 +1,459 @@
+//! Runs this crate's CUDA kernels on the CPU (feature `cuda-emulator`), for its tests
+//! and for kernel work on a machine without a GPU.
+//!
+//! Within [`run`], this crate's ops on CPU tensors (`Device::Cpu`) run the CUDA
+//! kernels, compiled from the same source by the host C++ compiler, with the same
+//! launches (paths, grids, scratch and reduction orders) the launch code chooses for
+//! the [`Gpu`] given. Every memory access of a kernel is checked, as
+//! compute-sanitizer's memcheck, racecheck, initcheck and synccheck would: an access
+//! out of a buffer's bounds, a read of memory never written, a write to an input, a
+//! shared-memory race between two barriers, a barrier some threads of a block (or
+//! lanes of a warp) do not reach, a misaligned 16-byte vector access, and a block that
+//! reads or writes what another block of the same launch wrote. Such an error, and an
+//! output a kernel left partly unwritten, is the op's error, naming the kernel, the
+//! launch, the block, the thread and the memory.
+//!
+//! The results are the kernels' arithmetic in f32 on the host: `rsqrtf` is computed
+//! exactly rather than approximated, and multiply-adds are not fused, so they may
+//! differ from a GPU's in the last bits, never in the paths taken. What the emulator
+//! cannot show (timing, occupancy, bank conflicts, ordering between blocks beyond the
+//! check above) is in docs/gpu.md.
+//!
+//! ```no_run
+//! use candle_core::{Device, Tensor};
+//! use candle_norm::emulator::{self, Gpu};
+//!
+//! let x = Tensor::randn(0f32, 1., (8, 4096), &Device::Cpu)?;
+//! // The H100's kernels and launches, on the CPU.
+//! let y = emulator::run(Gpu::H100, || candle_norm::layer_norm(&x, None, None, 1e-5))?;
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+use super::plan::{Executor, Launch, Profile};
+pub use super::profile::Gpu;
+use super::{run_backward, run_batch_forward, run_forward, Bwd, Fwd};
+use crate::check;
+use crate::custom_op::Arg;
+use crate::spec::{Affine, Spec};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, Result};
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+
+/// Runs `f` with this crate's ops on CPU tensors executing the CUDA kernels on the
+/// emulated `gpu` (on this thread; nested calls take the innermost GPU). Other ops,
+/// and ops on other devices, are unchanged. The CUDA kernels exist for f32, f16 and
+/// bf16, so an f64 tensor fails as it would on a GPU.
+pub fn run<R>(gpu: Gpu, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Gpu>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTIVE.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ACTIVE.with(|a| a.replace(Some(gpu))));
+    f()
+}
+
+thread_local! {
+    static ACTIVE: Cell<Option<Gpu>> = const { Cell::new(None) };
+}
+
+/// The emulated GPU of the innermost [`run`] on this thread.
+pub(crate) fn active() -> Option<Gpu> {
+    ACTIVE.with(Cell::get)
+}
+
+/// An entry point, as the emulator's registry lists it (emulator/registry.h).
+#[repr(C)]
+struct RawEntry {
+    name: *const c_char,
+    function: *const c_void,
+    invoke: *const c_void,
+    nargs: usize,
+    arg_sizes: *const usize,
+    max_threads: u32,
+}
+
+/// The emulator's device: its buffers (emulator/runtime.cpp).
+#[repr(C)]
+struct RawDevice {
+    _opaque: [u8; 0],
+}
+
+extern "C" {
+    fn cn_emu_device_new() -> *mut RawDevice;
+    fn cn_emu_device_free(d: *mut RawDevice);
+    fn cn_emu_alloc(
+        d: *mut RawDevice,
+        bytes: usize,
+        offset: usize,
+        zeroed: c_int,
+        read_only: c_int,
+        name: *const c_char,
+    ) -> u64;
+    fn cn_emu_write(d: *mut RawDevice, addr: u64, src: *const c_void, bytes: usize) -> c_int;
+    fn cn_emu_read(
+        d: *mut RawDevice,
+        addr: u64,
+        dst: *mut c_void,
+        bytes: usize,
+        written: c_int,
+        err: *mut c_char,
+        errlen: usize,
+    ) -> c_int;
+    fn cn_emu_find(name: *const c_char) -> *const RawEntry;
+    fn cn_emu_launch(
+        d: *mut RawDevice,
+        entry: *const RawEntry,
+        grid: *const u32,
+        block: *const u32,
+        smem: usize,
+        args: *const *const c_void,
+        nargs: usize,
+        arg_sizes: *const usize,
+        workers: u32,
+        err: *mut c_char,
+        errlen: usize,
+    ) -> c_int;
+}
+
+/// OS threads a launch runs its blocks on: `CANDLE_NORM_EMULATOR_THREADS`, else one a
+/// core.
+fn workers() -> u32 {
+    std::env::var("CANDLE_NORM_EMULATOR_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+        .max(1)
+}
+
+/// An error text the emulator wrote.
+fn message(err: &[u8]) -> String {
+    CStr::from_bytes_until_nul(err).map_or_else(
+        |_| "unknown emulator error".into(),
+        |s| s.to_string_lossy().into_owned(),
+    )
+}
+
+/// An emulated device: buffers with guard zones and a tag on every byte, freed when
+/// it is dropped.
+pub(crate) struct Device {
+    raw: *mut RawDevice,
+}
+
+impl Device {
+    pub(crate) fn new() -> Self {
+        // SAFETY: cn_emu_device_new has no preconditions; the device is freed once, on
+        // drop.
+        Self {
+            raw: unsafe { cn_emu_device_new() },
+        }
+    }
+
+    /// `bytes` of device memory starting `offset` bytes past the device's allocation
+    /// alignment, zeroed (and so written) or not (never written, NaN-filled), and
+    /// read-only to the kernels or not.
+    pub(crate) fn alloc(
+        &mut self,
+        bytes: usize,
+        offset: usize,
+        zeroed: bool,
+        read_only: bool,
+        name: &str,
+    ) -> Result<u64> {
+        let name = CString::new(name).unwrap_or_default();
+        // SAFETY: the device is live and `name` a NUL-terminated string the emulator
+        // copies.
+        let addr = unsafe { cn_emu_alloc(self.raw, bytes, offset, zeroed.into(), read_only.into(), name.as_ptr()) };
+        if addr == 0 {
+            bail!("emulator: could not map {bytes} bytes for `{}`", name.to_string_lossy())
+        }
+        Ok(addr)
+    }
+
+    /// Copies `src` into the buffer at `addr`, which holds at least as many bytes.
+    pub(crate) fn write(&mut self, addr: u64, src: &[u8]) -> Result<()> {
+        // SAFETY: `src` is valid for its length; the emulator checks that a buffer of
+        // this device holds [addr, addr + len).
+        if unsafe { cn_emu_write(self.raw, addr, src.as_ptr().cast(), src.len()) } != 0 {
+            bail!("emulator: no buffer holds {} bytes at {addr:#x}", src.len())
+        }
+        Ok(())
+    }
+
+    /// Reads `n` elements of `T` from `addr`; with `written`, each must have been
+    /// written by the host or a kernel.
+    pub(crate) fn read<T: Copy>(&mut self, addr: u64, n: usize, written: bool) -> Result<Vec<T>> {
+        let mut out = Vec::<T>::with_capacity(n);
+        let mut err = [0u8; 512];
+        // SAFETY: `out` has capacity for n elements, n·size_of::<T>() bytes the
+        // emulator fills in full on success (its buffers hold plain values of T, as
+        // the host wrote them or a kernel stored them).
+        let rc = unsafe {
+            cn_emu_read(
+                self.raw,
+                addr,
+                out.as_mut_ptr().cast(),
+                n * std::mem::size_of::<T>(),
+                written.into(),
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        if rc != 0 {
+            bail!("emulator: {}", message(&err))
+        }
+        // SAFETY: every byte of the n elements was written by cn_emu_read.
+        unsafe { out.set_len(n) };
+        Ok(out)
+    }
+
+    /// Runs a launch on this device's buffers.
+    pub(crate) fn launch(&mut self, l: &Launch) -> Result<()> {
+        let name = CString::new(l.entry.as_str()).unwrap_or_default();
+        // SAFETY: `name` is NUL-terminated; the registry's entries live as long as the
+        // program.
+        let entry = unsafe { cn_emu_find(name.as_ptr()) };
+        if entry.is_null() {
+            bail!("emulator: no kernel has the entry point {}", l.entry)
+        }
+        let args: Vec<*const c_void> = l.args.iter().map(|a| a.bytes().as_ptr().cast()).collect();
+        let sizes: Vec<usize> = l.args.iter().map(|a| a.bytes().len()).collect();
+        let (grid, block) = ([l.grid.0, l.grid.1, 1], [l.block, 1, 1]);
+        let mut err = vec![0u8; 4096];
+        // SAFETY: the device and entry are live; `args` holds one pointer per argument
+        // to its bytes, alive until the call returns, with their sizes, which the
+        // emulator checks against the entry's parameters before it runs anything.
+        let rc = unsafe {
+            cn_emu_launch(
+                self.raw,
+                entry,
+                grid.as_ptr(),
+                block.as_ptr(),
+                l.smem as usize,
+                args.as_ptr(),
+                args.len(),
+                sizes.as_ptr(),
+                workers(),
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        if rc != 0 {
+            bail!("emulator: {}", message(&err))
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: the device was made by cn_emu_device_new and is freed only here.
+        unsafe { cn_emu_device_free(self.raw) }
+    }
+}
+
+/// The emulated GPU as an executor of the launch code's launches.
+struct Emulator {
+    gpu: Gpu,
+    dev: Device,
+}
+
+impl Executor for Emulator {
+    fn profile(&self) -> &dyn Profile {
+        &self.gpu
+    }
+
+    fn scratch(&mut self, bytes: usize, zeroed: bool, name: &'static str) -> Result<u64> {
+        self.dev.alloc(bytes, 0, zeroed, false, name)
+    }
+
+    fn launch(&mut self, launch: &Launch) -> Result<()> {
+        self.dev.launch(launch)
+    }
+}
+
+/// The bytes of a contiguous input and the byte offset of its first element in its
+/// storage.
+fn input_bytes<'a>(spec: &Spec, (s, l): Arg<'a, CpuStorage>) -> Result<(&'a [u8], usize)> {
+    fn raw<T>(v: &[T]) -> &[u8] {
+        // SAFETY: the elements of a CPU storage of f32, f16 or bf16 are plain bytes.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+    }
+    let range = check::contiguous_range(spec.name(), l)?;
+    let size = s.dtype().size_in_bytes();
+    let bytes = match s {
+        CpuStorage::F32(v) => raw(&v[range.clone()]),
+        CpuStorage::F16(v) => raw(&v[range.clone()]),
+        CpuStorage::BF16(v) => raw(&v[range.clone()]),
+        s => {
+            return Err(check::unsupported_dtype(
+                spec.name(),
+                s.dtype(),
+                "CUDA",
+                "f32, f16, bf16",
+            ))
+        }
+    };
+    Ok((bytes, range.start * size))
+}
+
+impl Emulator {
+    fn new(gpu: Gpu) -> Self {
+        Self {
+            gpu,
+            dev: Device::new(),
+        }
+    }
+
+    /// An input copied to the device, read-only, at its storage offset's alignment.
+    fn upload(&mut self, spec: &Spec, name: &str, a: Arg<CpuStorage>) -> Result<u64> {
+        let (bytes, offset) = input_bytes(spec, a)?;
+        let addr = self.dev.alloc(bytes.len(), offset, false, true, name)?;
+        self.dev.write(addr, bytes)?;
+        Ok(addr)
+    }
+
+    fn upload_opt(&mut self, spec: &Spec, name: &str, a: Option<Arg<CpuStorage>>) -> Result<Option<u64>> {
+        a.map(|a| self.upload(spec, name, a)).transpose()
+    }
+
+    /// `n` elements of `dtype` read back as CPU storage, every one written.
+    fn download(&mut self, addr: u64, n: usize, dtype: DType) -> Result<CpuStorage> {
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(self.dev.read(addr, n, true)?),
+            DType::F16 => CpuStorage::F16(self.dev.read(addr, n, true)?),
+            DType::BF16 => CpuStorage::BF16(self.dev.read(addr, n, true)?),
+            dt => bail!("emulator: no {dt:?} output"),
+        })
+    }
+}
+
+/// The op's name before the emulator's error.
+fn named<T>(spec: &Spec, r: Result<T>) -> Result<T> {
+    r.map_err(|e| candle_core::Error::Msg(format!("{}: {e}", spec.name())))
+}
+
+/// The forward on the emulated `gpu`: y, laid out as x, then h with a `residual`.
+pub(crate) fn forward(
+    gpu: Gpu,
+    spec: &Spec,
+    x: Arg<CpuStorage>,
+    residual: Option<Arg<CpuStorage>>,
+    w: Option<Arg<CpuStorage>>,
+    b: Option<Arg<CpuStorage>>,
+) -> Result<CpuStorage> {
+    let dtype = x.0.dtype();
+    super::plan::suffix(spec, dtype)?;
+    let mut e = Emulator::new(gpu);
+    let n = spec.rows * spec.len;
+    let xp = e.upload(spec, "x", x)?;
+    let rp = e.upload_opt(spec, "residual", residual)?;
+    let (wp, bp) = (e.upload_opt(spec, "weight", w)?, e.upload_opt(spec, "bias", b)?);
+    let out = e
+        .dev
+        .alloc(spec.outputs() * dtype.size_in_bytes(), 0, false, false, "y")?;
+    let h = rp.map(|_| out + (n * dtype.size_in_bytes()) as u64);
+    let p = Fwd {
+        x: xp,
+        residual: rp,
+        w: wp,
+        b: bp,
+        running: None,
+        y: out,
+        h,
+    };
+    named(spec, run_forward(&mut e, spec, dtype, &p))?;
+    named(spec, e.download(out, spec.outputs(), dtype))
+}
+
+/// BatchNorm's forward on the emulated `gpu`: y, and in training (`running` is `None`)
+/// each channel's batch mean then biased variance; in eval no statistics.
+pub(crate) fn batch_forward(
+    gpu: Gpu,
+    spec: &Spec,
+    x: Arg<CpuStorage>,
+    [w, b]: [Option<Arg<CpuStorage>>; 2],
+    running: Option<[Arg<CpuStorage>; 2]>,
+) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    let dtype = x.0.dtype();
+    super::plan::suffix(spec, dtype)?;
+    let mut e = Emulator::new(gpu);
+    let n = spec.rows * spec.len;
+    let xp = e.upload(spec, "x", x)?;
+    let (wp, bp) = (e.upload_opt(spec, "weight", w)?, e.upload_opt(spec, "bias", b)?);
+    let running = match running {
+        Some([m, v]) => Some([e.upload(spec, "running_mean", m)?, e.upload(spec, "running_var", v)?]),
+        None => None,
+    };
+    let y = e.dev.alloc(n * dtype.size_in_bytes(), 0, false, false, "y")?;
+    // An empty x (eval only: training needs two values a channel) writes nothing.
+    let stats = match running {
+        None => Some(e.dev.alloc(
+            2 * spec.groups * dtype.size_in_bytes(),
+            0,
+            n == 0,
+            false,
+            "batch statistics",
+        )?),
+        Some(_) => None,
+    };
+    let p = Fwd {
+        x: xp,
+        residual: None,
+        w: wp,
+        b: bp,
+        running,
+        y,
+        h: None,
+    };
+    named(spec, run_batch_forward(&mut e, spec, dtype, &p, stats))?;
+    let y = named(spec, e.download(y, n, dtype))?;
+    let stats = stats
+        .map(|s| named(spec, e.download(s, 2 * spec.groups, dtype)))
+        .transpose()?;
+    Ok((y, stats))
+}
+
+/// The backward on the emulated `gpu`: dx, then dγ when `want.weight`, then dβ when
+/// `want.bias`, in one flat storage. With `dh` (the fused residual add), `x` is h and
+/// dh is added to dx. BatchNorm's takes its `running` statistics in eval.
+pub(crate) fn backward(
+    gpu: Gpu,
+    spec: &Spec,
+    want: Affine,
+    [x, dy]: [Arg<CpuStorage>; 2],
+    [w, dh]: [Option<Arg<CpuStorage>>; 2],
+    running: Option<[Arg<CpuStorage>; 2]>,
+) -> Result<CpuStorage> {
+    let dtype = x.0.dtype();
+    super::plan::suffix(spec, dtype)?;
+    let mut e = Emulator::new(gpu);
+    let (len, total) = (spec.rows * spec.len, spec.packed_grads(want));
+    let xp = e.upload(spec, if spec.residual { "h" } else { "x" }, x)?;
+    let dyp = e.upload(spec, "dy", dy)?;
+    let (wp, dhp) = (e.upload_opt(spec, "weight", w)?, e.upload_opt(spec, "dh", dh)?);
+    let running = match running {
+        Some([m, v]) => Some([e.upload(spec, "running_mean", m)?, e.upload(spec, "running_var", v)?]),
+        None => None,
+    };
+    // dγ/dβ of an empty input are zeros; otherwise the kernels write every element.
+    let out = e
+        .dev
+        .alloc(total * dtype.size_in_bytes(), 0, len == 0, false, "gradients")?;
+    let p = Bwd {
+        x: xp,
+        w: wp,
+        dy: dyp,
+        dh: dhp,
+        running,
+        dx: out,
+    };
+    let params = out + (len * dtype.size_in_bytes()) as u64;
+    named(spec, run_backward(&mut e, spec, dtype, want, &p, params))?;
+    named(spec, e.download(out, total, dtype))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+//! Launches as data. A kernel launch is a [`Launch`] value (entry point, grid, block,
+//! dynamic shared memory, arguments) that the launch code computes from the shape,
+//! the dtype, the pointers' alignment and a device [`Profile`] alone, and an
+//! [`Executor`] runs: the CUDA driver on a GPU (`driver`), or the CPU emulator
+//! (`emulator`), which so takes the very paths, grids and reduction orders the
+//! profiled GPU would.
+
+use super::batch::BatchShape;
+use super::group::GroupShape;
+use crate::spec::Spec;
+use candle_core::{bail, DType, Result};
+
+/// A kernel argument, as the driver passes it: a device address (0 for an absent
+/// optional input), a scalar, or a shape struct passed by value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum KArg {
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+    Group(GroupShape),
+    Batch(BatchShape),
+}
+
+impl KArg {
+    /// An optional input's address, or null.
+    pub(crate) fn opt(p: Option<u64>) -> Self {
+        KArg::Ptr(p.unwrap_or(0))
+    }
+
+    /// The argument's bytes, as a kernel parameter of its type holds them.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        fn raw<T>(v: &T) -> &[u8] {
+            // SAFETY: T is one of KArg's plain-old-data payloads (integers, floats, and
+            // #[repr(C)] structs of i32 without padding), every byte initialized.
+            unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        }
+        match self {
+            KArg::Ptr(p) => raw(p),
+            KArg::I32(v) => raw(v),
+            KArg::F32(v) => raw(v),
+            KArg::Group(g) => raw(g),
+            KArg::Batch(b) => raw(b),
+        }
+    }
+}
+
+/// One kernel launch.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Launch {
+    /// The entry point's name, dtype suffix included.
+    pub entry: String,
+    pub grid: (u32, u32),
+    pub block: u32,
+    /// Bytes of dynamic shared memory.
+    pub smem: u32,
+    pub args: Vec<KArg>,
+}
+
+impl Launch {
+    /// A launch of `entry` over a grid and block given as sizes, each checked to fit
+    /// a launch.
+    pub(crate) fn new(
+        spec: &Spec,
+        entry: String,
+        grid: (usize, usize),
+        block: usize,
+        smem: usize,
+        args: Vec<KArg>,
+    ) -> Result<Self> {
+        let fits = |v: usize, max: usize| v >= 1 && v <= max;
+        if !(fits(grid.0, i32::MAX as usize) && fits(grid.1, 65535) && fits(block, 1024) && smem <= 48 * 1024) {
+            bail!(
+                "{}: internal error: {entry} cannot be launched on grid {grid:?}, block {block}, {smem} bytes of shared memory",
+                spec.name()
+            )
+        }
+        Ok(Self {
+            entry,
+            grid: (grid.0 as u32, grid.1 as u32),
+            block: block as u32,
+            smem: smem as u32,
+            args,
+        })
+    }
+}
+
+/// What the launch code needs to know of a device: its SM count and how many blocks
+/// of an entry fit on one SM at once.
+pub(crate) trait Profile {
+    /// Streaming multiprocessors.
+    fn sm_count(&self) -> Result<usize>;
+
+    /// Blocks of `entry` resident on one SM at once, launched with `block` threads
+    /// and `smem` bytes of dynamic shared memory.
+    fn resident_blocks(&self, entry: &str, block: u32, smem: u32) -> Result<usize>;
+}
+
+/// Runs launches on a device: allocates scratch memory that lives until the executor
+/// is dropped, and launches kernels in order.
+pub(crate) trait Executor {
+    /// The device's profile.
+    fn profile(&self) -> &dyn Profile;
+
+    /// `bytes` of device memory, zeroed or not, named for the emulator's errors.
+    fn scratch(&mut self, bytes: usize, zeroed: bool, name: &'static str) -> Result<u64>;
+
+    /// Launches a kernel; the launches of one executor run in order.
+    fn launch(&mut self, launch: &Launch) -> Result<()>;
+}
+
+/// The suffix of the kernels of `dtype` (f32, f16, bf16); others have none.
+pub(crate) fn suffix(spec: &Spec, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F16 => Ok("f16"),
+        DType::BF16 => Ok("bf16"),
+        dt => Err(crate::check::unsupported_dtype(
+            spec.name(),
+            dt,
+            "CUDA",
+            "f32, f16, bf16",
+        )),
+    }
+}
+
+/// The entry point `{kind}_{stage}_{dtype}`.
+pub(crate) fn entry(spec: &Spec, stage: &str, dtype: DType) -> Result<String> {
+    Ok(format!("{}_{stage}_{}", spec.kind.name(), suffix(spec, dtype)?))
+}
+
+/// A size as the kernels' `int`, or an error naming the op.
+pub(crate) fn int(spec: &Spec, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).or_else(|_| bail!("{}: {what} = {v} is too large for the CUDA kernels", spec.name()))
+}
