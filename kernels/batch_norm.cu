@@ -31,13 +31,9 @@
 
 namespace cn {
 
-struct BatchShape {
-    int C, S, K, splits, chunk;
-};
-
 // Offset of element i of channel c.
 __device__ __forceinline__ size_t bn_at(const BatchShape& s, int c, int i) {
-    return (size_t)(i / s.S) * s.C * s.S + (size_t)c * s.S + i % s.S;
+    return (size_t)(i / s.spatial) * s.channels * s.spatial + (size_t)c * s.spatial + i % s.spatial;
 }
 
 // Mean and biased variance of channel c: from the running statistics (EVAL), else merged from its
@@ -58,7 +54,7 @@ __device__ __forceinline__ void bn_channel(const float* part, const T* rmean, co
 template <typename T, int V> __device__ void bn_stats(const T* x, float* part, BatchShape s) {
     __shared__ float smem[96];
     const int c = blockIdx.x, k = blockIdx.y;
-    const int start = k * s.chunk, end = min(s.K, start + s.chunk);
+    const int start = k * s.chunk, end = min(s.len, start + s.chunk);
     const auto at = [&](int i) { return bn_at(s, c, i); };
     slice_moments<T, V>(x, start, end, at, smem, part + 3 * ((size_t)c * s.splits + k));
 }
@@ -75,7 +71,7 @@ __device__ void bn_fwd(const T* x, const T* w, const T* b, const float* part, co
         var_out[c] = from_f32<T>(var);
     }
     const float scale = rsqrtf(var + eps) * param_or(w, c, 1.f), shift = param_or(b, c, 0.f);
-    const int start = k * s.chunk, end = min(s.K, start + s.chunk);
+    const int start = k * s.chunk, end = min(s.len, start + s.chunk);
     for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
         const size_t at = bn_at(s, c, i);
         float v[V];
@@ -94,7 +90,7 @@ __device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const T*
     float mean, var;
     bn_channel<T, EVAL>(part, rmean, rvar, s, c, mean, var);
     const float rstd = rsqrtf(var + eps);
-    const int start = k * s.chunk, end = min(s.K, start + s.chunk);
+    const int start = k * s.chunk, end = min(s.len, start + s.chunk);
     float a1 = 0.f, a2 = 0.f;
     for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
         const size_t at = bn_at(s, c, i);
@@ -110,8 +106,8 @@ __device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const T*
     a1 = team_sum<false>(a1, smem);
     a2 = team_sum<false>(a2, smem);
     if (threadIdx.x == 0) {
-        s1[(size_t)k * s.C + c] = a1;
-        s2[(size_t)k * s.C + c] = a2;
+        s1[(size_t)k * s.channels + c] = a1;
+        s2[(size_t)k * s.channels + c] = a2;
     }
 }
 
@@ -127,13 +123,13 @@ __device__ void bn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
     if constexpr (!EVAL) {
         float sgx = 0.f, sg = 0.f;
         for (int j = 0; j < s.splits; j++) {
-            sgx += s1[(size_t)j * s.C + c];
-            sg += s2[(size_t)j * s.C + c];
+            sgx += s1[(size_t)j * s.channels + c];
+            sg += s2[(size_t)j * s.channels + c];
         }
-        mean_g = wc * sg / s.K;
-        mean_gx = wc * sgx / s.K;
+        mean_g = wc * sg / s.len;
+        mean_gx = wc * sgx / s.len;
     }
-    const int start = k * s.chunk, end = min(s.K, start + s.chunk);
+    const int start = k * s.chunk, end = min(s.len, start + s.chunk);
     for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
         const size_t at = bn_at(s, c, i);
         float gv[V];
@@ -156,58 +152,42 @@ __device__ void bn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
 
 }  // namespace cn
 
-// One body per kernel and mode: the runtime flag picks the vector width.
-#define CN_BN_DISPATCH(FN, ...)                                          \
-    if (flags & cn::BVEC) cn::FN<T, cn::pack_of<T>(), EVAL>(__VA_ARGS__); \
+// The entry bodies: each reads its tensors from its kernel's arguments (params.h), and
+// the runtime flag picks the vector width.
+#define CN_BN_DISPATCH(FN, ...)                                                  \
+    if (a.flags & cn::BVEC) cn::FN<T, cn::pack_of<T>(), EVAL>(__VA_ARGS__);      \
     else cn::FN<T, 1, EVAL>(__VA_ARGS__);
 
 template <bool EVAL> struct BatchNorm {
-    template <typename T>
-    static __device__ void fwd(const T* x, const T* w, const T* b, const float* part, const T* rmean, const T* rvar,
-                               T* y, T* mean, T* var, cn::BatchShape s, float eps, int flags) {
-        CN_BN_DISPATCH(bn_fwd, x, w, b, part, rmean, rvar, y, mean, var, s, eps)
+    template <typename T> static __device__ __forceinline__ void fwd(const cn::BatchFwdArgs& a) {
+        CN_BN_DISPATCH(bn_fwd, cn::in<T>(a.x), cn::in<T>(a.weight), cn::in<T>(a.bias), cn::in<float>(a.moments),
+                       cn::in<T>(a.running_mean), cn::in<T>(a.running_var), cn::out<T>(a.y), cn::out<T>(a.mean),
+                       cn::out<T>(a.var), a.shape, a.eps)
     }
 
-    template <typename T>
-    static __device__ void bwd_sums(const T* x, const T* dy, const float* part, const T* rmean, const T* rvar,
-                                    float* s1, float* s2, cn::BatchShape s, float eps, int flags) {
-        CN_BN_DISPATCH(bn_bwd_sums, x, dy, part, rmean, rvar, s1, s2, s, eps)
+    template <typename T> static __device__ __forceinline__ void bwd_sums(const cn::BatchSumsArgs& a) {
+        CN_BN_DISPATCH(bn_bwd_sums, cn::in<T>(a.x), cn::in<T>(a.dy), cn::in<float>(a.moments),
+                       cn::in<T>(a.running_mean), cn::in<T>(a.running_var), cn::out<float>(a.partial_dw),
+                       cn::out<float>(a.partial_db), a.shape, a.eps)
     }
 
-    template <typename T>
-    static __device__ void bwd_dx(const T* x, const T* w, const T* dy, const float* part, const T* rmean,
-                                  const T* rvar, const float* s1, const float* s2, T* dx, cn::BatchShape s, float eps,
-                                  int flags) {
-        CN_BN_DISPATCH(bn_bwd_dx, x, w, dy, part, rmean, rvar, s1, s2, dx, s, eps)
+    template <typename T> static __device__ __forceinline__ void bwd_dx(const cn::BatchDxArgs& a) {
+        CN_BN_DISPATCH(bn_bwd_dx, cn::in<T>(a.x), cn::in<T>(a.weight), cn::in<T>(a.dy), cn::in<float>(a.moments),
+                       cn::in<T>(a.running_mean), cn::in<T>(a.running_var), cn::in<float>(a.partial_dw),
+                       cn::in<float>(a.partial_db), cn::out<T>(a.dx), a.shape, a.eps)
     }
 };
 
-template <typename T> __device__ void batch_norm_stats(const T* x, float* part, cn::BatchShape s, int flags) {
-    if (flags & cn::BVEC) cn::bn_stats<T, cn::pack_of<T>()>(x, part, s);
-    else cn::bn_stats<T, 1>(x, part, s);
+template <typename T> __device__ __forceinline__ void batch_norm_stats(const cn::BatchStatsArgs& a) {
+    if (a.flags & cn::BVEC) cn::bn_stats<T, cn::pack_of<T>()>(cn::in<T>(a.x), cn::out<float>(a.moments), a.shape);
+    else cn::bn_stats<T, 1>(cn::in<T>(a.x), cn::out<float>(a.moments), a.shape);
 }
 
-#define CN_BN_STATS_PARAMS(T) (const T* x, float* part, cn::BatchShape s, int flags)
-#define CN_BN_FWD_PARAMS(T)                                                                                     \
-    (const T* x, const T* w, const T* b, const float* part, const T* rmean, const T* rvar, T* y, T* mean, T* var, \
-     cn::BatchShape s, float eps, int flags)
-#define CN_BN_SUMS_PARAMS(T)                                                                                   \
-    (const T* x, const T* dy, const float* part, const T* rmean, const T* rvar, float* s1, float* s2, cn::BatchShape s, \
-     float eps, int flags)
-#define CN_BN_DX_PARAMS(T)                                                                                   \
-    (const T* x, const T* w, const T* dy, const float* part, const T* rmean, const T* rvar, const float* s1, \
-     const float* s2, T* dx, cn::BatchShape s, float eps, int flags)
-CN_INSTANTIATE(batch_norm_stats, batch_norm_stats, CN_BN_STATS_PARAMS, (x, part, s, flags))
-CN_INSTANTIATE(batch_norm_fwd, BatchNorm<false>::fwd, CN_BN_FWD_PARAMS,
-               (x, w, b, part, rmean, rvar, y, mean, var, s, eps, flags))
-CN_INSTANTIATE(batch_norm_eval_fwd, BatchNorm<true>::fwd, CN_BN_FWD_PARAMS,
-               (x, w, b, part, rmean, rvar, y, mean, var, s, eps, flags))
-CN_INSTANTIATE(batch_norm_bwd_sums, BatchNorm<false>::bwd_sums, CN_BN_SUMS_PARAMS,
-               (x, dy, part, rmean, rvar, s1, s2, s, eps, flags))
-CN_INSTANTIATE(batch_norm_eval_bwd_sums, BatchNorm<true>::bwd_sums, CN_BN_SUMS_PARAMS,
-               (x, dy, part, rmean, rvar, s1, s2, s, eps, flags))
-CN_INSTANTIATE(batch_norm_bwd_dx, BatchNorm<false>::bwd_dx, CN_BN_DX_PARAMS,
-               (x, w, dy, part, rmean, rvar, s1, s2, dx, s, eps, flags))
-CN_INSTANTIATE(batch_norm_eval_bwd_dx, BatchNorm<true>::bwd_dx, CN_BN_DX_PARAMS,
-               (x, w, dy, part, rmean, rvar, s1, s2, dx, s, eps, flags))
-CN_INSTANTIATE(batch_norm_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))
+CN_INSTANTIATE(batch_norm_stats, batch_norm_stats, BatchStatsArgs)
+CN_INSTANTIATE(batch_norm_fwd, BatchNorm<false>::fwd, BatchFwdArgs)
+CN_INSTANTIATE(batch_norm_eval_fwd, BatchNorm<true>::fwd, BatchFwdArgs)
+CN_INSTANTIATE(batch_norm_bwd_sums, BatchNorm<false>::bwd_sums, BatchSumsArgs)
+CN_INSTANTIATE(batch_norm_eval_bwd_sums, BatchNorm<true>::bwd_sums, BatchSumsArgs)
+CN_INSTANTIATE(batch_norm_bwd_dx, BatchNorm<false>::bwd_dx, BatchDxArgs)
+CN_INSTANTIATE(batch_norm_eval_bwd_dx, BatchNorm<true>::bwd_dx, BatchDxArgs)
+CN_INSTANTIATE(batch_norm_dparams, cn::reduce_param_partials, PartialsArgs)

@@ -32,23 +32,19 @@
 
 namespace cn {
 
-struct GroupShape {
-    int rows, K, S, cpg, G, C, splits, chunk;
-};
-
 // Where row `row` starts, and where its element i lies from there: channels-last rows
 // are strided (module comment).
 template <bool LAST> __device__ __forceinline__ size_t row_start(const GroupShape& g, int row) {
     if constexpr (LAST) {
-        return (size_t)(row / g.G) * g.S * g.C + (row % g.G) * g.cpg;
+        return (size_t)(row / g.groups) * g.spatial * g.channels + (row % g.groups) * g.per_group;
     } else {
-        return (size_t)row * g.K;
+        return (size_t)row * g.len;
     }
 }
 
 template <bool LAST> __device__ __forceinline__ auto elem(const GroupShape& g, int i) {
     if constexpr (LAST) {
-        return (size_t)(i / g.cpg) * g.C + i % g.cpg;
+        return (size_t)(i / g.per_group) * g.channels + i % g.per_group;
     } else {
         return i;
     }
@@ -68,7 +64,7 @@ __device__ __forceinline__ float gn_dx(float x, float g, float mean, float rstd,
 template <typename T, int V, bool LAST> __device__ void gn_stats(const T* x, float* part, GroupShape g) {
     __shared__ float smem[96];
     const int row = blockIdx.x, s = blockIdx.y;
-    const int start = s * g.chunk, end = min(g.K, start + g.chunk);
+    const int start = s * g.chunk, end = min(g.len, start + g.chunk);
     const auto at = [&](int i) { return elem<LAST>(g, i); };
     slice_moments<T, V>(x + row_start<LAST>(g, row), start, end, at, smem, part + 3 * ((size_t)row * g.splits + s));
 }
@@ -78,8 +74,8 @@ __device__ void gn_fwd(const T* x, const T* w, const T* b, const float* part, T*
     const int row = blockIdx.x, s = blockIdx.y;
     const Moments m = row_moments(part, row, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
-    const int p0 = (row % g.G) * g.cpg;
-    const int start = s * g.chunk, end = min(g.K, start + g.chunk);
+    const int p0 = (row % g.groups) * g.per_group;
+    const int start = s * g.chunk, end = min(g.len, start + g.chunk);
     const size_t off = row_start<LAST>(g, row);
     for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
         float v[V];
@@ -87,13 +83,13 @@ __device__ void gn_fwd(const T* x, const T* w, const T* b, const float* part, T*
         if constexpr (LAST) {
             // V consecutive channels of one spatial row: C/G is a multiple of V.
             float wv[V], bv[V];
-            params_or<T, V>(w, p0 + i % g.cpg, 1.f, wv);
-            params_or<T, V>(b, p0 + i % g.cpg, 0.f, bv);
+            params_or<T, V>(w, p0 + i % g.per_group, 1.f, wv);
+            params_or<T, V>(b, p0 + i % g.per_group, 0.f, bv);
 #pragma unroll
             for (int k = 0; k < V; k++) v[k] = gn_y(v[k], mean, rstd * wv[k], bv[k]);
         } else {
             // One channel per vector: S is a multiple of V.
-            const int c = p0 + i / g.S;
+            const int c = p0 + i / g.spatial;
             const float scale = rstd * param_or(w, c, 1.f), shift = param_or(b, c, 0.f);
 #pragma unroll
             for (int k = 0; k < V; k++) v[k] = gn_y(v[k], mean, scale, shift);
@@ -106,12 +102,12 @@ template <typename T, int V>
 __device__ void gn_bwd_sums(const T* x, const T* dy, const float* part, float* s1, float* s2, GroupShape g,
                             float eps) {
     __shared__ float smem[32];
-    const int bc = blockIdx.x, b = bc / g.C, c = bc % g.C;
-    const Moments m = row_moments(part, b * g.G + c / g.cpg, g.splits);
+    const int bc = blockIdx.x, b = bc / g.channels, c = bc % g.channels;
+    const Moments m = row_moments(part, b * g.groups + c / g.per_group, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
-    const size_t off = (size_t)bc * g.S;
+    const size_t off = (size_t)bc * g.spatial;
     float a1 = 0.f, a2 = 0.f;
-    for (int i = threadIdx.x * V; i < g.S; i += blockDim.x * V) {
+    for (int i = threadIdx.x * V; i < g.spatial; i += blockDim.x * V) {
         float xv[V], gv[V];
         load<T, V>(x + off + i, xv);
         load<T, V>(dy + off + i, gv);
@@ -135,18 +131,18 @@ template <typename T>
 __device__ void gn_last_bwd_sums(const T* x, const T* dy, const float* part, float* s1, float* s2, GroupShape g,
                                  float eps, int R, int rows) {
     const int b = blockIdx.x, r = blockIdx.y;
-    const int s_end = min(g.S, (r + 1) * rows);
-    for (int c = threadIdx.x; c < g.C; c += blockDim.x) {
-        const Moments m = row_moments(part, b * g.G + c / g.cpg, g.splits);
+    const int s_end = min(g.spatial, (r + 1) * rows);
+    for (int c = threadIdx.x; c < g.channels; c += blockDim.x) {
+        const Moments m = row_moments(part, b * g.groups + c / g.per_group, g.splits);
         const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
         float a1 = 0.f, a2 = 0.f;
         for (int s = r * rows; s < s_end; s++) {
-            const size_t at = ((size_t)b * g.S + s) * g.C + c;
+            const size_t at = ((size_t)b * g.spatial + s) * g.channels + c;
             const float xv = to_f32(x[at]), gv = to_f32(dy[at]);
             a1 += gv * (xv - mean) * rstd;
             a2 += gv;
         }
-        const size_t o = ((size_t)b * R + r) * g.C + c;
+        const size_t o = ((size_t)b * R + r) * g.channels + c;
         s1[o] = a1;
         s2[o] = a2;
     }
@@ -160,30 +156,30 @@ __device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
     const int row = blockIdx.x, s = blockIdx.y;
     const Moments m = row_moments(part, row, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
-    const int p0 = (row % g.G) * g.cpg;
+    const int p0 = (row % g.groups) * g.per_group;
     // Σ g = Σ_c γ_c·s2 and Σ g·x̂ = Σ_c γ_c·s1 over the group's channels.
     float sg = 0.f, sgx = 0.f;
     if constexpr (LAST) {
-        const size_t sums0 = (size_t)(row / g.G) * R * g.C + p0;
-        for (int j = threadIdx.x; j < g.cpg * R; j += blockDim.x) {
-            const int c = j % g.cpg;
+        const size_t sums0 = (size_t)(row / g.groups) * R * g.channels + p0;
+        for (int j = threadIdx.x; j < g.per_group * R; j += blockDim.x) {
+            const int c = j % g.per_group;
             const float wc = param_or(w, p0 + c, 1.f);
-            const size_t at = sums0 + (size_t)(j / g.cpg) * g.C + c;
+            const size_t at = sums0 + (size_t)(j / g.per_group) * g.channels + c;
             sg += wc * s2[at];
             sgx += wc * s1[at];
         }
     } else {
-        const size_t sums0 = (size_t)(row / g.G) * g.C + p0;
-        for (int j = threadIdx.x; j < g.cpg; j += blockDim.x) {
+        const size_t sums0 = (size_t)(row / g.groups) * g.channels + p0;
+        for (int j = threadIdx.x; j < g.per_group; j += blockDim.x) {
             const float wc = param_or(w, p0 + j, 1.f);
             sg += wc * s2[sums0 + j];
             sgx += wc * s1[sums0 + j];
         }
     }
-    const float inv_k = 1.f / g.K;
+    const float inv_k = 1.f / g.len;
     const float mean_g = team_sum<false>(sg, smem) * inv_k;
     const float mean_gx = team_sum<false>(sgx, smem) * inv_k;
-    const int start = s * g.chunk, end = min(g.K, start + g.chunk);
+    const int start = s * g.chunk, end = min(g.len, start + g.chunk);
     const size_t off = row_start<LAST>(g, row);
     for (int i = start + threadIdx.x * V; i < end; i += blockDim.x * V) {
         float xv[V], gv[V];
@@ -191,11 +187,11 @@ __device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
         load<T, V>(dy + off + elem<LAST>(g, i), gv);
         if constexpr (LAST) {
             float wv[V];
-            params_or<T, V>(w, p0 + i % g.cpg, 1.f, wv);
+            params_or<T, V>(w, p0 + i % g.per_group, 1.f, wv);
 #pragma unroll
             for (int k = 0; k < V; k++) xv[k] = gn_dx(xv[k], gv[k] * wv[k], mean, rstd, mean_g, mean_gx);
         } else {
-            const float wc = param_or(w, p0 + i / g.S, 1.f);
+            const float wc = param_or(w, p0 + i / g.spatial, 1.f);
 #pragma unroll
             for (int k = 0; k < V; k++) xv[k] = gn_dx(xv[k], gv[k] * wc, mean, rstd, mean_g, mean_gx);
         }
@@ -205,60 +201,56 @@ __device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
 
 }  // namespace cn
 
-// One body per kernel and layout: the runtime flag picks the vector width.
-#define CN_GN_DISPATCH(FN, ...)                                            \
-    if (flags & cn::GVEC) cn::FN<T, cn::pack_of<T>(), LAST>(__VA_ARGS__); \
+// The entry bodies: each reads its tensors from its kernel's arguments (params.h), and
+// the runtime flag picks the vector width.
+#define CN_GN_DISPATCH(FN, ...)                                                  \
+    if (a.flags & cn::GVEC) cn::FN<T, cn::pack_of<T>(), LAST>(__VA_ARGS__);      \
     else cn::FN<T, 1, LAST>(__VA_ARGS__);
 
 template <bool LAST> struct GroupNorm {
-    template <typename T> static __device__ void stats(const T* x, float* part, cn::GroupShape g, int flags) {
-        CN_GN_DISPATCH(gn_stats, x, part, g)
+    template <typename T> static __device__ __forceinline__ void stats(const cn::GroupStatsArgs& a) {
+        CN_GN_DISPATCH(gn_stats, cn::in<T>(a.x), cn::out<float>(a.moments), a.shape)
     }
 
-    template <typename T>
-    static __device__ void fwd(const T* x, const T* w, const T* b, const float* part, T* y, cn::GroupShape g,
-                               float eps, int flags) {
-        CN_GN_DISPATCH(gn_fwd, x, w, b, part, y, g, eps)
-    }
-
-    template <typename T>
-    static __device__ void bwd_dx(const T* x, const T* w, const T* dy, const float* part, const float* s1,
-                                  const float* s2, T* dx, cn::GroupShape g, float eps, int flags, int R) {
-        CN_GN_DISPATCH(gn_bwd_dx, x, w, dy, part, s1, s2, dx, g, eps, R)
+    template <typename T> static __device__ __forceinline__ void fwd(const cn::GroupFwdArgs& a) {
+        CN_GN_DISPATCH(gn_fwd, cn::in<T>(a.x), cn::in<T>(a.weight), cn::in<T>(a.bias), cn::in<float>(a.moments),
+                       cn::out<T>(a.y), a.shape, a.eps)
     }
 };
 
-// Channels-first only (channels-last has gn_last_bwd_sums).
-template <typename T>
-__device__ void group_norm_bwd_sums(const T* x, const T* dy, const float* part, float* s1, float* s2, cn::GroupShape g,
-                                    float eps, int flags) {
-    if (flags & cn::GVEC) cn::gn_bwd_sums<T, cn::pack_of<T>()>(x, dy, part, s1, s2, g, eps);
-    else cn::gn_bwd_sums<T, 1>(x, dy, part, s1, s2, g, eps);
+template <typename T> __device__ __forceinline__ void group_norm_bwd_sums(const cn::GroupSumsArgs& a) {
+    const float* m = cn::in<float>(a.moments);
+    float *s1 = cn::out<float>(a.partial_dw), *s2 = cn::out<float>(a.partial_db);
+    if (a.flags & cn::GVEC) cn::gn_bwd_sums<T, cn::pack_of<T>()>(cn::in<T>(a.x), cn::in<T>(a.dy), m, s1, s2, a.shape, a.eps);
+    else cn::gn_bwd_sums<T, 1>(cn::in<T>(a.x), cn::in<T>(a.dy), m, s1, s2, a.shape, a.eps);
 }
 
-#define CN_GN_STATS_PARAMS(T) (const T* x, float* part, cn::GroupShape g, int flags)
-#define CN_GN_FWD_PARAMS(T) \
-    (const T* x, const T* w, const T* b, const float* part, T* y, cn::GroupShape g, float eps, int flags)
-#define CN_GN_SUMS_PARAMS(T) \
-    (const T* x, const T* dy, const float* part, float* s1, float* s2, cn::GroupShape g, float eps, int flags)
-#define CN_GN_LAST_SUMS_PARAMS(T)                                                                       \
-    (const T* x, const T* dy, const float* part, float* s1, float* s2, cn::GroupShape g, float eps, int R, \
-     int rows)
-#define CN_GN_DX_PARAMS(T)                                                                                \
-    (const T* x, const T* w, const T* dy, const float* part, const float* s1, const float* s2, T* dx, \
-     cn::GroupShape g, float eps, int flags)
-#define CN_GN_LAST_DX_PARAMS(T)                                                                           \
-    (const T* x, const T* w, const T* dy, const float* part, const float* s1, const float* s2, T* dx, \
-     cn::GroupShape g, float eps, int flags, int R)
-CN_INSTANTIATE(group_norm_stats, GroupNorm<false>::stats, CN_GN_STATS_PARAMS, (x, part, g, flags))
-CN_INSTANTIATE(group_norm_fwd, GroupNorm<false>::fwd, CN_GN_FWD_PARAMS, (x, w, b, part, y, g, eps, flags))
-CN_INSTANTIATE(group_norm_bwd_sums, group_norm_bwd_sums, CN_GN_SUMS_PARAMS, (x, dy, part, s1, s2, g, eps, flags))
-CN_INSTANTIATE(group_norm_bwd_dx, GroupNorm<false>::bwd_dx, CN_GN_DX_PARAMS, (x, w, dy, part, s1, s2, dx, g, eps, flags, 1))
-CN_INSTANTIATE(group_norm_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))
-CN_INSTANTIATE(group_norm_channels_last_stats, GroupNorm<true>::stats, CN_GN_STATS_PARAMS, (x, part, g, flags))
-CN_INSTANTIATE(group_norm_channels_last_fwd, GroupNorm<true>::fwd, CN_GN_FWD_PARAMS, (x, w, b, part, y, g, eps, flags))
-CN_INSTANTIATE(group_norm_channels_last_bwd_sums, cn::gn_last_bwd_sums, CN_GN_LAST_SUMS_PARAMS,
-               (x, dy, part, s1, s2, g, eps, R, rows))
-CN_INSTANTIATE(group_norm_channels_last_bwd_dx, GroupNorm<true>::bwd_dx, CN_GN_LAST_DX_PARAMS,
-               (x, w, dy, part, s1, s2, dx, g, eps, flags, R))
-CN_INSTANTIATE(group_norm_channels_last_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))
+template <typename T> __device__ __forceinline__ void group_norm_last_bwd_sums(const cn::GroupLastSumsArgs& a) {
+    cn::gn_last_bwd_sums<T>(cn::in<T>(a.x), cn::in<T>(a.dy), cn::in<float>(a.moments), cn::out<float>(a.partial_dw),
+                            cn::out<float>(a.partial_db), a.shape, a.eps, a.slices, a.slice_rows);
+}
+
+// dx from sums in R slices a sample (channels-last) or one (channels-first).
+template <typename T, bool LAST, typename A> __device__ __forceinline__ void group_norm_bwd_dx(const A& a, int R) {
+    CN_GN_DISPATCH(gn_bwd_dx, cn::in<T>(a.x), cn::in<T>(a.weight), cn::in<T>(a.dy), cn::in<float>(a.moments),
+                   cn::in<float>(a.partial_dw), cn::in<float>(a.partial_db), cn::out<T>(a.dx), a.shape, a.eps, R)
+}
+
+template <typename T> __device__ __forceinline__ void group_norm_first_bwd_dx(const cn::GroupDxArgs& a) {
+    group_norm_bwd_dx<T, false>(a, 1);
+}
+
+template <typename T> __device__ __forceinline__ void group_norm_last_bwd_dx(const cn::GroupLastDxArgs& a) {
+    group_norm_bwd_dx<T, true>(a, a.slices);
+}
+
+CN_INSTANTIATE(group_norm_stats, GroupNorm<false>::stats, GroupStatsArgs)
+CN_INSTANTIATE(group_norm_fwd, GroupNorm<false>::fwd, GroupFwdArgs)
+CN_INSTANTIATE(group_norm_bwd_sums, group_norm_bwd_sums, GroupSumsArgs)
+CN_INSTANTIATE(group_norm_bwd_dx, group_norm_first_bwd_dx, GroupDxArgs)
+CN_INSTANTIATE(group_norm_dparams, cn::reduce_param_partials, PartialsArgs)
+CN_INSTANTIATE(group_norm_channels_last_stats, GroupNorm<true>::stats, GroupStatsArgs)
+CN_INSTANTIATE(group_norm_channels_last_fwd, GroupNorm<true>::fwd, GroupFwdArgs)
+CN_INSTANTIATE(group_norm_channels_last_bwd_sums, group_norm_last_bwd_sums, GroupLastSumsArgs)
+CN_INSTANTIATE(group_norm_channels_last_bwd_dx, group_norm_last_bwd_dx, GroupLastDxArgs)
+CN_INSTANTIATE(group_norm_channels_last_dparams, cn::reduce_param_partials, PartialsArgs)

@@ -336,73 +336,63 @@ __device__ __forceinline__ void row_bwd(const T* x, const T* w, const T* dy, con
 }
 
 // The entry bodies of one row norm, as CN_ROW_NORM instantiates them: LayerNorm when
-// CENTER, RMSNorm (no mean, no bias) otherwise.
+// CENTER, RMSNorm (no mean, no bias) otherwise. Each reads its tensors from its
+// kernel's arguments (params.h).
 template <bool CENTER> struct RowNorm {
-    template <typename T, Path P, bool VEC>
-    static __device__ void fwd(const T* x, const T* w, const T* b, T* y, int M, int N, float eps) {
-        row_fwd<T, CENTER, false, P, VEC>(x, nullptr, w, b, nullptr, y, M, N, eps);
+    template <typename T, Path P, bool VEC> static __device__ __forceinline__ void fwd(const RowFwdArgs& a) {
+        row_fwd<T, CENTER, false, P, VEC>(in<T>(a.x), nullptr, in<T>(a.weight), in<T>(a.bias), nullptr, out<T>(a.y),
+                                          a.rows, a.len, a.eps);
     }
-    template <typename T, Path P, bool VEC>
-    static __device__ void bwd(const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N,
-                               float eps) {
-        row_bwd<T, CENTER, false, P, VEC>(x, w, dy, nullptr, dx, pdg, pdb, M, N, eps);
+    template <typename T, Path P, bool VEC> static __device__ __forceinline__ void bwd(const RowBwdArgs& a) {
+        row_bwd<T, CENTER, false, P, VEC>(in<T>(a.x), in<T>(a.weight), in<T>(a.dy), nullptr, out<T>(a.dx),
+                                          out<float>(a.partial_dw), out<float>(a.partial_db), a.rows, a.len, a.eps);
     }
-    template <typename T, Path P, bool VEC>
-    static __device__ void add_fwd(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N,
-                                   float eps) {
-        row_fwd<T, CENTER, true, P, VEC>(x, r, w, b, h, y, M, N, eps);
+    template <typename T, Path P, bool VEC> static __device__ __forceinline__ void add_fwd(const AddFwdArgs& a) {
+        row_fwd<T, CENTER, true, P, VEC>(in<T>(a.x), in<T>(a.residual), in<T>(a.weight), in<T>(a.bias), out<T>(a.h),
+                                         out<T>(a.y), a.rows, a.len, a.eps);
     }
-    template <typename T, Path P, bool VEC>
-    static __device__ void add_bwd(const T* h, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb,
-                                   int M, int N, float eps) {
-        row_bwd<T, CENTER, true, P, VEC>(h, w, dy, dh, dx, pdg, pdb, M, N, eps);
+    template <typename T, Path P, bool VEC> static __device__ __forceinline__ void add_bwd(const AddBwdArgs& a) {
+        row_bwd<T, CENTER, true, P, VEC>(in<T>(a.h), in<T>(a.weight), in<T>(a.dy), in<T>(a.dh), out<T>(a.dx),
+                                         out<float>(a.partial_dw), out<float>(a.partial_db), a.rows, a.len, a.eps);
     }
 };
 
 }  // namespace cn
 
-#define CN_ROW_FWD_PARAMS(T) (const T* x, const T* w, const T* b, T* y, int M, int N, float eps)
-#define CN_ROW_BWD_PARAMS(T) (const T* x, const T* w, const T* dy, T* dx, float* pdg, float* pdb, int M, int N, float eps)
-#define CN_ADD_FWD_PARAMS(T) (const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps)
-#define CN_ADD_BWD_PARAMS(T) \
-    (const T* h, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M, int N, float eps)
-
-// One entry point NAME_PATH_WIDTH_{f32,f16,bf16} per dtype, each calling
-// BODY<T, P, VEC>(args...) under __launch_bounds__(THREADS, MIN_BLOCKS).
-#define CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, PATH, P, THREADS, MIN_BLOCKS, WIDTH, VEC)   \
-    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                     \
-        NAME##_##PATH##_##WIDTH##_f32 PARAMS(float) {                                     \
-        BODY<float, P, VEC> ARGS;                                                         \
-    }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                     \
-        NAME##_##PATH##_##WIDTH##_f16 PARAMS(__half) {                                    \
-        BODY<__half, P, VEC> ARGS;                                                        \
-    }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                     \
-        NAME##_##PATH##_##WIDTH##_bf16 PARAMS(__nv_bfloat16) {                            \
-        BODY<__nv_bfloat16, P, VEC> ARGS;                                                 \
+// One entry point NAME_PATH_WIDTH_{f32,f16,bf16} per dtype, each taking the fields of
+// its kernel's argument struct ARGS as parameters (params.h) and calling
+// BODY<T, P, VEC> with them as one struct, under __launch_bounds__(THREADS, MIN_BLOCKS).
+#define CN_ROW_DTYPES(NAME, BODY, ARGS, PATH, P, THREADS, MIN_BLOCKS, WIDTH, VEC)                                 \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                     \
+        NAME##_##PATH##_##WIDTH##_f32(CN_PARAMS_##ARGS(float)) {                                           \
+        BODY<float, P, VEC>(CN_ARGS_##ARGS);                                                                        \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                     \
+        NAME##_##PATH##_##WIDTH##_f16(CN_PARAMS_##ARGS(__half)) {                                           \
+        BODY<__half, P, VEC>(CN_ARGS_##ARGS);                                                                       \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                     \
+        NAME##_##PATH##_##WIDTH##_bf16(CN_PARAMS_##ARGS(__nv_bfloat16)) {                                          \
+        BODY<__nv_bfloat16, P, VEC>(CN_ARGS_##ARGS);                                                                \
     }
 
 // Every (path, width, dtype) entry of a row kernel: warp teams in blocks of BLOCK
 // threads; a block per row in at most MAX_THREADS. The multi-pass path needs few
 // registers; asking for two resident blocks keeps ptxas from spilling its f32 backward
 // at 32 registers. Names as src/cuda/row.rs builds them.
-#define CN_ROW_INSTANTIATE(NAME, BODY, PARAMS, ARGS)                                                     \
-    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, warp, cn::Path::Warp, cn::BLOCK, 1, vec, true)               \
-    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, warp, cn::Path::Warp, cn::BLOCK, 1, scalar, false)           \
-    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, block, cn::Path::Block, cn::MAX_THREADS, 1, vec, true)       \
-    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, block, cn::Path::Block, cn::MAX_THREADS, 1, scalar, false)   \
-    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, multi, cn::Path::Multi, cn::MAX_THREADS, 2, vec, true)       \
-    CN_ROW_DTYPES(NAME, BODY, PARAMS, ARGS, multi, cn::Path::Multi, cn::MAX_THREADS, 2, scalar, false)
+#define CN_ROW_INSTANTIATE(NAME, BODY, ARGS)                                                         \
+    CN_ROW_DTYPES(NAME, BODY, ARGS, warp, cn::Path::Warp, cn::BLOCK, 1, vec, true)                       \
+    CN_ROW_DTYPES(NAME, BODY, ARGS, warp, cn::Path::Warp, cn::BLOCK, 1, scalar, false)                   \
+    CN_ROW_DTYPES(NAME, BODY, ARGS, block, cn::Path::Block, cn::MAX_THREADS, 1, vec, true)               \
+    CN_ROW_DTYPES(NAME, BODY, ARGS, block, cn::Path::Block, cn::MAX_THREADS, 1, scalar, false)           \
+    CN_ROW_DTYPES(NAME, BODY, ARGS, multi, cn::Path::Multi, cn::MAX_THREADS, 2, vec, true)               \
+    CN_ROW_DTYPES(NAME, BODY, ARGS, multi, cn::Path::Multi, cn::MAX_THREADS, 2, scalar, false)
 
 // Every entry point of one row norm: NAME_{fwd,bwd,add_fwd,add_bwd}_PATH_WIDTH_* and
 // NAME_dparams_*.
-#define CN_ROW_NORM(NAME, CENTER)                                                                    \
-    CN_ROW_INSTANTIATE(NAME##_fwd, cn::RowNorm<CENTER>::fwd, CN_ROW_FWD_PARAMS, (x, w, b, y, M, N, eps)) \
-    CN_ROW_INSTANTIATE(NAME##_bwd, cn::RowNorm<CENTER>::bwd, CN_ROW_BWD_PARAMS,                       \
-                       (x, w, dy, dx, pdg, pdb, M, N, eps))                                           \
-    CN_ROW_INSTANTIATE(NAME##_add_fwd, cn::RowNorm<CENTER>::add_fwd, CN_ADD_FWD_PARAMS,               \
-                       (x, r, w, b, h, y, M, N, eps))                                                 \
-    CN_ROW_INSTANTIATE(NAME##_add_bwd, cn::RowNorm<CENTER>::add_bwd, CN_ADD_BWD_PARAMS,               \
-                       (h, w, dy, dh, dx, pdg, pdb, M, N, eps))                                       \
-    CN_INSTANTIATE(NAME##_dparams, cn::reduce_param_partials, CN_DPARAMS_PARAMS, (dg, db, dw, dbias, P, N))
+#define CN_ROW_NORM(NAME, CENTER)                                                         \
+    CN_ROW_INSTANTIATE(NAME##_fwd, cn::RowNorm<CENTER>::fwd, RowFwdArgs)                  \
+    CN_ROW_INSTANTIATE(NAME##_bwd, cn::RowNorm<CENTER>::bwd, RowBwdArgs)                  \
+    CN_ROW_INSTANTIATE(NAME##_add_fwd, cn::RowNorm<CENTER>::add_fwd, AddFwdArgs)          \
+    CN_ROW_INSTANTIATE(NAME##_add_bwd, cn::RowNorm<CENTER>::add_bwd, AddBwdArgs)          \
+    CN_INSTANTIATE(NAME##_dparams, cn::reduce_param_partials, PartialsArgs)

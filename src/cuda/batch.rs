@@ -4,24 +4,14 @@
 
 use super::group::slice_len;
 use super::launch::{BLOCK, BVEC};
-use super::plan::{entry, int, Executor, KArg, Launch};
+use super::params::{BatchDxArgs, BatchFwdArgs, BatchShape, BatchStatsArgs, BatchSumsArgs};
+use super::plan::{entry, int, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
 use crate::spec::Spec;
 use candle_core::{DType, Result};
 
-/// The `BatchShape` struct of kernels/batch_norm.cu, passed by value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct BatchShape {
-    c: i32,
-    s: i32,
-    k: i32,
-    splits: i32,
-    chunk: i32,
-}
-
 /// A launch: the shape the kernels read, the vector flag, and the grid (C, splits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct BatchLaunch {
     pub shape: BatchShape,
     pub flags: i32,
@@ -44,9 +34,9 @@ impl BatchLaunch {
         // The kernels' int indices run up to a slice, then a block's stride, past K.
         int(spec, "values per channel, with a slice's margin", k + chunk + BLOCK * v)?;
         let shape = BatchShape {
-            c: int(spec, "channels", c)?,
-            s: int(spec, "spatial size", s)?,
-            k: int(spec, "values per channel", k)?,
+            channels: int(spec, "channels", c)?,
+            spatial: int(spec, "spatial size", s)?,
+            len: int(spec, "values per channel", k)?,
             splits: int(spec, "splits", splits)?,
             chunk: int(spec, "slice", chunk)?,
         };
@@ -58,13 +48,6 @@ impl BatchLaunch {
     }
 }
 
-/// The statistics the kernels read: training's partials or eval's running mean and
-/// variance, the others null.
-fn stats(part: Option<u64>, running: Option<[u64; 2]>) -> [KArg; 3] {
-    let [m, v] = running.map_or([None, None], |[m, v]| [Some(m), Some(v)]);
-    [KArg::opt(part), KArg::opt(m), KArg::opt(v)]
-}
-
 /// The kernel of `stage`, eval's variant with running statistics.
 fn stage(spec: &Spec, dtype: DType, eval: bool, stage: &str) -> Result<String> {
     match eval {
@@ -73,9 +56,9 @@ fn stage(spec: &Spec, dtype: DType, eval: bool, stage: &str) -> Result<String> {
     }
 }
 
-/// The launch and, in training (`running` is `None`), the partial statistics (count,
-/// mean, M2) of every slice of every channel, C·splits·3 floats, from the statistics
-/// kernel; eval's statistics are the running ones.
+/// The launch, and in training (`eval` false) the partial moments (count, mean, M2)
+/// of every slice of every channel, C·splits·3 floats, from the statistics kernel
+/// (eval's statistics are the running ones).
 fn prepare(
     ex: &mut impl Executor,
     spec: &Spec,
@@ -83,13 +66,18 @@ fn prepare(
     x: u64,
     aligned: bool,
     eval: bool,
-) -> Result<(BatchLaunch, Option<u64>)> {
+) -> Result<(BatchLaunch, u64)> {
     let l = BatchLaunch::new(spec, dtype.size_in_bytes(), aligned, ex.profile().sm_count()?)?;
     if eval {
-        return Ok((l, None));
+        return Ok((l, 0));
     }
-    let part = ex.scratch(l.grid.0 * l.grid.1 * 3 * 4, true, "statistics partials")?;
-    let args = vec![KArg::Ptr(x), KArg::Ptr(part), KArg::Batch(l.shape), KArg::I32(l.flags)];
+    let moments = ex.scratch(l.grid.0 * l.grid.1 * 3 * 4, true, "statistics partials")?;
+    let args = BatchStatsArgs {
+        x,
+        moments,
+        shape: l.shape,
+        flags: l.flags,
+    };
     ex.launch(&Launch::new(
         spec,
         entry(spec, "stats", dtype)?,
@@ -98,32 +86,34 @@ fn prepare(
         0,
         args,
     )?)?;
-    Ok((l, Some(part)))
+    Ok((l, moments))
 }
 
 /// The forward: y for every element of x, and in training each channel's batch mean
 /// then biased variance at `stats` (2·C elements).
-pub(super) fn forward(
-    ex: &mut impl Executor,
-    spec: &Spec,
-    dtype: DType,
-    p: &Fwd,
-    out_stats: Option<u64>,
-) -> Result<()> {
+pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd, stats: Option<u64>) -> Result<()> {
+    let eval = p.running.is_some();
     // The kernels read γ and β one at a time: only x's alignment matters.
-    let (l, part) = prepare(ex, spec, dtype, p.x, p.x.is_multiple_of(16), p.running.is_some())?;
-    let c = spec.groups as u64 * dtype.size_in_bytes() as u64;
-    let mut args = vec![KArg::Ptr(p.x), KArg::opt(p.w), KArg::opt(p.b)];
-    args.extend(stats(part, p.running));
-    args.extend([
-        KArg::Ptr(p.y),
-        KArg::opt(out_stats),
-        KArg::opt(out_stats.map(|s| s + c)),
-    ]);
-    args.extend([KArg::Batch(l.shape), KArg::F32(spec.eps as f32), KArg::I32(l.flags)]);
+    let (l, moments) = prepare(ex, spec, dtype, p.x, p.x.is_multiple_of(16), eval)?;
+    let [running_mean, running_var] = p.running.unwrap_or_default();
+    let c = (spec.groups * dtype.size_in_bytes()) as u64;
+    let args = BatchFwdArgs {
+        x: p.x,
+        weight: p.w.unwrap_or(0),
+        bias: p.b.unwrap_or(0),
+        moments,
+        running_mean,
+        running_var,
+        y: p.y,
+        mean: stats.unwrap_or(0),
+        var: stats.map_or(0, |s| s + c),
+        shape: l.shape,
+        eps: spec.eps as f32,
+        flags: l.flags,
+    };
     ex.launch(&Launch::new(
         spec,
-        stage(spec, dtype, p.running.is_some(), "fwd")?,
+        stage(spec, dtype, eval, "fwd")?,
         l.grid,
         BLOCK,
         0,
@@ -136,17 +126,27 @@ pub(super) fn forward(
 /// does not, so there they are computed only when `sums` asks for dγ or dβ.
 pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bwd, sums: bool) -> Result<Partials> {
     let eval = p.running.is_some();
-    let (l, part) = prepare(ex, spec, dtype, p.x, p.aligned(), eval)?;
+    let (l, moments) = prepare(ex, spec, dtype, p.x, p.aligned(), eval)?;
+    let [running_mean, running_var] = p.running.unwrap_or_default();
     let len = l.grid.0 * l.grid.1 * 4;
-    let (s1, s2) = (
+    let (partial_dw, partial_db) = (
         ex.scratch(len, true, "Σ dy·x̂ partials")?,
         ex.scratch(len, true, "Σ dy partials")?,
     );
-    let (eps, shape, flags) = (KArg::F32(spec.eps as f32), KArg::Batch(l.shape), KArg::I32(l.flags));
+    let (shape, eps, flags) = (l.shape, spec.eps as f32, l.flags);
     if !eval || sums {
-        let mut args = vec![KArg::Ptr(p.x), KArg::Ptr(p.dy)];
-        args.extend(stats(part, p.running));
-        args.extend([KArg::Ptr(s1), KArg::Ptr(s2), shape, eps, flags]);
+        let args = BatchSumsArgs {
+            x: p.x,
+            dy: p.dy,
+            moments,
+            running_mean,
+            running_var,
+            partial_dw,
+            partial_db,
+            shape,
+            eps,
+            flags,
+        };
         ex.launch(&Launch::new(
             spec,
             stage(spec, dtype, eval, "bwd_sums")?,
@@ -156,9 +156,20 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bw
             args,
         )?)?;
     }
-    let mut args = vec![KArg::Ptr(p.x), KArg::opt(p.w), KArg::Ptr(p.dy)];
-    args.extend(stats(part, p.running));
-    args.extend([KArg::Ptr(s1), KArg::Ptr(s2), KArg::Ptr(p.dx), shape, eps, flags]);
+    let args = BatchDxArgs {
+        x: p.x,
+        weight: p.w.unwrap_or(0),
+        dy: p.dy,
+        moments,
+        running_mean,
+        running_var,
+        partial_dw,
+        partial_db,
+        dx: p.dx,
+        shape,
+        eps,
+        flags,
+    };
     ex.launch(&Launch::new(
         spec,
         stage(spec, dtype, eval, "bwd_dx")?,
@@ -168,8 +179,8 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bw
         args,
     )?)?;
     Ok(Partials {
-        dg: s1,
-        db: s2,
+        dw: partial_dw,
+        db: partial_db,
         count: l.grid.1,
     })
 }

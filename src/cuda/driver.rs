@@ -3,10 +3,8 @@
 //! addresses of its inputs and of a fresh output, runs the op's launches, and returns
 //! the output as candle storage.
 
-use super::batch::BatchShape;
-use super::group::GroupShape;
 use super::module::{function, sm_count};
-use super::plan::{Executor, KArg, Launch, Profile};
+use super::plan::{Executor, Launch, Profile};
 use super::{run_backward, run_batch_forward, run_forward, Bwd, Fwd};
 use crate::check::{self, dispatch_dtype};
 use crate::custom_op::Arg;
@@ -18,12 +16,6 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Result, WithDType};
 use half::{bf16, f16};
-
-// SAFETY: #[repr(C)] structs of i32 without padding, laid out as the kernels'
-// `cn::GroupShape` and `cn::BatchShape`.
-unsafe impl DeviceRepr for GroupShape {}
-// SAFETY: as above.
-unsafe impl DeviceRepr for BatchShape {}
 
 /// A dtype with CUDA kernels.
 trait CudaElem: CudaDType + DeviceRepr + ValidAsZeroBits + WithDType {}
@@ -93,24 +85,22 @@ impl Executor for Driver<'_> {
         let f = function(self.dev, &l.entry)?;
         let stream = self.dev.cuda_stream();
         let mut lb = stream.launch_builder(&f);
-        for a in &l.args {
-            match a {
-                KArg::Ptr(p) => lb.arg(p),
-                KArg::I32(v) => lb.arg(v),
-                KArg::F32(v) => lb.arg(v),
-                KArg::Group(g) => lb.arg(g),
-                KArg::Batch(b) => lb.arg(b),
-            };
+        let fields = l.args.fields();
+        for &(p, _) in &fields {
+            // SAFETY: p is the address of a field of `l.args`, which outlives the
+            // launch; the builder passes the driver that address, and the driver reads
+            // the field's bytes at the size of the entry's parameter.
+            lb.arg(unsafe { &*p.cast::<u8>() });
         }
         let cfg = LaunchConfig {
             grid_dim: (l.grid.0, l.grid.1, 1),
             block_dim: (l.block, 1, 1),
             shared_mem_bytes: l.smem,
         };
-        // SAFETY: the arguments are the entry's parameters in order, as the launch code
-        // builds them for its kernel family (the emulator checks their count and sizes
-        // against the kernel source); every pointer is an input view, the output or
-        // scratch of this op, all alive until the launches are on the stream, and the
+        // SAFETY: the parameters are the fields of the entry's family's struct in order,
+        // as params.h declares the entry (the emulator checks their count and sizes
+        // against the kernel's); every address among them is an input view, the output
+        // or scratch of this op, all alive until the launches are on the stream, and the
         // grid, block and shared memory are within the entry's limits.
         unsafe { lb.launch(cfg) }.w()?;
         Ok(())

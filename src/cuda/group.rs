@@ -3,27 +3,16 @@
 //! the forward or the two backward kernels.
 
 use super::launch::{BLOCK, GVEC};
-use super::plan::{entry, int, Executor, KArg, Launch};
+use super::params::{
+    GroupDxArgs, GroupFwdArgs, GroupLastDxArgs, GroupLastSumsArgs, GroupShape, GroupStatsArgs, GroupSumsArgs,
+};
+use super::plan::{entry, int, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
 use crate::spec::{Kind, Spec};
 use candle_core::{DType, Result};
 
 /// Elements a GroupNorm block should own at least when a group is split.
 const MIN_SLICE: usize = 2048;
-
-/// The `GroupShape` struct of kernels/group_norm.cu, passed by value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct GroupShape {
-    rows: i32,
-    k: i32,
-    s: i32,
-    cpg: i32,
-    g: i32,
-    c: i32,
-    splits: i32,
-    chunk: i32,
-}
 
 /// GroupNorm launch shape for `elem`-byte elements on a device of `sm` SMs: each group
 /// cut into slices by [`slice_len`]. Vectors stay in one channel (channels-first) or
@@ -39,11 +28,11 @@ pub(super) fn group_shape(spec: &Spec, elem: usize, aligned: bool, sm: usize) ->
     let chunk = slice_len(sm, spec.rows, spec.len, if vec { v } else { 1 });
     let g = GroupShape {
         rows: int(spec, "B·G", spec.rows)?,
-        k: int(spec, "group size", spec.len)?,
-        s: int(spec, "spatial size", spec.inner)?,
-        cpg: int(spec, "channels per group", spec.params_per_row)?,
-        g: int(spec, "groups", spec.groups)?,
-        c: int(spec, "channels", spec.params())?,
+        len: int(spec, "group size", spec.len)?,
+        spatial: int(spec, "spatial size", spec.inner)?,
+        per_group: int(spec, "channels per group", spec.params_per_row)?,
+        groups: int(spec, "groups", spec.groups)?,
+        channels: int(spec, "channels", spec.params())?,
         splits: int(spec, "splits", spec.len.div_ceil(chunk))?,
         chunk: int(spec, "slice", chunk)?,
     };
@@ -72,8 +61,9 @@ pub(super) fn row_slices(spec: &Spec, sm: usize, b: usize) -> (usize, usize) {
     (s.div_ceil(rows), rows)
 }
 
-/// GroupNorm's first kernel, shared by forward and backward: the launch shape, its
-/// flags, and the per-slice partial statistics of every group (rows·splits·3 floats).
+/// GroupNorm's first kernel, shared by forward and backward: the per-slice partial
+/// statistics of every group (rows·splits·3 floats). Returns the launch shape, its
+/// flags, and the statistics.
 fn group_stats(
     ex: &mut impl Executor,
     spec: &Spec,
@@ -82,10 +72,15 @@ fn group_stats(
     aligned: bool,
 ) -> Result<(GroupShape, i32, u64)> {
     let sm = ex.profile().sm_count()?;
-    let (g, flags) = group_shape(spec, dtype.size_in_bytes(), aligned, sm)?;
-    let splits = g.splits as usize;
-    let part = ex.scratch(spec.rows * splits * 3 * 4, true, "statistics partials")?;
-    let args = vec![KArg::Ptr(x), KArg::Ptr(part), KArg::Group(g), KArg::I32(flags)];
+    let (shape, flags) = group_shape(spec, dtype.size_in_bytes(), aligned, sm)?;
+    let splits = shape.splits as usize;
+    let moments = ex.scratch(spec.rows * splits * 3 * 4, true, "statistics partials")?;
+    let args = GroupStatsArgs {
+        x,
+        moments,
+        shape,
+        flags,
+    };
     ex.launch(&Launch::new(
         spec,
         entry(spec, "stats", dtype)?,
@@ -94,31 +89,24 @@ fn group_stats(
         0,
         args,
     )?)?;
-    Ok((g, flags, part))
+    Ok((shape, flags, moments))
 }
 
 /// The forward: y for every element of x.
 pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
-    let (g, flags, part) = group_stats(ex, spec, dtype, p.x, p.aligned())?;
-    let eps = KArg::F32(spec.eps as f32);
-    let args = vec![
-        KArg::Ptr(p.x),
-        KArg::opt(p.w),
-        KArg::opt(p.b),
-        KArg::Ptr(part),
-        KArg::Ptr(p.y),
-        KArg::Group(g),
-        eps,
-        KArg::I32(flags),
-    ];
-    ex.launch(&Launch::new(
-        spec,
-        entry(spec, "fwd", dtype)?,
-        (spec.rows, g.splits as usize),
-        BLOCK,
-        0,
-        args,
-    )?)
+    let (shape, flags, moments) = group_stats(ex, spec, dtype, p.x, p.aligned())?;
+    let args = GroupFwdArgs {
+        x: p.x,
+        weight: p.w.unwrap_or(0),
+        bias: p.b.unwrap_or(0),
+        moments,
+        y: p.y,
+        shape,
+        eps: spec.eps as f32,
+        flags,
+    };
+    let grid = (spec.rows, shape.splits as usize);
+    ex.launch(&Launch::new(spec, entry(spec, "fwd", dtype)?, grid, BLOCK, 0, args)?)
 }
 
 /// The backward: per-(sample, channel) sums, then dx; the sums are the dγ/dβ partials,
@@ -126,7 +114,7 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd
 /// (channels-last, whose sums kernel reads whole rows of channels).
 pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
-    let (g, flags, part) = group_stats(ex, spec, dtype, p.x, p.aligned())?;
+    let (shape, flags, moments) = group_stats(ex, spec, dtype, p.x, p.aligned())?;
     let b = spec.rows / spec.groups;
     let last = spec.kind == Kind::GroupLast;
     let (r, rows) = if last {
@@ -134,57 +122,74 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bw
     } else {
         (1, spec.inner)
     };
-    let s1 = ex.scratch(b * r * np * 4, true, "Σ dy·x̂ partials")?;
-    let s2 = ex.scratch(b * r * np * 4, true, "Σ dy partials")?;
-    let eps = KArg::F32(spec.eps as f32);
-    let mut args = vec![
-        KArg::Ptr(p.x),
-        KArg::Ptr(p.dy),
-        KArg::Ptr(part),
-        KArg::Ptr(s1),
-        KArg::Ptr(s2),
-        KArg::Group(g),
-        eps,
-    ];
-    let (ri, rows_i) = (int(spec, "row slices", r)?, int(spec, "rows per slice", rows)?);
-    let sums_grid = if last {
-        args.extend([KArg::I32(ri), KArg::I32(rows_i)]);
-        (b, r)
+    let partial_dw = ex.scratch(b * r * np * 4, true, "Σ dy·x̂ partials")?;
+    let partial_db = ex.scratch(b * r * np * 4, true, "Σ dy partials")?;
+    let (x, dy, weight, dx, eps) = (p.x, p.dy, p.w.unwrap_or(0), p.dx, spec.eps as f32);
+    let grid = (spec.rows, shape.splits as usize);
+    let (sums, dx_entry) = (entry(spec, "bwd_sums", dtype)?, entry(spec, "bwd_dx", dtype)?);
+    let slices = int(spec, "row slices", r)?;
+    let [sums, dx] = if last {
+        let sums_args = GroupLastSumsArgs {
+            x,
+            dy,
+            moments,
+            partial_dw,
+            partial_db,
+            shape,
+            eps,
+            slices,
+            slice_rows: int(spec, "rows per slice", rows)?,
+        };
+        let dx_args = GroupLastDxArgs {
+            x,
+            weight,
+            dy,
+            moments,
+            partial_dw,
+            partial_db,
+            dx,
+            shape,
+            eps,
+            flags,
+            slices,
+        };
+        [
+            Launch::new(spec, sums, (b, r), BLOCK, 0, sums_args)?,
+            Launch::new(spec, dx_entry, grid, BLOCK, 0, dx_args)?,
+        ]
     } else {
-        args.push(KArg::I32(flags));
-        (b * np, 1)
+        let sums_args = GroupSumsArgs {
+            x,
+            dy,
+            moments,
+            partial_dw,
+            partial_db,
+            shape,
+            eps,
+            flags,
+        };
+        let dx_args = GroupDxArgs {
+            x,
+            weight,
+            dy,
+            moments,
+            partial_dw,
+            partial_db,
+            dx,
+            shape,
+            eps,
+            flags,
+        };
+        [
+            Launch::new(spec, sums, (b * np, 1), BLOCK, 0, sums_args)?,
+            Launch::new(spec, dx_entry, grid, BLOCK, 0, dx_args)?,
+        ]
     };
-    ex.launch(&Launch::new(
-        spec,
-        entry(spec, "bwd_sums", dtype)?,
-        sums_grid,
-        BLOCK,
-        0,
-        args,
-    )?)?;
-    let mut args = vec![
-        KArg::Ptr(p.x),
-        KArg::opt(p.w),
-        KArg::Ptr(p.dy),
-        KArg::Ptr(part),
-        KArg::Ptr(s1),
-        KArg::Ptr(s2),
-    ];
-    args.extend([KArg::Ptr(p.dx), KArg::Group(g), eps, KArg::I32(flags)]);
-    if last {
-        args.push(KArg::I32(ri));
-    }
-    ex.launch(&Launch::new(
-        spec,
-        entry(spec, "bwd_dx", dtype)?,
-        (spec.rows, g.splits as usize),
-        BLOCK,
-        0,
-        args,
-    )?)?;
+    ex.launch(&sums)?;
+    ex.launch(&dx)?;
     Ok(Partials {
-        dg: s1,
-        db: s2,
+        dw: partial_dw,
+        db: partial_db,
         count: b * r,
     })
 }

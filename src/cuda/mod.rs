@@ -17,6 +17,25 @@ macro_rules! launch_constants {
     };
 }
 
+/// Declares the argument structs of `params.rs` for the launch code (build.rs declares
+/// the same list as the kernels' header), each a [`plan::KernelArgs`].
+macro_rules! kernel_params {
+    ($($(#[doc = $doc:literal])* struct $name:ident { $($(#[doc = $fdoc:literal])* $field:ident: $ty:ident,)* })*) => {
+        $(
+            $(#[doc = $doc])*
+            #[repr(C)]
+            #[derive(Clone, Copy, Debug, Default, PartialEq)]
+            pub(crate) struct $name { $($(#[doc = $fdoc])* pub $field: $ty,)* }
+
+            impl super::plan::KernelArgs for $name {
+                fn fields(&self) -> Vec<(*const std::ffi::c_void, usize)> {
+                    vec![$(((&self.$field as *const $ty).cast(), std::mem::size_of::<$ty>())),*]
+                }
+            }
+        )*
+    };
+}
+
 mod batch;
 #[cfg(feature = "cuda")]
 mod driver;
@@ -26,6 +45,7 @@ mod group;
 mod launch;
 #[cfg(feature = "cuda")]
 mod module;
+mod params;
 mod plan;
 mod profile;
 mod row;
@@ -36,7 +56,8 @@ pub(crate) use driver::{backward, batch_backward, batch_forward, forward};
 use crate::spec::{Affine, Kind, Spec};
 use candle_core::{bail, DType, Result};
 use launch::DPARAMS_THREADS;
-use plan::{entry, int, Executor, KArg, Launch};
+use params::PartialsArgs;
+use plan::{entry, int, Executor, Launch};
 
 /// Whether every present pointer is 16-byte aligned, as the vector paths need.
 fn aligned(ptrs: &[Option<u64>]) -> bool {
@@ -84,7 +105,7 @@ impl Bwd {
 /// Per-block (rows), per-sample (groups) or per-slice (BatchNorm) f32 partials of dγ
 /// and dβ, `[count, N]` each.
 struct Partials {
-    dg: u64,
+    dw: u64,
     db: u64,
     count: usize,
 }
@@ -160,19 +181,19 @@ fn reduce_params(
     db: Option<u64>,
 ) -> Result<()> {
     let np = spec.params();
-    let (count, n) = (int(spec, "partials", p.count)?, int(spec, "parameters", np)?);
-    let args = vec![
-        KArg::Ptr(p.dg),
-        KArg::Ptr(p.db),
-        KArg::opt(dw),
-        KArg::opt(db),
-        KArg::I32(count),
-        KArg::I32(n),
-    ];
+    let args = PartialsArgs {
+        partial_dw: p.dw,
+        partial_db: p.db,
+        dweight: dw.unwrap_or(0),
+        dbias: db.unwrap_or(0),
+        count: int(spec, "partials", p.count)?,
+        len: int(spec, "parameters", np)?,
+    };
+    let grid = (np.div_ceil(32), 1);
     ex.launch(&Launch::new(
         spec,
         entry(spec, "dparams", dtype)?,
-        (np.div_ceil(32), 1),
+        grid,
         DPARAMS_THREADS,
         0,
         args,

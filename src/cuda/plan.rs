@@ -3,49 +3,21 @@
 //! the dtype, the pointers' alignment and a device [`Profile`] alone, and an
 //! [`Executor`] runs: the CUDA driver on a GPU (`driver`), or the CPU emulator
 //! (`emulator`), which so takes the very paths, grids and reduction orders the
-//! profiled GPU would.
+//! profiled GPU would. Its arguments are its kernel's struct (`params`), passed
+//! field by field.
 
-use super::batch::BatchShape;
-use super::group::GroupShape;
 use crate::spec::Spec;
 use candle_core::{bail, DType, Result};
+use std::ffi::c_void;
 
-/// A kernel argument, as the driver passes it: a device address (0 for an absent
-/// optional input), a scalar, or a shape struct passed by value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum KArg {
-    Ptr(u64),
-    I32(i32),
-    F32(f32),
-    Group(GroupShape),
-    Batch(BatchShape),
-}
-
-impl KArg {
-    /// An optional input's address, or null.
-    pub(crate) fn opt(p: Option<u64>) -> Self {
-        KArg::Ptr(p.unwrap_or(0))
-    }
-
-    /// The argument's bytes, as a kernel parameter of its type holds them.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        fn raw<T>(v: &T) -> &[u8] {
-            // SAFETY: T is one of KArg's plain-old-data payloads (integers, floats, and
-            // #[repr(C)] structs of i32 without padding), every byte initialized.
-            unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-        }
-        match self {
-            KArg::Ptr(p) => raw(p),
-            KArg::I32(v) => raw(v),
-            KArg::F32(v) => raw(v),
-            KArg::Group(g) => raw(g),
-            KArg::Batch(b) => raw(b),
-        }
-    }
+/// A kernel's argument struct (`params.rs`), whose fields are its entry's parameters.
+pub(crate) trait KernelArgs: std::fmt::Debug {
+    /// The address and size of each field, in order.
+    fn fields(&self) -> Vec<(*const c_void, usize)>;
 }
 
 /// One kernel launch.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) struct Launch {
     /// The entry point's name, dtype suffix included.
     pub entry: String,
@@ -53,7 +25,7 @@ pub(crate) struct Launch {
     pub block: u32,
     /// Bytes of dynamic shared memory.
     pub smem: u32,
-    pub args: Vec<KArg>,
+    pub args: Box<dyn KernelArgs>,
 }
 
 impl Launch {
@@ -65,7 +37,7 @@ impl Launch {
         grid: (usize, usize),
         block: usize,
         smem: usize,
-        args: Vec<KArg>,
+        args: impl KernelArgs + 'static,
     ) -> Result<Self> {
         let fits = |v: usize, max: usize| v >= 1 && v <= max;
         if !(fits(grid.0, i32::MAX as usize) && fits(grid.1, 65535) && fits(block, 1024) && smem <= 48 * 1024) {
@@ -79,7 +51,7 @@ impl Launch {
             grid: (grid.0 as u32, grid.1 as u32),
             block: block as u32,
             smem: smem as u32,
-            args,
+            args: Box::new(args),
         })
     }
 }

@@ -2,7 +2,8 @@
 //! a row kernel, chosen from the row length.
 
 use super::launch::{BLOCK, MAX_THREADS, ROW_REG, ROW_REG_BWD, ROW_REG_BWD_SCALAR, ROW_REG_SCALAR};
-use super::plan::{int, suffix, Executor, KArg, Launch};
+use super::params::{AddBwdArgs, AddFwdArgs, RowBwdArgs, RowFwdArgs};
+use super::plan::{int, suffix, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
 use crate::spec::Spec;
 use candle_core::{DType, Result};
@@ -80,38 +81,43 @@ impl RowLaunch {
 
 /// The forward: y (and h, with a residual) for the `M·N` elements of x.
 pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
-    let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
     let l = RowLaunch::new(spec, dtype.size_in_bytes(), p.aligned(), false);
-    let eps = KArg::F32(spec.eps as f32);
-    let (entry, args) = match (p.residual, p.h) {
-        (Some(r), Some(h)) => (
-            l.entry(spec, "add_fwd", dtype)?,
-            vec![
-                KArg::Ptr(p.x),
-                KArg::Ptr(r),
-                KArg::opt(p.w),
-                KArg::opt(p.b),
-                KArg::Ptr(h),
-                KArg::Ptr(p.y),
-                KArg::I32(m),
-                KArg::I32(n),
+    let (rows, len, eps) = (
+        int(spec, "rows", spec.rows)?,
+        int(spec, "row length", spec.len)?,
+        spec.eps as f32,
+    );
+    let (weight, bias) = (p.w.unwrap_or(0), p.b.unwrap_or(0));
+    let (grid, block) = ((l.grid, 1), l.block);
+    let launch = match (p.residual, p.h) {
+        (Some(residual), Some(h)) => {
+            let args = AddFwdArgs {
+                x: p.x,
+                residual,
+                weight,
+                bias,
+                h,
+                y: p.y,
+                rows,
+                len,
                 eps,
-            ],
-        ),
-        _ => (
-            l.entry(spec, "fwd", dtype)?,
-            vec![
-                KArg::Ptr(p.x),
-                KArg::opt(p.w),
-                KArg::opt(p.b),
-                KArg::Ptr(p.y),
-                KArg::I32(m),
-                KArg::I32(n),
+            };
+            Launch::new(spec, l.entry(spec, "add_fwd", dtype)?, grid, block, 0, args)?
+        }
+        _ => {
+            let args = RowFwdArgs {
+                x: p.x,
+                weight,
+                bias,
+                y: p.y,
+                rows,
+                len,
                 eps,
-            ],
-        ),
+            };
+            Launch::new(spec, l.entry(spec, "fwd", dtype)?, grid, block, 0, args)?
+        }
     };
-    ex.launch(&Launch::new(spec, entry, (l.grid, 1), l.block, 0, args)?)
+    ex.launch(&launch)
 }
 
 /// Bytes of shared memory the warp path's backward needs: a block's 2·N partial sums.
@@ -127,7 +133,6 @@ fn warp_partial_bytes(spec: &Spec, l: &RowLaunch) -> usize {
 /// `dh` (the fused residual add), x is h and dh is added to dx.
 pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
-    let (m, n) = (int(spec, "rows", spec.rows)?, int(spec, "row length", spec.len)?);
     let l = RowLaunch::new(spec, dtype.size_in_bytes(), p.aligned(), true);
     let smem = warp_partial_bytes(spec, &l);
     let entry = l.entry(spec, if p.dh.is_some() { "add_bwd" } else { "bwd" }, dtype)?;
@@ -138,22 +143,49 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bw
     let grid = l.grid.min(profile.sm_count()? * resident.max(1));
     // The multi-pass kernel adds into its partial row; the others write all of it.
     let zeroed = l.path == Path::Multi;
-    let pdg = ex.scratch(grid * np * 4, zeroed, "dγ partials")?;
-    let pdb = ex.scratch(grid * np * 4, zeroed, "dβ partials")?;
-    let mut args = vec![KArg::Ptr(p.x), KArg::opt(p.w), KArg::Ptr(p.dy)];
-    args.extend(p.dh.map(KArg::Ptr));
-    args.extend([
-        KArg::Ptr(p.dx),
-        KArg::Ptr(pdg),
-        KArg::Ptr(pdb),
-        KArg::I32(m),
-        KArg::I32(n),
-    ]);
-    args.push(KArg::F32(spec.eps as f32));
-    ex.launch(&Launch::new(spec, entry, (grid, 1), l.block, smem, args)?)?;
+    let partial_dw = ex.scratch(grid * np * 4, zeroed, "dγ partials")?;
+    let partial_db = ex.scratch(grid * np * 4, zeroed, "dβ partials")?;
+    let (rows, len, eps) = (
+        int(spec, "rows", spec.rows)?,
+        int(spec, "row length", spec.len)?,
+        spec.eps as f32,
+    );
+    let weight = p.w.unwrap_or(0);
+    let launch = match p.dh {
+        Some(dh) => {
+            let args = AddBwdArgs {
+                h: p.x,
+                weight,
+                dy: p.dy,
+                dh,
+                dx: p.dx,
+                partial_dw,
+                partial_db,
+                rows,
+                len,
+                eps,
+            };
+            Launch::new(spec, entry, (grid, 1), l.block, smem, args)?
+        }
+        None => {
+            let args = RowBwdArgs {
+                x: p.x,
+                weight,
+                dy: p.dy,
+                dx: p.dx,
+                partial_dw,
+                partial_db,
+                rows,
+                len,
+                eps,
+            };
+            Launch::new(spec, entry, (grid, 1), l.block, smem, args)?
+        }
+    };
+    ex.launch(&launch)?;
     Ok(Partials {
-        dg: pdg,
-        db: pdb,
+        dw: partial_dw,
+        db: partial_db,
         count: grid,
     })
 }

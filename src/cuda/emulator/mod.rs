@@ -211,29 +211,40 @@ impl Device {
 
     /// Runs a launch on this device's buffers.
     pub(crate) fn launch(&mut self, l: &Launch) -> Result<()> {
-        let name = CString::new(l.entry.as_str()).unwrap_or_default();
+        let (grid, block) = ([l.grid.0, l.grid.1, 1], [l.block, 1, 1]);
+        self.launch_raw(&l.entry, grid, block, l.smem, &l.args.fields())
+    }
+
+    /// Runs `entry` with arguments given as (address, size) of each parameter's value.
+    pub(crate) fn launch_raw(
+        &mut self,
+        entry: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        smem: u32,
+        args: &[(*const c_void, usize)],
+    ) -> Result<()> {
+        let name = CString::new(entry).unwrap_or_default();
         // SAFETY: `name` is NUL-terminated; the registry's entries live as long as the
         // program.
-        let entry = unsafe { cn_emu_find(name.as_ptr()) };
-        if entry.is_null() {
-            bail!("emulator: no kernel has the entry point {}", l.entry)
+        let found = unsafe { cn_emu_find(name.as_ptr()) };
+        if found.is_null() {
+            bail!("emulator: no kernel has the entry point {entry}")
         }
-        let args: Vec<*const c_void> = l.args.iter().map(|a| a.bytes().as_ptr().cast()).collect();
-        let sizes: Vec<usize> = l.args.iter().map(|a| a.bytes().len()).collect();
-        let (grid, block) = ([l.grid.0, l.grid.1, 1], [l.block, 1, 1]);
+        let (ptrs, sizes): (Vec<*const c_void>, Vec<usize>) = args.iter().copied().unzip();
         let mut err = vec![0u8; 4096];
-        // SAFETY: the device and entry are live; `args` holds one pointer per argument
-        // to its bytes, alive until the call returns, with their sizes, which the
-        // emulator checks against the entry's parameters before it runs anything.
+        // SAFETY: the device and entry are live; `ptrs` holds one pointer per argument
+        // to a value of its size, alive until the call returns, and the emulator checks
+        // the count and sizes against the entry's parameters before it runs anything.
         let rc = unsafe {
             cn_emu_launch(
                 self.raw,
-                entry,
+                found,
                 grid.as_ptr(),
                 block.as_ptr(),
-                l.smem as usize,
-                args.as_ptr(),
-                args.len(),
+                smem as usize,
+                ptrs.as_ptr(),
+                ptrs.len(),
                 sizes.as_ptr(),
                 workers(),
                 err.as_mut_ptr().cast(),

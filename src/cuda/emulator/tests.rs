@@ -6,10 +6,10 @@
 //! is checked against the kernel's signature and launch bounds, and the shim's half
 //! precision conversions agree with the `half` crate bit for bit.
 
-use super::super::plan::{KArg, Launch};
 use super::Device;
 use candle_core::Result;
 use half::{bf16, f16};
+use std::ffi::c_void;
 
 extern "C" {
     fn cn_emu_f32_to_f16(f: f32) -> u16;
@@ -18,14 +18,27 @@ extern "C" {
     fn cn_emu_bf16_to_f32(h: u16) -> f32;
 }
 
+/// An argument of a seeded kernel, which takes plain parameters.
+#[derive(Clone, Copy)]
+enum KArg {
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+}
+
+impl KArg {
+    fn raw(&self) -> (*const c_void, usize) {
+        match self {
+            KArg::Ptr(p) => ((p as *const u64).cast(), 8),
+            KArg::I32(v) => ((v as *const i32).cast(), 4),
+            KArg::F32(v) => ((v as *const f32).cast(), 4),
+        }
+    }
+}
+
 fn launch(dev: &mut Device, entry: &str, grid: u32, block: u32, smem: u32, args: Vec<KArg>) -> Result<()> {
-    dev.launch(&Launch {
-        entry: entry.to_owned(),
-        grid: (grid, 1),
-        block,
-        smem,
-        args,
-    })
+    let raw: Vec<_> = args.iter().map(KArg::raw).collect();
+    dev.launch_raw(entry, [grid, 1, 1], [block, 1, 1], smem, &raw)
 }
 
 fn bytes(v: &[f32]) -> Vec<u8> {

@@ -1,0 +1,273 @@
+//! The kernels' arguments: one struct per kernel, shared by all its entry points (every
+//! path, width and dtype). Declared once, here: the crate reads this file as
+//! `cuda::params`; build.rs reads it too and writes the same structs out as the
+//! kernels' header `params.h`, with a `static_assert` on the size of each struct and
+//! the offset of each field as Rust lays them out (nvcc and the emulator's host
+//! compiler check them at every build), and for each struct the parameter list of its
+//! entries for element type T (`CN_PARAMS_RowFwdArgs(T)`: the fields in order, the
+//! tensors as `const T*` and `T*`) and the struct made of those parameters
+//! (`CN_ARGS_RowFwdArgs`). A launch passes the fields as the entry's parameters, the
+//! driver one pointer a field; the emulator checks their count and sizes against the
+//! kernel's. (Typed parameters, not one struct parameter nor `void*` ones: with
+//! either, nvcc keeps more values in registers, up to 21 more in the row kernels.)
+//!
+//! `In` and `Out` fields are device addresses of tensors of the kernel's dtype T that
+//! it reads or writes (`const void*` and `void*` in the structs, `const T*` and `T*`
+//! as parameters), `InF32` and `OutF32` of its f32 scratch; 0 is an absent optional
+//! tensor.
+//! `partial_dw` and `partial_db` are always f32 partial sums of dγ (Σ dy·x̂) and dβ
+//! (Σ dy), summed in a fixed order by the `*_dparams` kernels.
+
+/// The device address of elements of the kernel's dtype that it reads.
+pub(crate) type In = u64;
+/// The device address of elements of the kernel's dtype that it writes (and may read).
+pub(crate) type Out = u64;
+/// The device address of f32 scratch the kernel reads.
+pub(crate) type InF32 = u64;
+/// The device address of f32 scratch the kernel writes (and may read).
+pub(crate) type OutF32 = u64;
+
+kernel_params! {
+    /// LayerNorm's and RMSNorm's forward (kernels/row_norm.cuh): rows of `len`
+    /// contiguous elements.
+    struct RowFwdArgs {
+        /// [rows, len].
+        x: In,
+        /// [len]: γ, or null for ones.
+        weight: In,
+        /// [len]: β, or null for zeros (always null for RMSNorm).
+        bias: In,
+        /// [rows, len].
+        y: Out,
+        rows: i32,
+        len: i32,
+        eps: f32,
+    }
+
+    /// Their backward: dx, and each block's partial sums over the rows it visits.
+    struct RowBwdArgs {
+        x: In,
+        weight: In,
+        dy: In,
+        dx: Out,
+        /// [blocks, len] f32.
+        partial_dw: OutF32,
+        partial_db: OutF32,
+        rows: i32,
+        len: i32,
+        eps: f32,
+    }
+
+    /// The fused residual add's forward: h = x + residual, rounded, and y of h.
+    struct AddFwdArgs {
+        x: In,
+        residual: In,
+        weight: In,
+        bias: In,
+        h: Out,
+        y: Out,
+        rows: i32,
+        len: i32,
+        eps: f32,
+    }
+
+    /// The fused residual add's backward from h: dx = dh + the norm's backward.
+    struct AddBwdArgs {
+        h: In,
+        weight: In,
+        dy: In,
+        /// The gradient reaching h directly.
+        dh: In,
+        dx: Out,
+        partial_dw: OutF32,
+        partial_db: OutF32,
+        rows: i32,
+        len: i32,
+        eps: f32,
+    }
+
+    /// The reduction of `count` partial rows of `len` columns into dγ and dβ, every
+    /// family's `*_dparams` entry.
+    struct PartialsArgs {
+        partial_dw: InF32,
+        partial_db: InF32,
+        /// [len]: dγ, or null when not wanted.
+        dweight: Out,
+        /// [len]: dβ, or null when not wanted.
+        dbias: Out,
+        count: i32,
+        len: i32,
+    }
+
+    /// How GroupNorm's groups are split over blocks (kernels/group_norm.cu).
+    struct GroupShape {
+        /// B·G (sample, group) pairs, each of `len` = (C/G)·spatial elements.
+        rows: i32,
+        len: i32,
+        /// The product of the spatial dimensions.
+        spatial: i32,
+        /// Channels a group, C/G.
+        per_group: i32,
+        groups: i32,
+        channels: i32,
+        /// Blocks a group, each of `chunk` elements (the last may hold fewer).
+        splits: i32,
+        chunk: i32,
+    }
+
+    /// GroupNorm's statistics, both layouts: (count, mean, M2) of each block's slice.
+    struct GroupStatsArgs {
+        x: In,
+        /// [rows, splits, 3] f32.
+        moments: OutF32,
+        shape: GroupShape,
+        /// GVEC: 16-byte vector accesses.
+        flags: i32,
+    }
+
+    /// GroupNorm's forward, both layouts.
+    struct GroupFwdArgs {
+        x: In,
+        /// [C]: γ, or null for ones.
+        weight: In,
+        /// [C]: β, or null for zeros.
+        bias: In,
+        moments: InF32,
+        y: Out,
+        shape: GroupShape,
+        eps: f32,
+        flags: i32,
+    }
+
+    /// GroupNorm's backward sums, channels-first: one block per (sample, channel).
+    struct GroupSumsArgs {
+        x: In,
+        dy: In,
+        moments: InF32,
+        /// [B, C] f32.
+        partial_dw: OutF32,
+        partial_db: OutF32,
+        shape: GroupShape,
+        eps: f32,
+        flags: i32,
+    }
+
+    /// GroupNorm's backward sums, channels-last: one block per (sample, slice of
+    /// `slice_rows` of its spatial rows).
+    struct GroupLastSumsArgs {
+        x: In,
+        dy: In,
+        moments: InF32,
+        /// [B, slices, C] f32.
+        partial_dw: OutF32,
+        partial_db: OutF32,
+        shape: GroupShape,
+        eps: f32,
+        slices: i32,
+        slice_rows: i32,
+    }
+
+    /// GroupNorm's dx, channels-first.
+    struct GroupDxArgs {
+        x: In,
+        weight: In,
+        dy: In,
+        moments: InF32,
+        partial_dw: InF32,
+        partial_db: InF32,
+        dx: Out,
+        shape: GroupShape,
+        eps: f32,
+        flags: i32,
+    }
+
+    /// GroupNorm's dx, channels-last, from sums in `slices` slices a sample.
+    struct GroupLastDxArgs {
+        x: In,
+        weight: In,
+        dy: In,
+        moments: InF32,
+        partial_dw: InF32,
+        partial_db: InF32,
+        dx: Out,
+        shape: GroupShape,
+        eps: f32,
+        flags: i32,
+        slices: i32,
+    }
+
+    /// How BatchNorm's channels are split over blocks (kernels/batch_norm.cu).
+    struct BatchShape {
+        channels: i32,
+        /// The product of the spatial dimensions.
+        spatial: i32,
+        /// Values a channel: B·spatial.
+        len: i32,
+        /// Blocks a channel, each of `chunk` values (the last may hold fewer).
+        splits: i32,
+        chunk: i32,
+    }
+
+    /// BatchNorm's statistics (training): (count, mean, M2) of each block's slice.
+    struct BatchStatsArgs {
+        x: In,
+        /// [C, splits, 3] f32.
+        moments: OutF32,
+        shape: BatchShape,
+        /// BVEC: 16-byte vector accesses.
+        flags: i32,
+    }
+
+    /// BatchNorm's forward: training's with the moments (and the batch mean and
+    /// variance written out), eval's with the running statistics; the others null.
+    struct BatchFwdArgs {
+        x: In,
+        /// [C]: γ, or null for ones.
+        weight: In,
+        /// [C]: β, or null for zeros.
+        bias: In,
+        moments: InF32,
+        /// [C] (eval).
+        running_mean: In,
+        running_var: In,
+        y: Out,
+        /// [C]: the batch mean and biased variance, rounded to the element type
+        /// (training).
+        mean: Out,
+        var: Out,
+        shape: BatchShape,
+        eps: f32,
+        flags: i32,
+    }
+
+    /// BatchNorm's backward sums: Σ dy·x̂ and Σ dy of each block's slice.
+    struct BatchSumsArgs {
+        x: In,
+        dy: In,
+        moments: InF32,
+        running_mean: In,
+        running_var: In,
+        /// [splits, C] f32.
+        partial_dw: OutF32,
+        partial_db: OutF32,
+        shape: BatchShape,
+        eps: f32,
+        flags: i32,
+    }
+
+    /// BatchNorm's dx (training reads the sums, eval neither them nor x).
+    struct BatchDxArgs {
+        x: In,
+        weight: In,
+        dy: In,
+        moments: InF32,
+        running_mean: In,
+        running_var: In,
+        partial_dw: InF32,
+        partial_db: InF32,
+        dx: Out,
+        shape: BatchShape,
+        eps: f32,
+        flags: i32,
+    }
+}
