@@ -145,3 +145,37 @@ extern "C" __global__ void seeded_dynamic_shared_bound(float* out) {
 extern "C" __global__ void seeded_partial_output(float* y, int n) {
     for (int i = threadIdx.x; i < n / 2; i += blockDim.x) y[i] = 1.f;
 }
+
+// Write back the arguments they received, field by field, as 64-bit words into their
+// output: the launch code's structs arrive as the kernels read them.
+extern "C" __global__ void probe_row_bwd_args(CN_PARAMS_RowBwdArgs(float)) {
+    const cn::RowBwdArgs a = CN_ARGS_RowBwdArgs;
+    if (threadIdx.x) return;
+    uint64_t* o = static_cast<uint64_t*>(a.dx);
+    o[0] = (uint64_t)a.x;
+    o[1] = (uint64_t)a.weight;
+    o[2] = (uint64_t)a.dy;
+    o[3] = (uint64_t)a.partial_dw;
+    o[4] = (uint64_t)a.partial_db;
+    o[5] = (uint64_t)(int64_t)a.rows;
+    o[6] = (uint64_t)(int64_t)a.len;
+    o[7] = __float_as_uint(a.eps);
+}
+
+extern "C" __global__ void probe_group_last_dx_args(CN_PARAMS_GroupLastDxArgs(__half)) {
+    const cn::GroupLastDxArgs a = CN_ARGS_GroupLastDxArgs;
+    if (threadIdx.x) return;
+    uint64_t* o = static_cast<uint64_t*>(a.dx);
+    const cn::GroupShape& s = a.shape;
+    const int64_t ints[] = {s.rows, s.len, s.spatial, s.per_group, s.groups, s.channels, s.splits, s.chunk, a.flags,
+                            a.slices};
+    o[0] = (uint64_t)a.x;
+    o[1] = (uint64_t)a.weight;
+    o[2] = (uint64_t)a.dy;
+    o[3] = (uint64_t)a.moments;
+    o[4] = (uint64_t)a.partial_dw;
+    o[5] = (uint64_t)a.partial_db;
+    for (int i = 0; i < 10; i++) o[6 + i] = (uint64_t)ints[i];
+    o[16] = __float_as_uint(a.eps);
+}
+

@@ -3,10 +3,14 @@
 //! divergent barriers, uninitialized and misaligned reads, writes to an input, one
 //! block reading another's writes, an output left unwritten) is caught and named, and
 //! the same patterns written correctly pass with the right results. Also: the launch
-//! is checked against the kernel's signature and launch bounds, and the shim's half
+//! is checked against the kernel's signature and launch bounds, the argument structs
+//! of params.rs arrive field by field where the kernels read them, and the shim's half
 //! precision conversions agree with the `half` crate bit for bit.
 
+use super::super::params::{GroupLastDxArgs, GroupShape, RowBwdArgs};
+use super::super::plan::Launch;
 use super::Device;
+use crate::spec::{Kind, Spec};
 use candle_core::Result;
 use half::{bf16, f16};
 use std::ffi::c_void;
@@ -412,4 +416,72 @@ fn half_conversions_match_the_half_crate_bit_for_bit() {
     ] {
         check(f);
     }
+}
+
+/// The argument structs of params.rs reach the kernels field by field: a kernel that
+/// writes back what it received gets every value the launch code set, a nested shape
+/// and the fields after it included.
+#[test]
+fn argument_structs_arrive_as_the_kernels_read_them() {
+    let spec = Spec::last_dim(Kind::Layer, &[2, 8], 1e-5);
+    let mut dev = Device::new();
+    let out = dev.alloc(17 * 8, 0, false, false, "out").unwrap();
+    let args = RowBwdArgs {
+        x: 0x1111,
+        weight: 0x2222,
+        dy: 0x3333,
+        dx: out,
+        partial_dw: 0x5555,
+        partial_db: 0x6666,
+        rows: 7,
+        len: -9,
+        eps: 1.5,
+    };
+    dev.launch(&Launch::new(&spec, "probe_row_bwd_args".into(), (1, 1), 32, 0, args).unwrap())
+        .unwrap();
+    let got: Vec<u64> = dev.read(out, 8, true).unwrap();
+    assert_eq!(
+        got,
+        [
+            0x1111,
+            0x2222,
+            0x3333,
+            0x5555,
+            0x6666,
+            7,
+            -9i64 as u64,
+            1.5f32.to_bits() as u64
+        ]
+    );
+
+    let shape = GroupShape {
+        rows: 1,
+        len: 2,
+        spatial: 3,
+        per_group: 4,
+        groups: 5,
+        channels: 6,
+        splits: 7,
+        chunk: 8,
+    };
+    let args = GroupLastDxArgs {
+        x: 0xa1,
+        weight: 0xa2,
+        dy: 0xa3,
+        moments: 0xa4,
+        partial_dw: 0xa5,
+        partial_db: 0xa6,
+        dx: out,
+        shape,
+        eps: -0.25,
+        flags: 9,
+        slices: 10,
+    };
+    dev.launch(&Launch::new(&spec, "probe_group_last_dx_args".into(), (1, 1), 32, 0, args).unwrap())
+        .unwrap();
+    let got: Vec<u64> = dev.read(out, 17, true).unwrap();
+    let mut want = vec![0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6];
+    want.extend(1..=10);
+    want.push((-0.25f32).to_bits() as u64);
+    assert_eq!(got, want);
 }
