@@ -117,7 +117,7 @@ fn main() {
         "| op | dtype | shape | copy GB/s | fwd µs | fwd GB/s | fwd/copy | unfused fwd µs | fwd speed-up | bwd µs | bwd GB/s | bwd/copy | unfused bwd µs | bwd speed-up |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for case in add_cases(&dev).into_iter().filter(|c| keep(c.add_name())) {
+    for case in add_cases(&dev).into_iter().filter(|c| keep(c.name())) {
         for dtype in dtypes(&dev) {
             measure_add(&dev, &case, dtype, &mut csv);
         }
@@ -268,7 +268,7 @@ fn measure_add(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
     let (fwd_pct, bwd_pct) = (100.0 * gbs(fwd) / copy_gbs, 100.0 * gbs(bwd) / copy_gbs);
     println!(
         "| {} | {:?} | {:?} | {:.0} | {} | {:.0} | {:.0}% | {} | {:.2}× | {} | {:.0} | {:.0}% | {} | {:.2}× |",
-        case.add_name(),
+        case.name(),
         dtype,
         case.shape,
         copy_gbs,
@@ -294,5 +294,5 @@ fn measure_add(dev: &Device, case: &Case, dtype: DType, csv: &mut String) {
         ("bwd_pct", bwd_pct),
         ("unfused_bwd_us", unfused_bwd * 1e6),
     ];
-    csv_row(csv, case.add_name(), dtype, &case.shape, &values);
+    csv_row(csv, case.name(), dtype, &case.shape, &values);
 }

@@ -100,7 +100,7 @@ fn run_add(c: &mut Criterion, dev_name: &str, dev: &Device, case: &Case, dtype: 
     let elems: usize = case.shape.iter().product();
     let bytes = (elems * dtype.size_in_bytes()) as u64;
     let id = format!("{:?}", case.shape);
-    let group = |what: &str| format!("{dev_name}/{}/{what}/{dtype:?}", case.add_name());
+    let group = |what: &str| format!("{dev_name}/{}/{what}/{dtype:?}", case.name());
     let [x, r, dy, dh] = [0; 4].map(|_| randn(&case.shape, dtype, dev));
     let w = (randn(&[case.params()], dtype, dev) + 1.0).unwrap();
     let b = randn(&[case.params()], dtype, dev);

@@ -15,13 +15,15 @@
 //                       slice of y; the first block of a channel also writes the
 //                       channel's mean and biased variance, rounded to T, for the
 //                       running statistics
-// batch_norm_bwd_sums_*: s1 = Σ dy·x̂ and s2 = Σ dy over each block's slice → [splits, C]
-// batch_norm_bwd_dx_*:  dx = rstd·(γ·dy − γ·s2/K − x̂·γ·s1/K), s1 and s2 summed over the
-//                       channel's slices in order
+// batch_norm_bwd_sums_*: partial_dw = Σ dy·x̂ and partial_db = Σ dy over each block's
+//                       slice → [splits, C]
+// batch_norm_bwd_dx_*:  dx = rstd·(γ·dy − γ·Σdb/K − x̂·γ·Σdw/K), with Σdw and Σdb the
+//                       partials summed over the channel's slices in order
 // batch_norm_eval_*:    the same kernels with the running mean and variance in place of
 //                       the batch's (eval): the forward is a per-channel affine, and
 //                       dx = γ·rstd·dy needs no sums (they are run for dγ/dβ alone)
-// batch_norm_dparams_*: dγ_c = Σ s1[s, c], dβ_c = Σ s2[s, c] over the slices, in order
+// batch_norm_dparams_*: dγ_c = Σ partial_dw[s, c], dβ_c = Σ partial_db[s, c] over the
+//                       slices, in order
 //
 // No atomics: results are the same bit for bit from run to run. 16-byte accesses when
 // every pointer is aligned and S is a multiple of the vector width (a vector then stays
@@ -83,8 +85,8 @@ __device__ void bn_fwd(const T* x, const T* w, const T* b, const float* part, co
 }
 
 template <typename T, int V, bool EVAL>
-__device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const T* rmean, const T* rvar, float* s1,
-                            float* s2, BatchShape s, float eps) {
+__device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const T* rmean, const T* rvar,
+                            float* partial_dw, float* partial_db, BatchShape s, float eps) {
     __shared__ float smem[32];
     const int c = blockIdx.x, k = blockIdx.y;
     float mean, var;
@@ -106,15 +108,16 @@ __device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const T*
     a1 = team_sum<false>(a1, smem);
     a2 = team_sum<false>(a2, smem);
     if (threadIdx.x == 0) {
-        s1[(size_t)k * s.channels + c] = a1;
-        s2[(size_t)k * s.channels + c] = a2;
+        partial_dw[(size_t)k * s.channels + c] = a1;
+        partial_db[(size_t)k * s.channels + c] = a2;
     }
 }
 
-// Training reads s1 and s2 of every slice of the channel; eval reads neither, nor x.
+// Training reads partial_dw and partial_db of every slice of the channel; eval reads
+// neither, nor x.
 template <typename T, int V, bool EVAL>
 __device__ void bn_bwd_dx(const T* x, const T* w, const T* dy, const float* part, const T* rmean, const T* rvar,
-                          const float* s1, const float* s2, T* dx, BatchShape s, float eps) {
+                          const float* partial_dw, const float* partial_db, T* dx, BatchShape s, float eps) {
     const int c = blockIdx.x, k = blockIdx.y;
     float mean, var;
     bn_channel<T, EVAL>(part, rmean, rvar, s, c, mean, var);
@@ -123,8 +126,8 @@ __device__ void bn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
     if constexpr (!EVAL) {
         float sgx = 0.f, sg = 0.f;
         for (int j = 0; j < s.splits; j++) {
-            sgx += s1[(size_t)j * s.channels + c];
-            sg += s2[(size_t)j * s.channels + c];
+            sgx += partial_dw[(size_t)j * s.channels + c];
+            sg += partial_db[(size_t)j * s.channels + c];
         }
         mean_g = wc * sg / s.len;
         mean_gx = wc * sgx / s.len;

@@ -13,16 +13,17 @@
 // group_norm[_channels_last]_fwd_*: each block merges its row's partials (in order, so
 //                       every block of a row sees the same statistics) and writes its
 //                       slice
-// group_norm_bwd_sums_*: one block per (b, c): s1 = Σ dy·x̂ and s2 = Σ dy over the S
-//                       elements of the channel → [B, C] each
+// group_norm_bwd_sums_*: one block per (b, c): partial_dw = Σ dy·x̂ and partial_db =
+//                       Σ dy over the S elements of the channel → [B, C] each
 // group_norm_channels_last_bwd_sums_*: one block per (b, slice of R of the spatial
 //                       rows), a thread per channel, so that a warp reads consecutive
-//                       channels of a row: s1, s2 of the slice → [B, R, C] each
+//                       channels of a row: partial_dw, partial_db of the slice →
+//                       [B, R, C] each
 // group_norm[_channels_last]_bwd_dx_*: dx = rstd · (γ_c·dy − mean(g) − x̂ · mean(g·x̂)),
-//                       the means over the row rebuilt from s1, s2 (over the R slices)
-//                       and γ
-// group_norm[_channels_last]_dparams_*: dγ_c = Σ s1[p, c], dβ_c = Σ s2[p, c] over the
-//                       B (or B·R) partial rows, in order
+//                       the means over the row rebuilt from partial_dw, partial_db
+//                       (over the R slices) and γ
+// group_norm[_channels_last]_dparams_*: dγ_c = Σ partial_dw[p, c], dβ_c =
+//                       Σ partial_db[p, c] over the B (or B·R) partial rows, in order
 //
 // No atomics: results are the same bit for bit from run to run. 16-byte accesses when
 // every pointer is aligned and a vector stays in one channel (channels-first: S a
@@ -99,8 +100,8 @@ __device__ void gn_fwd(const T* x, const T* w, const T* b, const float* part, T*
 }
 
 template <typename T, int V>
-__device__ void gn_bwd_sums(const T* x, const T* dy, const float* part, float* s1, float* s2, GroupShape g,
-                            float eps) {
+__device__ void gn_bwd_sums(const T* x, const T* dy, const float* part, float* partial_dw, float* partial_db,
+                            GroupShape g, float eps) {
     __shared__ float smem[32];
     const int bc = blockIdx.x, b = bc / g.channels, c = bc % g.channels;
     const Moments m = row_moments(part, b * g.groups + c / g.per_group, g.splits);
@@ -120,16 +121,16 @@ __device__ void gn_bwd_sums(const T* x, const T* dy, const float* part, float* s
     a1 = team_sum<false>(a1, smem);
     a2 = team_sum<false>(a2, smem);
     if (threadIdx.x == 0) {
-        s1[bc] = a1;
-        s2[bc] = a2;
+        partial_dw[bc] = a1;
+        partial_db[bc] = a2;
     }
 }
 
-// Channels-last: s1 = Σ dy·x̂ and s2 = Σ dy of each channel over rows
+// Channels-last: partial_dw = Σ dy·x̂ and partial_db = Σ dy of each channel over rows
 // [r·rows, (r + 1)·rows) of sample b, written to [b, r, c] of [B, R, C].
 template <typename T>
-__device__ void gn_last_bwd_sums(const T* x, const T* dy, const float* part, float* s1, float* s2, GroupShape g,
-                                 float eps, int R, int rows) {
+__device__ void gn_last_bwd_sums(const T* x, const T* dy, const float* part, float* partial_dw, float* partial_db,
+                                 GroupShape g, float eps, int R, int rows) {
     const int b = blockIdx.x, r = blockIdx.y;
     const int s_end = min(g.spatial, (r + 1) * rows);
     for (int c = threadIdx.x; c < g.channels; c += blockDim.x) {
@@ -143,21 +144,21 @@ __device__ void gn_last_bwd_sums(const T* x, const T* dy, const float* part, flo
             a2 += gv;
         }
         const size_t o = ((size_t)b * R + r) * g.channels + c;
-        s1[o] = a1;
-        s2[o] = a2;
+        partial_dw[o] = a1;
+        partial_db[o] = a2;
     }
 }
 
 // R: the slices of spatial rows the channels-last sums come in (1 channels-first).
 template <typename T, int V, bool LAST>
-__device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part, const float* s1, const float* s2,
-                          T* dx, GroupShape g, float eps, int R) {
+__device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part, const float* partial_dw,
+                          const float* partial_db, T* dx, GroupShape g, float eps, int R) {
     __shared__ float smem[32];
     const int row = blockIdx.x, s = blockIdx.y;
     const Moments m = row_moments(part, row, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
     const int p0 = (row % g.groups) * g.per_group;
-    // Σ g = Σ_c γ_c·s2 and Σ g·x̂ = Σ_c γ_c·s1 over the group's channels.
+    // Σ g = Σ_c γ_c·partial_db and Σ g·x̂ = Σ_c γ_c·partial_dw over the group's channels.
     float sg = 0.f, sgx = 0.f;
     if constexpr (LAST) {
         const size_t sums0 = (size_t)(row / g.groups) * R * g.channels + p0;
@@ -165,15 +166,15 @@ __device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
             const int c = j % g.per_group;
             const float wc = param_or(w, p0 + c, 1.f);
             const size_t at = sums0 + (size_t)(j / g.per_group) * g.channels + c;
-            sg += wc * s2[at];
-            sgx += wc * s1[at];
+            sg += wc * partial_db[at];
+            sgx += wc * partial_dw[at];
         }
     } else {
         const size_t sums0 = (size_t)(row / g.groups) * g.channels + p0;
         for (int j = threadIdx.x; j < g.per_group; j += blockDim.x) {
             const float wc = param_or(w, p0 + j, 1.f);
-            sg += wc * s2[sums0 + j];
-            sgx += wc * s1[sums0 + j];
+            sg += wc * partial_db[sums0 + j];
+            sgx += wc * partial_dw[sums0 + j];
         }
     }
     const float inv_k = 1.f / g.len;
@@ -220,9 +221,9 @@ template <bool LAST> struct GroupNorm {
 
 template <typename T> __device__ __forceinline__ void group_norm_bwd_sums(const cn::GroupSumsArgs& a) {
     const float* m = cn::in<float>(a.moments);
-    float *s1 = cn::out<float>(a.partial_dw), *s2 = cn::out<float>(a.partial_db);
-    if (a.flags & cn::GVEC) cn::gn_bwd_sums<T, cn::pack_of<T>()>(cn::in<T>(a.x), cn::in<T>(a.dy), m, s1, s2, a.shape, a.eps);
-    else cn::gn_bwd_sums<T, 1>(cn::in<T>(a.x), cn::in<T>(a.dy), m, s1, s2, a.shape, a.eps);
+    float *dw = cn::out<float>(a.partial_dw), *db = cn::out<float>(a.partial_db);
+    if (a.flags & cn::GVEC) cn::gn_bwd_sums<T, cn::pack_of<T>()>(cn::in<T>(a.x), cn::in<T>(a.dy), m, dw, db, a.shape, a.eps);
+    else cn::gn_bwd_sums<T, 1>(cn::in<T>(a.x), cn::in<T>(a.dy), m, dw, db, a.shape, a.eps);
 }
 
 template <typename T> __device__ __forceinline__ void group_norm_last_bwd_sums(const cn::GroupLastSumsArgs& a) {

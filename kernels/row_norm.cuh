@@ -161,11 +161,12 @@ __device__ __forceinline__ void row_fwd(const T* x, const T* r, const T* w, cons
     else row_fwd_reg<T, CENTER, V, VEC ? ROW_REG : ROW_REG_SCALAR, PATH == Path::Warp, ADD>(x, r, w, b, h, y, M, N, eps);
 }
 
-// Backward with the row in registers. Partials: pdg/pdb hold [gridDim.x, N]; with warp
-// teams the block's warps add theirs in warp order through shared memory (2·N floats).
+// Backward with the row in registers. Partials: partial_dw/partial_db hold [gridDim.x, N];
+// with warp teams the block's warps add theirs in warp order through shared memory (2·N
+// floats).
 template <typename T, bool CENTER, int V, int REG, bool WARP, bool ADD>
-__device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb, int M,
-                            int N, float eps) {
+__device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* partial_dw,
+                            float* partial_db, int M, int N, float eps) {
     constexpr int ITEMS = REG / V;
     __shared__ float smem[32];
     CN_DYNAMIC_SHARED(float, part);
@@ -234,8 +235,8 @@ __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T*
             }
         }
     }
-    float* dg = pdg + (size_t)blockIdx.x * N;
-    float* db = pdb + (size_t)blockIdx.x * N;
+    float* dg = partial_dw + (size_t)blockIdx.x * N;
+    float* db = partial_db + (size_t)blockIdx.x * N;
     if constexpr (WARP) {
         for (int j = threadIdx.x; j < 2 * N; j += blockDim.x) part[j] = 0.f;
         const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5;
@@ -279,13 +280,13 @@ __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T*
 // passes, then Σg and Σg·x̂ (adding dγ/dβ into this block's zero-initialized partial
 // row, which only this thread touches at these columns), then dx.
 template <typename T, bool CENTER, int V, bool ADD>
-__device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg, float* pdb,
-                              int M, int N, float eps) {
+__device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* partial_dw,
+                              float* partial_db, int M, int N, float eps) {
     __shared__ float smem[32];
     const int nitems = N / V;
     const float inv_n = __frcp_rn((float)N);
-    float* dg = pdg + (size_t)blockIdx.x * N;
-    float* db = pdb + (size_t)blockIdx.x * N;
+    float* dg = partial_dw + (size_t)blockIdx.x * N;
+    float* db = partial_db + (size_t)blockIdx.x * N;
     for (int row = blockIdx.x; row < M; row += gridDim.x) {
         const size_t off = (size_t)row * N;
         const float2 st = multi_stats<T, CENTER, V>(x + off, nitems, inv_n, eps, smem);
@@ -328,11 +329,15 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, 
 
 // The backward of one path, as row_fwd.
 template <typename T, bool CENTER, bool ADD, Path PATH, bool VEC>
-__device__ __forceinline__ void row_bwd(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* pdg,
-                                        float* pdb, int M, int N, float eps) {
+__device__ __forceinline__ void row_bwd(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* partial_dw,
+                                        float* partial_db, int M, int N, float eps) {
     constexpr int V = VEC ? pack_of<T>() : 1;
-    if constexpr (PATH == Path::Multi) row_bwd_multi<T, CENTER, V, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
-    else row_bwd_reg<T, CENTER, V, VEC ? ROW_REG_BWD : ROW_REG_BWD_SCALAR, PATH == Path::Warp, ADD>(x, w, dy, dh, dx, pdg, pdb, M, N, eps);
+    if constexpr (PATH == Path::Multi) {
+        row_bwd_multi<T, CENTER, V, ADD>(x, w, dy, dh, dx, partial_dw, partial_db, M, N, eps);
+    } else {
+        constexpr int REG = VEC ? ROW_REG_BWD : ROW_REG_BWD_SCALAR;
+        row_bwd_reg<T, CENTER, V, REG, PATH == Path::Warp, ADD>(x, w, dy, dh, dx, partial_dw, partial_db, M, N, eps);
+    }
 }
 
 // The entry bodies of one row norm, as CN_ROW_NORM instantiates them: LayerNorm when

@@ -13,7 +13,7 @@
 //!   passes and benchmarks;
 //! - [`batch_norm`], [`batch_norm_train`] (with the batch statistics),
 //!   [`batch_norm_eval`] (with running statistics) and [`batch_norm_backward`]:
-//!   BatchNorm, fused on the CPU;
+//!   BatchNorm;
 //! - [`instance_norm`] (and [`instance_norm_backward`]): GroupNorm with one group per
 //!   channel, with PyTorch's checks;
 //! - [`group_norm_channels_last`] (and [`group_norm_channels_last_backward`]): GroupNorm
@@ -32,10 +32,30 @@
 //!
 //! Semantics are PyTorch's: biased variance, eps inside the square root, statistics
 //! accumulated in f32 (f64 for f64 inputs), output in the input's dtype, rounded once.
-//! Supported dtypes are f32, f16, bf16 and f64 on the CPU (multi-threaded); with the
-//! `cuda` feature, f32, f16 and bf16 run on this crate's own CUDA kernels. The
-//! contract in full (formulas, precision, bytes moved, errors) is `docs/semantics.md`
-//! in the repository.
+//! The contract in full (formulas, precision, bytes moved, errors) is
+//! `docs/semantics.md` in the repository.
+//!
+//! # Devices
+//!
+//! Every op and module works on every candle device, in f32, f16, bf16 and f64 (where
+//! the device has the dtype), forward and backward:
+//!
+//! - **CPU**: this crate's fused kernels, multi-threaded and vectorized.
+//! - **CUDA**, with the `cuda` feature: this crate's fused CUDA kernels for f32, f16
+//!   and bf16.
+//! - **Every other case** (Metal; CUDA without the `cuda` feature; f64 on CUDA): the
+//!   generic backend, the same computation written as candle tensor ops (statistics in
+//!   f32 for f16/bf16, two-pass variance, the output rounded once), which autograd
+//!   trains through and whose standalone `*_backward` functions give the same
+//!   gradients. For inference (no input tracking a gradient), [`rms_norm`] there runs
+//!   candle-nn's fused forward (`candle_nn::ops::rms_norm`) in f32, f16 and bf16, where
+//!   it computes what this crate does and candle-nn has the device's kernels (its
+//!   `metal` or `cuda` feature).
+//!   [`layer_norm`] does not: candle-nn's fused LayerNorm takes the variance as
+//!   E\[x²\] − mean², which loses accuracy for rows with a large mean, so it runs the
+//!   composed ops.
+//!
+//! The same inputs give the same errors, naming the op and the shapes, on every device.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -52,11 +72,13 @@
 //!
 //! [candle]: https://github.com/huggingface/candle
 
+mod backend;
+mod bridge;
 mod check;
 mod cpu;
 #[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 mod cuda;
-mod custom_op;
+mod generic;
 pub mod nn;
 mod ops;
 pub mod reference;
@@ -66,9 +88,15 @@ pub use cpu::simd::{cpu_level, detected_cpu_level, set_cpu_level_limit, CpuLevel
 #[cfg(feature = "cuda-emulator")]
 pub use cuda::emulator;
 pub use nn::{BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RmsNorm, WsConv2d};
-pub use ops::{
-    add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward, batch_norm, batch_norm_backward,
-    batch_norm_eval, batch_norm_train, group_norm, group_norm_backward, group_norm_channels_last,
-    group_norm_channels_last_backward, instance_norm, instance_norm_backward, layer_norm, layer_norm_backward,
-    rms_norm, rms_norm_backward, weight_norm, weight_standardization, AddNormGrads, NormGrads,
-};
+pub use ops::*;
+
+/// For this crate's own tests and benches; not part of its API.
+#[doc(hidden)]
+pub mod testing {
+    /// Runs `f` with this crate's ops on this thread taking the generic backend (composed
+    /// candle ops, the path of devices without fused kernels, such as Metal) whatever
+    /// the device, so that the CPU runs what such a device runs.
+    pub fn with_generic_backend<R>(f: impl FnOnce() -> R) -> R {
+        crate::ops::with_generic(f)
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! Every norm of this crate reduces to one [`Spec`]: `rows` rows of `len` contiguous
 //! elements, each normalized over itself (BatchNorm: over all the rows of its
-//! channel), with an affine parameter that changes every `inner` elements. The backends (`cpu`, `cuda`) work on a `Spec` alone; the public ops
-//! build one from checked inputs. This module depends on nothing else in the crate.
+//! channel), with an affine parameter that changes every `inner` elements. The backends (`cpu`,
+//! `cuda`, `generic`) work on a `Spec` alone; the public ops build one from checked
+//! inputs. This module depends on nothing else in the crate.
 
 /// Which norm a [`Spec`] describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,12 +41,13 @@ pub(crate) struct Affine {
 /// The shape of a normalization.
 ///
 /// LayerNorm/RMSNorm over [M, N]: `rows = M`, `len = N`, `inner = 1`,
-/// `params_per_row = N`, `groups = 1`. GroupNorm over [B, C, *S] with G groups:
-/// `rows = B·G`, `len = (C/G)·S`, `inner = S`, `params_per_row = C/G`, `groups = G`.
+/// `params_per_row = N`, `param_blocks = 1`. GroupNorm over [B, C, *S] with G groups:
+/// `rows = B·G`, `len = (C/G)·S`, `inner = S`, `params_per_row = C/G`,
+/// `param_blocks = G`.
 /// Channels-last GroupNorm over [B, *S, C]: the same numbers as channels-first (the
 /// rows are the (sample, group) pairs, though not contiguous).
 /// BatchNorm over [B, C, *S]: `rows = B·C`, `len = S`, `inner = S`,
-/// `params_per_row = 1`, `groups = C`, with statistics per channel, not per row.
+/// `params_per_row = 1`, `param_blocks = C`, with statistics per channel, not per row.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Spec {
     pub kind: Kind,
@@ -55,7 +57,7 @@ pub(crate) struct Spec {
     pub inner: usize,
     pub params_per_row: usize,
     /// Rows cycle through this many blocks of `params_per_row` parameters.
-    pub groups: usize,
+    pub param_blocks: usize,
     pub eps: f64,
     /// The norm is of `h = x + residual` (rounded to the element type), which the
     /// forward returns beside y; the backward adds the gradient reaching h directly.
@@ -74,7 +76,7 @@ impl Spec {
             len,
             inner: 1,
             params_per_row: len,
-            groups: 1,
+            param_blocks: 1,
             eps,
             residual: false,
             op: kind.name(),
@@ -82,7 +84,7 @@ impl Spec {
     }
 
     /// GroupNorm over channels-first `dims` = [B, C, *spatial], with `groups` dividing C.
-    pub(crate) fn channel_groups(dims: &[usize], groups: usize, eps: f64) -> Self {
+    pub(crate) fn group(dims: &[usize], groups: usize, eps: f64) -> Self {
         let (b, c) = (dims[0], dims[1]);
         let inner: usize = dims[2..].iter().product();
         let params_per_row = c / groups;
@@ -92,7 +94,7 @@ impl Spec {
             len: params_per_row * inner,
             inner,
             params_per_row,
-            groups,
+            param_blocks: groups,
             eps,
             residual: false,
             op: Kind::Group.name(),
@@ -100,15 +102,15 @@ impl Spec {
     }
 
     /// GroupNorm over channels-last `dims` = [B, *spatial, C], with `groups` dividing
-    /// C: as [`Self::channel_groups`], each (sample, group) being the columns of its
+    /// C: as [`Self::group`], each (sample, group) being the columns of its
     /// group in the sample's S × C matrix.
-    pub(crate) fn channels_last_groups(dims: &[usize], groups: usize, eps: f64) -> Self {
+    pub(crate) fn group_last(dims: &[usize], groups: usize, eps: f64) -> Self {
         let (b, c) = (dims[0], dims[dims.len() - 1]);
         let s: usize = dims[1..dims.len() - 1].iter().product();
         Self {
             kind: Kind::GroupLast,
             op: Kind::GroupLast.name(),
-            ..Self::channel_groups(&[b, c, s], groups, eps)
+            ..Self::group(&[b, c, s], groups, eps)
         }
     }
 
@@ -144,7 +146,7 @@ impl Spec {
     /// BatchNorm over channels-first `dims` = [B, C, *spatial]: one row per (sample,
     /// channel), of its S spatial elements and that channel's parameter; row r is
     /// channel r mod C, whose statistics gather all its rows.
-    pub(crate) fn channels(dims: &[usize], eps: f64) -> Self {
+    pub(crate) fn batch(dims: &[usize], eps: f64) -> Self {
         let (b, c) = (dims[0], dims[1]);
         let s: usize = dims[2..].iter().product();
         Self {
@@ -153,7 +155,7 @@ impl Spec {
             len: s,
             inner: s,
             params_per_row: 1,
-            groups: c,
+            param_blocks: c,
             eps,
             residual: false,
             op: Kind::Batch.name(),
@@ -167,12 +169,12 @@ impl Spec {
 
     /// Length of the weight and bias (N, or C for GroupNorm).
     pub(crate) fn params(&self) -> usize {
-        self.groups * self.params_per_row
+        self.param_blocks * self.params_per_row
     }
 
     /// Index of the first parameter used by `row`.
     pub(crate) fn param_offset(&self, row: usize) -> usize {
-        (row % self.groups) * self.params_per_row
+        (row % self.param_blocks) * self.params_per_row
     }
 
     /// Index of the parameter of element `i` of `row`.

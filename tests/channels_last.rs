@@ -1,7 +1,8 @@
-//! Channels-last GroupNorm: the channels-first GroupNorm of the same input moved to
-//! `[B, C, *spatial]`, forward and gradients, for every dtype and affine; the
-//! standalone backward equals autograd bit for bit; determinism; the module option;
-//! errors naming the op and the shapes.
+//! Channels-last GroupNorm beyond the grid of every norm: the channels-first GroupNorm
+//! of the same input moved to `[B, C, *spatial]`, forward and standalone backward; the
+//! module option; errors naming the op and the shapes; each on the fused backend and on
+//! the generic one.
+#[macro_use]
 mod common;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -19,10 +20,6 @@ const SHAPES: &[(&[usize], usize)] = &[
     (&[1, 1024, 1024, 2], 1),
 ];
 
-fn bits(t: &Tensor) -> Vec<u64> {
-    to_f64(t).iter().map(|v| v.to_bits()).collect()
-}
-
 /// `[B, *spatial, C]` to `[B, C, *spatial]`, and back.
 fn to_first(t: &Tensor) -> Tensor {
     let r = t.rank();
@@ -38,70 +35,39 @@ fn to_last(t: &Tensor) -> Tensor {
     t.permute(dims).unwrap().contiguous().unwrap()
 }
 
-/// Forward and gradients against `group_norm` of the moved input (the statistics are
-/// gathered in another order, so within the table), and against the reference in f64.
-/// The group of 10^6+ elements runs with weight and bias only.
-#[test]
-fn matches_channels_first_on_the_moved_input() {
+/// Forward and standalone backward against `group_norm` of the moved input, within the
+/// table (the statistics are gathered in another order). The group of 10^6+ elements
+/// runs with weight and bias only.
+fn channels_first(_: Norm, dtype: DType, backend: Backend) {
     let mut rng = Rng::new(90);
     for &(shape, g) in SHAPES {
         let large = shape.iter().product::<usize>() > 1 << 16;
-        for dtype in DTYPES {
-            for affine in AFFINES.into_iter().filter(|&a| !large || a == Affine::WeightBias) {
-                let case = Case::new(&mut rng, Norm::GroupLast(g), shape, dtype, affine, 1e-5);
-                let (w, b) = (case.w.as_ref(), case.b.as_ref());
-                let what = format!("{shape:?} G={g} {dtype:?} {affine:?}");
-                let t = tol(dtype);
-                let y = case.ours().unwrap();
-                let first = candle_norm::group_norm(&to_first(&case.x), g, w, b, case.eps).unwrap();
-                assert_close(&format!("{what} against channels-first"), &y, &to_last(&first), t.fwd);
-                let want = case.to_dtype(DType::F64).reference().unwrap();
-                assert_close(&format!("{what} against f64"), &y, &want, t.fwd);
-                let dy = rng.tensor(shape, dtype, 0.0, 1.0);
-                let ours = case.backward(&dy).unwrap();
-                let mut moved = case.clone();
-                moved.norm = Norm::Group(g);
-                moved.x = to_first(&case.x);
-                let first = moved.backward(&to_first(&dy)).unwrap();
-                assert_close_max(&format!("{what} dx"), &ours.dx, &to_last(&first.dx), t.bwd);
-                for (name, got, want) in [("dw", &ours.dweight, &first.dweight), ("db", &ours.dbias, &first.dbias)] {
-                    assert_eq!(got.is_some(), want.is_some(), "{what} {name}");
-                    if let (Some(got), Some(want)) = (got, want) {
-                        assert_close_max(&format!("{what} {name}"), got, want, t.bwd);
-                    }
-                }
-                if large {
-                    continue;
-                }
-                let (dx, dw, db) = case.grads(&dy, |n, x, w, b, eps| n.ours(x, w, b, eps)).unwrap();
-                assert_eq!(bits(&ours.dx), bits(&dx), "{what} dx against autograd");
-                assert_eq!(ours.dweight.as_ref().map(bits), dw.as_ref().map(bits), "{what} dw");
-                assert_eq!(ours.dbias.as_ref().map(bits), db.as_ref().map(bits), "{what} db");
-            }
+        for affine in AFFINES.into_iter().filter(|&a| !large || a == Affine::WeightBias) {
+            let case = Case::new(&mut rng, Norm::GroupLast(g), shape, dtype, affine, 1e-5);
+            let (w, b) = (case.w.as_ref(), case.b.as_ref());
+            let what = format!("{} {backend:?}", case.what());
+            let t = tol(dtype);
+            let y = backend.run(|| case.ours()).unwrap();
+            let first = backend
+                .run(|| candle_norm::group_norm(&to_first(&case.x), g, w, b, case.eps))
+                .unwrap();
+            assert_close(&what, &y, &to_last(&first), t.fwd);
+            let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+            let ours = backend.run(|| case.backward(&dy)).unwrap().unwrap();
+            let mut moved = case.clone();
+            moved.norm = Norm::Group(g);
+            moved.x = to_first(&case.x);
+            let first = backend.run(|| moved.backward(&to_first(&dy))).unwrap().unwrap();
+            let first = Grads {
+                dx: to_last(&first.dx),
+                ..first
+            };
+            assert_grads_close(&what, &ours, &first, t.bwd);
         }
     }
 }
 
-/// Two runs give the same bits: output, dx, dγ and dβ, with many tiles per sample.
-#[test]
-fn is_deterministic() {
-    let mut rng = Rng::new(91);
-    let shape = [4, 96, 96, 64];
-    let case = Case::new(
-        &mut rng,
-        Norm::GroupLast(8),
-        &shape,
-        DType::F32,
-        Affine::WeightBias,
-        1e-5,
-    );
-    let dy = rng.tensor(&shape, DType::F32, 0.0, 1.0);
-    let run = || {
-        let g = case.backward(&dy).unwrap();
-        [case.ours().unwrap(), g.dx, g.dweight.unwrap(), g.dbias.unwrap()].map(|t| bits(&t))
-    };
-    assert!(run() == run());
-}
+grid!(channels_first: [group_last = Norm::GroupLast(0)] x [f32 = F32, f16 = F16, bf16 = BF16, f64 = F64] x [fused = Fused, generic = Generic]);
 
 fn err(r: candle_core::Result<Tensor>) -> String {
     r.expect_err("expected an error").to_string()
@@ -110,6 +76,10 @@ fn err(r: candle_core::Result<Tensor>) -> String {
 /// Bad inputs are errors naming `group_norm_channels_last` and the shapes.
 #[test]
 fn bad_input_is_a_clear_error() {
+    on_every_backend(bad_input);
+}
+
+fn bad_input() {
     let t = |shape: &[usize], dtype| Tensor::zeros(shape, dtype, &Device::Cpu).unwrap();
     let f32 = |shape: &[usize]| t(shape, DType::F32);
     let op = "group_norm_channels_last";
@@ -198,17 +168,19 @@ fn bad_input_is_a_clear_error() {
 /// weight and bias, and trains them.
 #[test]
 fn module_option_runs_channels_last() {
-    let mut rng = Rng::new(92);
-    let x = rng.tensor(&[2, 5, 5, 8], DType::F32, 0.0, 1.0);
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let gn = group_norm(4, 8, 1e-5, vb).unwrap();
-    assert!(!gn.channels_last());
-    let gn = gn.with_channels_last(true);
-    assert!(gn.channels_last());
-    let y = gn.forward(&x).unwrap();
-    let want = candle_norm::group_norm_channels_last(&x, 4, Some(gn.weight()), Some(gn.bias()), 1e-5).unwrap();
-    assert_eq!(bits(&y), bits(&want));
-    let grads = (y * &x).unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(grads.get(gn.weight()).is_some() && grads.get(gn.bias()).is_some());
+    on_every_backend(|| {
+        let mut rng = Rng::new(92);
+        let x = rng.tensor(&[2, 5, 5, 8], DType::F32, 0.0, 1.0);
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let gn = group_norm(4, 8, 1e-5, vb).unwrap();
+        assert!(!gn.channels_last());
+        let gn = gn.with_channels_last(true);
+        assert!(gn.channels_last());
+        let y = gn.forward(&x).unwrap();
+        let want = candle_norm::group_norm_channels_last(&x, 4, Some(gn.weight()), Some(gn.bias()), 1e-5).unwrap();
+        assert_eq!(bits(&y), bits(&want));
+        let grads = (y * &x).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(gn.weight()).is_some() && grads.get(gn.bias()).is_some());
+    });
 }

@@ -1,5 +1,5 @@
-//! Bad input returns a clear error naming the op and what is wrong; empty input
-//! returns an empty output; random cases never panic and agree with the reference.
+//! Bad input returns a clear error naming the op and what is wrong, the same on the
+//! fused backend and on the generic one: the checks run before either.
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
@@ -14,6 +14,12 @@ fn t(shape: &[usize], dtype: DType) -> Tensor {
 
 #[test]
 fn bad_input_is_a_clear_error() {
+    for backend in BACKENDS {
+        backend.run(bad_input);
+    }
+}
+
+fn bad_input() {
     let x = t(&[2, 8], DType::F32);
     let e = err(candle_norm::layer_norm(&x, Some(&t(&[7], DType::F32)), None, 1e-5));
     assert!(
@@ -64,6 +70,12 @@ fn bad_input_is_a_clear_error() {
 /// The standalone backward checks dy against x as well as the forward's arguments.
 #[test]
 fn bad_backward_input_is_a_clear_error() {
+    for backend in BACKENDS {
+        backend.run(bad_backward_input);
+    }
+}
+
+fn bad_backward_input() {
     let x = t(&[2, 8], DType::F32);
     let grads = |r: candle_core::Result<candle_norm::NormGrads>| err(r.map(|g| g.dx));
     let e = grads(candle_norm::layer_norm_backward(
@@ -108,60 +120,4 @@ fn weight_on_another_device_is_an_error() {
         e.contains("layer_norm") && e.contains("weight") && e.contains("Cuda"),
         "{e}"
     );
-}
-
-#[test]
-fn zero_size_dimensions_give_empty_outputs_and_zero_gradients() {
-    for (norm, shape) in [
-        (Norm::Layer, &[0usize, 8][..]),
-        (Norm::Layer, &[3, 0]),
-        (Norm::Rms, &[2, 0, 5]),
-        (Norm::Group(2), &[0, 4, 3]),
-        (Norm::Group(2), &[2, 4, 0]),
-        (Norm::Group(1), &[2, 0, 3]),
-    ] {
-        let mut rng = Rng::new(20);
-        let case = Case::new(&mut rng, norm, shape, DType::F32, Affine::WeightBias, 1e-5);
-        let y = case.ours().unwrap();
-        assert_eq!(y.dims(), shape);
-        let dy = Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
-        let (dx, dw, _) = case.grads(&dy, |n, x, w, b, e| n.ours(x, w, b, e)).unwrap();
-        assert_eq!(dx.dims(), shape);
-        assert!(to_f64(&dw.unwrap()).iter().all(|&v| v == 0.0));
-    }
-}
-
-/// Many random shapes, dtypes, affine sets and eps: never a panic, always the
-/// reference's values (and wrong weight lengths always an error).
-#[test]
-fn random_cases_agree_with_reference() {
-    let mut rng = Rng::new(21);
-    for i in 0..300 {
-        let dtype = DTYPES[rng.range(0, 3)];
-        let affine = AFFINES[rng.range(0, 3)];
-        let eps = [1e-12, 1e-6, 1e-5, 1e-2][rng.range(0, 3)];
-        let (norm, shape) = match rng.range(0, 2) {
-            0 | 1 => {
-                let rank = rng.range(1, 4);
-                let mut s: Vec<usize> = (0..rank).map(|_| rng.range(1, 5)).collect();
-                *s.last_mut().unwrap() = rng.range(1, 3000);
-                (if rng.range(0, 1) == 0 { Norm::Layer } else { Norm::Rms }, s)
-            }
-            _ => {
-                let g = rng.range(1, 4);
-                let c = g * rng.range(1, 4);
-                let mut s = vec![rng.range(1, 3), c];
-                s.extend((0..rng.range(0, 3)).map(|_| rng.range(1, 20)));
-                (Norm::Group(g), s)
-            }
-        };
-        let case = Case::new(&mut rng, norm, &shape, dtype, affine, eps);
-        let what = format!("case {i}: {norm:?} {shape:?} {dtype:?} {affine:?} eps {eps}");
-        assert_close(&what, &case.ours().unwrap(), &case.reference().unwrap(), tol(dtype).fwd);
-        let bad = t(&[norm.params(&shape) + 1], dtype);
-        assert!(
-            norm.ours(&case.x, Some(&bad), None, eps).is_err(),
-            "{what}: wrong weight length accepted"
-        );
-    }
 }

@@ -1,5 +1,7 @@
-//! InstanceNorm: GroupNorm with one group per channel, bit for bit, within the table of
-//! the reference in f64, its gradients, its module, and PyTorch's errors.
+//! InstanceNorm beyond the grid of every norm: GroupNorm with one group per channel bit
+//! for bit, its module, and PyTorch's errors; each on the fused backend and on the
+//! generic one.
+#[macro_use]
 mod common;
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -16,46 +18,30 @@ const SHAPES: &[&[usize]] = &[
     &[1, 2, 1024, 1024],
 ];
 
-fn bits(t: &Tensor) -> Vec<u64> {
-    to_f64(t).iter().map(|v| v.to_bits()).collect()
-}
-
-/// Forward and gradients equal those of `group_norm` with C groups bit for bit, and the
-/// forward is within the table of the composed reference evaluated in f64.
-#[test]
-fn is_group_norm_with_a_group_per_channel() {
+/// The forward and the standalone backward equal those of `group_norm` with C groups,
+/// bit for bit (the 2^20-element instances forward only).
+fn group_per_channel(_: Norm, dtype: DType, backend: Backend) {
     let mut rng = Rng::new(70);
     for &shape in SHAPES {
-        for dtype in DTYPES {
-            for affine in AFFINES {
-                let case = Case::new(&mut rng, Norm::Group(shape[1]), shape, dtype, affine, 1e-5);
-                let (w, b) = (case.w.as_ref(), case.b.as_ref());
-                let what = format!("{shape:?} {dtype:?} {affine:?}");
-                let y = candle_norm::instance_norm(&case.x, w, b, case.eps).unwrap();
-                assert_eq!(bits(&y), bits(&case.ours().unwrap()), "{what}");
-                let want = case.to_dtype(DType::F64).reference().unwrap();
-                assert_close(&format!("{what} against f64"), &y, &want, tol(dtype).fwd);
-                if shape.iter().product::<usize>() > 1 << 16 {
-                    continue;
-                }
-                let dy = rng.tensor(shape, dtype, 0.0, 1.0);
-                let g = candle_norm::instance_norm_backward(&case.x, w, b, &dy, case.eps).unwrap();
-                let (dx, dw, db) = case
-                    .grads(&dy, |_, x, w, b, eps| candle_norm::instance_norm(x, w, b, eps))
-                    .unwrap();
-                let want = case.backward(&dy).unwrap();
-                for (name, got, autograd, group) in [
-                    ("dx", Some(&g.dx), Some(&dx), Some(&want.dx)),
-                    ("dw", g.dweight.as_ref(), dw.as_ref(), want.dweight.as_ref()),
-                    ("db", g.dbias.as_ref(), db.as_ref(), want.dbias.as_ref()),
-                ] {
-                    assert_eq!(got.map(bits), group.map(bits), "{what} {name} against group_norm");
-                    assert_eq!(got.map(bits), autograd.map(bits), "{what} {name} against autograd");
-                }
+        for affine in AFFINES {
+            let case = Case::new(&mut rng, Norm::Instance, shape, dtype, affine, 1e-5);
+            let mut group = case.clone();
+            group.norm = Norm::Group(shape[1]);
+            let what = format!("{} {backend:?}", case.what());
+            let y = backend.run(|| case.ours()).unwrap();
+            assert_eq!(bits(&y), bits(&backend.run(|| group.ours()).unwrap()), "{what}");
+            if shape.iter().product::<usize>() > 1 << 16 {
+                continue;
             }
+            let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+            let got = backend.run(|| case.backward(&dy)).unwrap().unwrap();
+            let want = backend.run(|| group.backward(&dy)).unwrap().unwrap();
+            assert_grads_equal(&what, &got, &want);
         }
     }
 }
+
+grid!(group_per_channel: [instance = Norm::Instance] x [f32 = F32, f16 = F16, bf16 = BF16, f64 = F64] x [fused = Fused, generic = Generic]);
 
 fn err(r: candle_core::Result<Tensor>) -> String {
     r.expect_err("expected an error").to_string()
@@ -65,6 +51,10 @@ fn err(r: candle_core::Result<Tensor>) -> String {
 /// error naming `instance_norm` and the shapes.
 #[test]
 fn bad_input_is_a_clear_error() {
+    on_every_backend(bad_input);
+}
+
+fn bad_input() {
     let t = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
     for shape in [&[4, 3][..], &[2, 3, 1, 1]] {
         let e = err(candle_norm::instance_norm(&t(shape), None, None, 1e-5));
@@ -96,27 +86,29 @@ fn bad_input_is_a_clear_error() {
 /// the affine one trains its weight and bias.
 #[test]
 fn module_matches_functional_op_and_trains() {
-    let mut rng = Rng::new(71);
-    let x = rng.tensor(&[2, 3, 4, 5], DType::F32, 0.0, 1.0);
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let plain = instance_norm(3, 1e-5, vb.pp("plain")).unwrap();
-    assert!(plain.weight().is_none() && plain.bias().is_none());
-    let want = candle_norm::instance_norm(&x, None, None, 1e-5).unwrap();
-    assert_eq!(bits(&plain.forward(&x).unwrap()), bits(&want));
-    let config = InstanceNormConfig {
-        eps: 1e-3,
-        affine: true,
-    };
-    let affine = instance_norm(3, config, vb.pp("affine")).unwrap();
-    assert_eq!(varmap.all_vars().len(), 2);
-    let xv = Var::from_tensor(&x).unwrap();
-    let y = affine.forward(&xv).unwrap();
-    let (w, b) = (affine.weight().unwrap(), affine.bias().unwrap());
-    assert_eq!(
-        bits(&y),
-        bits(&candle_norm::instance_norm(&x, Some(w), Some(b), 1e-3).unwrap())
-    );
-    let grads = (y * &x).unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(grads.get(w).is_some() && grads.get(b).is_some() && grads.get(&xv).is_some());
+    on_every_backend(|| {
+        let mut rng = Rng::new(71);
+        let x = rng.tensor(&[2, 3, 4, 5], DType::F32, 0.0, 1.0);
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let plain = instance_norm(3, 1e-5, vb.pp("plain")).unwrap();
+        assert!(plain.weight().is_none() && plain.bias().is_none());
+        let want = candle_norm::instance_norm(&x, None, None, 1e-5).unwrap();
+        assert_eq!(bits(&plain.forward(&x).unwrap()), bits(&want));
+        let config = InstanceNormConfig {
+            eps: 1e-3,
+            affine: true,
+        };
+        let affine = instance_norm(3, config, vb.pp("affine")).unwrap();
+        assert_eq!(varmap.all_vars().len(), 2);
+        let xv = Var::from_tensor(&x).unwrap();
+        let y = affine.forward(&xv).unwrap();
+        let (w, b) = (affine.weight().unwrap(), affine.bias().unwrap());
+        assert_eq!(
+            bits(&y),
+            bits(&candle_norm::instance_norm(&x, Some(w), Some(b), 1e-3).unwrap())
+        );
+        let grads = (y * &x).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(w).is_some() && grads.get(b).is_some() && grads.get(&xv).is_some());
+    });
 }

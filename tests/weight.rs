@@ -6,7 +6,8 @@
 //! checkpoint layouts, a round trip through safetensors. Spectral normalization: σ of the
 //! normalized weight is 1 against an exact eigen-decomposition in f64, the power
 //! iteration runs in training only, gradients against finite differences, PyTorch's
-//! names and a round trip. Bad input for all three.
+//! names and a round trip. Bad input for all three. Weight standardization runs
+//! LayerNorm: its tests run on the fused backend and on the generic one.
 
 mod common;
 
@@ -39,16 +40,18 @@ const SHAPES: [&[usize]; 5] = [&[1, 1], &[7, 3], &[16, 3, 3, 3], &[5, 2, 1, 1], 
 
 #[test]
 fn standardizes_each_output_unit() {
-    let mut rng = Rng::new(3);
-    for shape in SHAPES {
-        for dtype in DTYPES {
-            let w = rng.tensor(shape, dtype, 0.3, 2.0);
-            let got = weight_standardization(&w, 1e-5).unwrap();
-            assert_eq!(got.dims(), shape);
-            let want = reference(&w.to_dtype(DType::F64).unwrap(), 1e-5);
-            assert_close(&format!("{shape:?} {dtype:?}"), &got, &want, tol(dtype).fwd);
+    on_every_backend(|| {
+        let mut rng = Rng::new(3);
+        for shape in SHAPES {
+            for dtype in DTYPES {
+                let w = rng.tensor(shape, dtype, 0.3, 2.0);
+                let got = weight_standardization(&w, 1e-5).unwrap();
+                assert_eq!(got.dims(), shape);
+                let want = reference(&w.to_dtype(DType::F64).unwrap(), 1e-5);
+                assert_close(&format!("{shape:?} {dtype:?}"), &got, &want, tol(dtype).fwd);
+            }
         }
-    }
+    });
 }
 
 /// Checks `grad`, the gradient of `f` at `t`, against central differences of `f` at
@@ -73,55 +76,59 @@ fn check_finite_differences(what: &str, t: &Tensor, grad: &Tensor, elements: &[u
 
 #[test]
 fn gradient_matches_autograd_and_finite_differences() {
-    let mut rng = Rng::new(4);
-    for shape in SHAPES {
-        let w = Var::from_tensor(&rng.tensor(shape, DType::F64, 0.0, 1.0)).unwrap();
-        let probe = rng.tensor(shape, DType::F64, 0.0, 1.0);
-        let loss = |t: &Tensor| (t * &probe).unwrap().sum_all().unwrap();
-        let ours = loss(&weight_standardization(&w, 1e-5).unwrap()).backward().unwrap();
-        let theirs = loss(&reference(&w, 1e-5)).backward().unwrap();
-        let (g, r) = (ours.get(&w).unwrap(), theirs.get(&w).unwrap());
-        assert_close_max(&format!("{shape:?} autograd"), g, r, tol(DType::F64).bwd);
-        let n = w.elem_count();
-        check_finite_differences(&format!("{shape:?}"), &w, g, &[0, n / 2, n - 1], |t| {
-            loss(&weight_standardization(t, 1e-5).unwrap()).to_scalar().unwrap()
-        });
-    }
+    on_every_backend(|| {
+        let mut rng = Rng::new(4);
+        for shape in SHAPES {
+            let w = Var::from_tensor(&rng.tensor(shape, DType::F64, 0.0, 1.0)).unwrap();
+            let probe = rng.tensor(shape, DType::F64, 0.0, 1.0);
+            let loss = |t: &Tensor| (t * &probe).unwrap().sum_all().unwrap();
+            let ours = loss(&weight_standardization(&w, 1e-5).unwrap()).backward().unwrap();
+            let theirs = loss(&reference(&w, 1e-5)).backward().unwrap();
+            let (g, r) = (ours.get(&w).unwrap(), theirs.get(&w).unwrap());
+            assert_close_max(&format!("{shape:?} autograd"), g, r, tol(DType::F64).bwd);
+            let n = w.elem_count();
+            check_finite_differences(&format!("{shape:?}"), &w, g, &[0, n / 2, n - 1], |t| {
+                loss(&weight_standardization(t, 1e-5).unwrap()).to_scalar().unwrap()
+            });
+        }
+    });
 }
 
 #[test]
 fn ws_conv2d_convolves_with_the_standardized_weight() {
-    let mut rng = Rng::new(5);
-    let config = Conv2dConfig {
-        padding: 1,
-        stride: 1,
-        dilation: 1,
-        groups: 2,
-        cudnn_fwd_algo: None,
-    };
-    let w = rng.tensor(&[6, 2, 3, 3], DType::F32, 0.5, 1.0);
-    let b = rng.tensor(&[6], DType::F32, 0.0, 1.0);
-    let x = rng.tensor(&[2, 4, 5, 5], DType::F32, 0.0, 1.0);
-    let conv = WsConv2d::new(w.clone(), Some(b.clone()), config, 1e-5);
-    let want = candle_nn::Conv2d::new(reference(&w, 1e-5), Some(b), config)
-        .forward(&x)
-        .unwrap();
-    assert_close("ws_conv2d", &conv.forward(&x).unwrap(), &want, tol(DType::F32).fwd);
+    on_every_backend(|| {
+        let mut rng = Rng::new(5);
+        let config = Conv2dConfig {
+            padding: 1,
+            stride: 1,
+            dilation: 1,
+            groups: 2,
+            cudnn_fwd_algo: None,
+        };
+        let w = rng.tensor(&[6, 2, 3, 3], DType::F32, 0.5, 1.0);
+        let b = rng.tensor(&[6], DType::F32, 0.0, 1.0);
+        let x = rng.tensor(&[2, 4, 5, 5], DType::F32, 0.0, 1.0);
+        let conv = WsConv2d::new(w.clone(), Some(b.clone()), config, 1e-5);
+        let want = candle_nn::Conv2d::new(reference(&w, 1e-5), Some(b), config)
+            .forward(&x)
+            .unwrap();
+        assert_close("ws_conv2d", &conv.forward(&x).unwrap(), &want, tol(DType::F32).fwd);
 
-    // The builder reads and creates candle-nn's names, and training reaches the raw weight.
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let conv = ws_conv2d(4, 6, 3, config, vb.pp("conv")).unwrap();
-    let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
-    assert!(
-        names.contains(&"conv.weight".into()) && names.contains(&"conv.bias".into()),
-        "{names:?}"
-    );
-    assert_eq!(conv.weight().dims(), [6, 2, 3, 3]);
-    let grads = square_loss_grads(&conv.forward(&x).unwrap());
-    let var = varmap.data().lock().unwrap()["conv.weight"].clone();
-    let g = grads.get(&var).expect("the raw weight gets a gradient");
-    assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        // The builder reads and creates candle-nn's names, and training reaches the raw weight.
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let conv = ws_conv2d(4, 6, 3, config, vb.pp("conv")).unwrap();
+        let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        assert!(
+            names.contains(&"conv.weight".into()) && names.contains(&"conv.bias".into()),
+            "{names:?}"
+        );
+        assert_eq!(conv.weight().dims(), [6, 2, 3, 3]);
+        let grads = square_loss_grads(&conv.forward(&x).unwrap());
+        let var = varmap.data().lock().unwrap()["conv.weight"].clone();
+        let g = grads.get(&var).expect("the raw weight gets a gradient");
+        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    });
 }
 
 #[test]

@@ -5,16 +5,12 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Which norm a case runs (GroupNorm, channels-first or channels-last, with its number
-/// of groups; BatchNorm in training).
-#[derive(Clone, Copy, Debug)]
-pub enum Norm {
-    Layer,
-    Rms,
-    Group(usize),
-    GroupLast(usize),
-    Batch,
-}
+/// The norms and their ops, as the tests know them.
+#[allow(dead_code)]
+#[path = "../../tests/common/registry.rs"]
+mod registry;
+use registry::Impl;
+pub use registry::Norm;
 
 /// One benchmarked op on one shape.
 #[derive(Clone, Debug)]
@@ -71,7 +67,7 @@ pub fn add_cases(dev: &Device) -> Vec<Case> {
     } else {
         [1024usize, 4096, 16384, 65536].map(|n| vec![(1 << 27) / n, n]).to_vec()
     };
-    [Norm::Layer, Norm::Rms]
+    [Norm::AddLayer, Norm::AddRms]
         .into_iter()
         .flat_map(|norm| rows.iter().map(move |s| Case { norm, shape: s.clone() }))
         .collect()
@@ -94,72 +90,64 @@ pub fn randn(shape: &[usize], dtype: DType, dev: &Device) -> Tensor {
 impl Case {
     /// The public function's name.
     pub fn name(&self) -> &'static str {
-        match self.norm {
-            Norm::Layer => "layer_norm",
-            Norm::Rms => "rms_norm",
-            Norm::Group(_) => "group_norm",
-            Norm::GroupLast(_) => "group_norm_channels_last",
-            Norm::Batch => "batch_norm",
-        }
-    }
-
-    /// The fused residual add's name (LayerNorm and RMSNorm cases).
-    pub fn add_name(&self) -> &'static str {
-        match self.norm {
-            Norm::Layer => "add_layer_norm",
-            _ => "add_rms_norm",
-        }
+        self.norm.name()
     }
 
     /// Length of the weight and bias.
     pub fn params(&self) -> usize {
-        match self.norm {
-            Norm::Group(_) | Norm::Batch => self.shape[1],
-            _ => *self.shape.last().unwrap(),
+        self.norm.params(&self.shape)
+    }
+
+    /// The registry's case of these inputs (RMSNorm takes no bias; the fused residual
+    /// add takes `r`).
+    fn inputs(&self, x: &Tensor, w: &Tensor, b: &Tensor, r: Option<&Tensor>) -> registry::Case {
+        registry::Case {
+            norm: self.norm,
+            x: x.clone(),
+            w: Some(w.clone()),
+            b: self.norm.has_bias().then(|| b.clone()),
+            r: r.cloned(),
+            running: None,
+            eps: 1e-5,
         }
     }
 
-    /// This crate's forward (RMSNorm takes no bias).
+    /// This crate's forward: y.
     pub fn ours(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        match self.norm {
-            Norm::Layer => candle_norm::layer_norm(x, Some(w), Some(b), 1e-5),
-            Norm::Rms => candle_norm::rms_norm(x, Some(w), 1e-5),
-            Norm::Group(g) => candle_norm::group_norm(x, g, Some(w), Some(b), 1e-5),
-            Norm::GroupLast(g) => candle_norm::group_norm_channels_last(x, g, Some(w), Some(b), 1e-5),
-            Norm::Batch => candle_norm::batch_norm(x, Some(w), Some(b), 1e-5),
-        }
+        self.inputs(x, w, b, None).ours()
     }
 
     /// This crate's standalone fused backward; dx (dγ and dβ are computed too).
     pub fn backward(&self, x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        let g = match self.norm {
-            Norm::Layer => candle_norm::layer_norm_backward(x, Some(w), Some(b), dy, 1e-5),
-            Norm::Rms => candle_norm::rms_norm_backward(x, Some(w), dy, 1e-5),
-            Norm::Group(g) => candle_norm::group_norm_backward(x, g, Some(w), Some(b), dy, 1e-5),
-            Norm::GroupLast(g) => candle_norm::group_norm_channels_last_backward(x, g, Some(w), Some(b), dy, 1e-5),
-            Norm::Batch => candle_norm::batch_norm_backward(x, Some(w), Some(b), dy, 1e-5),
-        }?;
-        Ok(g.dx)
+        let grads = self.inputs(x, w, b, None).backward(dy).expect("a norm with a backward");
+        Ok(grads?.dx)
     }
 
     /// This crate's fused residual add + norm: (y, h).
     pub fn ours_add(&self, x: &Tensor, r: &Tensor, w: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
-        match self.norm {
-            Norm::Layer => candle_norm::add_layer_norm(x, r, Some(w), Some(b), 1e-5),
-            _ => candle_norm::add_rms_norm(x, r, Some(w), 1e-5),
+        let mut out = self.inputs(x, w, b, Some(r)).forward(Impl::Ours)?;
+        let h = out.pop().expect("y and h");
+        Ok((out.pop().expect("y and h"), h))
+    }
+
+    /// The norm the fused residual add normalizes with.
+    fn plain(&self) -> Case {
+        Case {
+            norm: self.norm.without_add(),
+            shape: self.shape.clone(),
         }
     }
 
     /// The unfused pair: candle's add, then this crate's norm: (y, h).
     pub fn unfused_add(&self, x: &Tensor, r: &Tensor, w: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
         let h = (x + r)?;
-        Ok((self.ours(&h, w, b)?, h))
+        Ok((self.plain().ours(&h, w, b)?, h))
     }
 
     /// The fused residual add's standalone backward, with h used downstream: dx.
     pub fn add_backward(&self, h: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor, dh: &Tensor) -> Result<Tensor> {
         let g = match self.norm {
-            Norm::Layer => candle_norm::add_layer_norm_backward(h, Some(w), Some(b), dy, Some(dh), 1e-5),
+            Norm::AddLayer => candle_norm::add_layer_norm_backward(h, Some(w), Some(b), dy, Some(dh), 1e-5),
             _ => candle_norm::add_rms_norm_backward(h, Some(w), dy, Some(dh), 1e-5),
         }?;
         Ok(g.dx)
@@ -167,19 +155,12 @@ impl Case {
 
     /// The unfused backward: this crate's norm backward, then candle's add of dh.
     pub fn unfused_add_backward(&self, h: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor, dh: &Tensor) -> Result<Tensor> {
-        self.backward(h, w, b, dy)? + dh
+        self.plain().backward(h, w, b, dy)? + dh
     }
 
     /// The composed reference, differentiable through candle autograd.
     pub fn composed(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        use candle_norm::reference as r;
-        match self.norm {
-            Norm::Layer => r::layer_norm(x, Some(w), Some(b), 1e-5),
-            Norm::Rms => r::rms_norm(x, Some(w), 1e-5),
-            Norm::Group(g) => r::group_norm(x, g, Some(w), Some(b), 1e-5),
-            Norm::GroupLast(g) => r::group_norm_channels_last(x, g, Some(w), Some(b), 1e-5),
-            Norm::Batch => Ok(r::batch_norm_train(x, Some(w), Some(b), 1e-5)?.0),
-        }
+        self.inputs(x, w, b, None).reference()
     }
 
     /// candle-nn's fused forward (no backward), for the norms it has one for.
@@ -187,7 +168,7 @@ impl Case {
         match self.norm {
             Norm::Layer => Some(candle_nn::ops::layer_norm(x, w, b, 1e-5)),
             Norm::Rms => Some(candle_nn::ops::rms_norm(x, w, 1e-5)),
-            Norm::Group(_) | Norm::GroupLast(_) | Norm::Batch => None,
+            _ => None,
         }
     }
 }

@@ -27,12 +27,12 @@ struct ParamGrads<A> {
 }
 
 impl<A: Acc> ParamGrads<A> {
-    fn zeros(p_base: usize, n: usize, want: Affine) -> Self {
+    fn zeros(p_base: usize, n: usize, affine: Affine) -> Self {
         let zeros = |wanted: bool| vec![A::ZERO; if wanted { n } else { 0 }];
         Self {
             p_base,
-            dg: zeros(want.weight),
-            db: zeros(want.bias),
+            dg: zeros(affine.weight),
+            db: zeros(affine.bias),
         }
     }
 
@@ -318,17 +318,17 @@ pub(super) type BwdIns<'a, T> = (&'a [T], Option<&'a [T]>, &'a [T], Option<&'a [
 /// gradient. `grads` says where each row's statistics come from.
 pub(super) fn backward<T: Elem>(
     spec: &Spec,
-    want: Affine,
+    affine: Affine,
     (x, w, dy, dh): BwdIns<T>,
     grads: RowGrads<T::Acc>,
 ) -> Vec<T> {
     let np = spec.params();
-    let mut out = output(x.len(), spec.packed_grads(want));
+    let mut out = output(x.len(), spec.packed_grads(affine));
     let (w, _) = affine_params(spec, w, None);
     let acc = match dh {
-        _ if x.is_empty() => ParamGrads::zeros(0, np, want),
-        Some(dh) => backward_any(spec, want, [x, dy, dh], &w, &mut out, grads),
-        None => backward_any(spec, want, [x, dy], &w, &mut out, grads),
+        _ if x.is_empty() => ParamGrads::zeros(0, np, affine),
+        Some(dh) => backward_any(spec, affine, [x, dy, dh], &w, &mut out, grads),
+        None => backward_any(spec, affine, [x, dy], &w, &mut out, grads),
     };
     for g in [&acc.dg, &acc.db] {
         if !g.is_empty() {
@@ -344,16 +344,16 @@ pub(super) fn backward<T: Elem>(
 /// split rows.
 fn backward_any<T: Elem, const K: usize>(
     spec: &Spec,
-    want: Affine,
+    affine: Affine,
     ins: [&[T]; K],
     w: &[T::Acc],
     dx: &mut [T],
     grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     if split_rows(spec) {
-        backward_split(spec, want, ins, w, dx, grads)
+        backward_split(spec, affine, ins, w, dx, grads)
     } else {
-        backward_rows(spec, want, ins, w, dx, grads)
+        backward_rows(spec, affine, ins, w, dx, grads)
     }
 }
 
@@ -361,7 +361,7 @@ fn backward_any<T: Elem, const K: usize>(
 /// partial, summed in task order.
 fn backward_rows<T: Elem, const K: usize>(
     spec: &Spec,
-    want: Affine,
+    affine: Affine,
     ins: [&[T]; K],
     w: &[T::Acc],
     dx: &mut [T],
@@ -375,7 +375,7 @@ fn backward_rows<T: Elem, const K: usize>(
         .enumerate()
         .map(|(t, dxt)| {
             let ins = ins.map(|s| &s[t * step..t * step + dxt.len()]);
-            let mut acc = ParamGrads::zeros(0, np, want);
+            let mut acc = ParamGrads::zeros(0, np, affine);
             let mut scratch = Scratch::new();
             run(
                 #[inline(always)]
@@ -385,7 +385,7 @@ fn backward_rows<T: Elem, const K: usize>(
                         let row = t * rpt + i;
                         let given = match grads {
                             RowGrads::Computed => None,
-                            RowGrads::PerChannel(g) => Some(g[row % spec.groups]),
+                            RowGrads::PerChannel(g) => Some(g[row % spec.param_blocks]),
                         };
                         scratch.row(spec, (row, 0), (ins, dxr), (given, w), &mut acc);
                     }
@@ -394,7 +394,7 @@ fn backward_rows<T: Elem, const K: usize>(
             acc
         })
         .collect();
-    let mut total = ParamGrads::zeros(0, np, want);
+    let mut total = ParamGrads::zeros(0, np, affine);
     sum_partials(&mut total.dg, &partials.iter().map(|p| &p.dg[..]).collect::<Vec<_>>());
     sum_partials(&mut total.db, &partials.iter().map(|p| &p.db[..]).collect::<Vec<_>>());
     total
@@ -404,7 +404,7 @@ fn backward_rows<T: Elem, const K: usize>(
 /// then dx and a dγ/dβ partial per chunk, the partials summed in chunk order.
 fn backward_split<T: Elem, const K: usize>(
     spec: &Spec,
-    want: Affine,
+    affine: Affine,
     ins: [&[T]; K],
     w: &[T::Acc],
     dx: &mut [T],
@@ -412,14 +412,14 @@ fn backward_split<T: Elem, const K: usize>(
 ) -> ParamGrads<T::Acc> {
     let rows = match grads {
         RowGrads::Computed => split_grads(spec, ins, w),
-        RowGrads::PerChannel(g) => (0..spec.rows).map(|r| g[r % spec.groups]).collect(),
+        RowGrads::PerChannel(g) => (0..spec.rows).map(|r| g[r % spec.param_blocks]).collect(),
     };
     let parts: Vec<ParamGrads<T::Acc>> = chunks_mut(spec, dx)
         .map_init(Scratch::new, |scratch, (r, k, dxc)| {
             let ins = ins.map(|s| chunk_of(spec, s, r, k));
             let i0 = k * CHUNK;
             let p_base = spec.param(r, i0);
-            let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + dxc.len() - 1) - p_base + 1, want);
+            let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + dxc.len() - 1) - p_base + 1, affine);
             run(
                 #[inline(always)]
                 || scratch.row(spec, (r, i0), (ins, dxc), (Some(rows[r]), w), &mut acc),
@@ -427,7 +427,7 @@ fn backward_split<T: Elem, const K: usize>(
             acc
         })
         .collect();
-    let mut total = ParamGrads::zeros(0, spec.params(), want);
+    let mut total = ParamGrads::zeros(0, spec.params(), affine);
     for p in &parts {
         total.add(p);
     }

@@ -39,7 +39,7 @@ fn per_piece<S, R: Send>(
 
 /// For each channel, its rows' pieces merged in (sample, chunk) order.
 fn per_channel<V: Copy>(spec: &Spec, pieces: &[V], empty: V, merge: impl Fn(V, V) -> V) -> Vec<V> {
-    let (c, nck) = (spec.groups, spec.len.div_ceil(CHUNK));
+    let (c, nck) = (spec.param_blocks, spec.len.div_ceil(CHUNK));
     (0..c)
         .map(|ch| {
             (ch..spec.rows)
@@ -72,7 +72,7 @@ pub(super) fn forward<T: Elem>(
     b: Option<&[T]>,
     source: Source<T>,
 ) -> (Vec<T>, Vec<T>) {
-    let c = spec.groups;
+    let c = spec.param_blocks;
     let batch = matches!(source, Source::Batch);
     let (w, b) = affine_params(spec, w, b);
     let (stats, moments) = match source {
@@ -110,7 +110,7 @@ pub(super) fn forward<T: Elem>(
 /// constants and dx = γ·rstd·dy.
 pub(super) fn backward<T: Elem>(
     spec: &Spec,
-    want: Affine,
+    affine: Affine,
     (x, w, dy): (&[T], Option<&[T]>, &[T]),
     source: Source<T>,
 ) -> Vec<T> {
@@ -140,5 +140,5 @@ pub(super) fn backward<T: Elem>(
             })
             .collect(),
     };
-    super::backward::backward(spec, want, (x, w, dy, None), RowGrads::PerChannel(&grads))
+    super::backward::backward(spec, affine, (x, w, dy, None), RowGrads::PerChannel(&grads))
 }

@@ -38,7 +38,7 @@ struct Tiles {
 
 impl Tiles {
     fn of(spec: &Spec) -> Self {
-        let (g, cpg, s) = (spec.groups, spec.params_per_row, spec.inner);
+        let (g, cpg, s) = (spec.param_blocks, spec.params_per_row, spec.inner);
         let c = g * cpg;
         let tile = (TASK_ELEMS / c.max(1)).clamp(1, MAX_TILE_ROWS);
         let per_sample = s.div_ceil(tile);
@@ -328,9 +328,9 @@ fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mu
 /// Backward: dx, then dγ and dβ as wanted, as every norm's backward lays them out.
 /// The first pass gives each group's statistics and sums; dγ and dβ are the tiles'
 /// per-channel sums, added in tile order; the second pass writes dx.
-pub(super) fn backward<T: Elem>(spec: &Spec, want: Affine, (x, w, dy): (&[T], Option<&[T]>, &[T])) -> Vec<T> {
+pub(super) fn backward<T: Elem>(spec: &Spec, affine: Affine, (x, w, dy): (&[T], Option<&[T]>, &[T])) -> Vec<T> {
     let t = Tiles::of(spec);
-    let mut out = output(x.len(), spec.packed_grads(want));
+    let mut out = output(x.len(), spec.packed_grads(affine));
     let (gamma, _) = affine_params(spec, w, None);
     let (mut dg, mut db) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
     if !x.is_empty() {
@@ -390,8 +390,8 @@ pub(super) fn backward<T: Elem>(spec: &Spec, want: Affine, (x, w, dy): (&[T], Op
             )
         });
     }
-    for (wanted, g) in [(want.weight, &dg), (want.bias, &db)] {
-        if wanted {
+    for (given, g) in [(affine.weight, &dg), (affine.bias, &db)] {
+        if given {
             let at = out.len();
             out.resize(at + t.c, T::zero());
             T::store(g, &mut out[at..]);

@@ -40,122 +40,67 @@ mod reduce;
 mod rows;
 pub(crate) mod simd;
 
+use crate::backend::{Arg, Backend, Slots};
 use crate::check::{self, dispatch_dtype};
-use crate::custom_op::Arg;
 use crate::spec::{Affine, Kind, Spec};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Result};
 use elem::Elem;
 use half::{bf16, f16};
 
+/// The fused CPU path, for every dtype.
+pub(crate) struct Cpu;
+
 /// The elements of a contiguous input.
 fn slice<'a, T: Elem>(spec: &Spec, (s, l): Arg<'a, CpuStorage>) -> Result<&'a [T]> {
     Ok(&T::cpu_storage_as_slice(s)?[check::contiguous_range(spec.name(), l)?])
 }
 
-/// The forward of `spec`: y, laid out as x, then h with a `residual`.
-pub(crate) fn forward(
-    spec: &Spec,
-    x: Arg<CpuStorage>,
-    residual: Option<Arg<CpuStorage>>,
-    w: Option<Arg<CpuStorage>>,
-    b: Option<Arg<CpuStorage>>,
-) -> Result<CpuStorage> {
-    fn run<T: Elem>(
-        spec: &Spec,
-        x: Arg<CpuStorage>,
-        [residual, w, b]: [Option<Arg<CpuStorage>>; 3],
-    ) -> Result<CpuStorage> {
-        let [residual, w, b] = [residual, w, b].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
-        let (x, residual, w, b) = (slice::<T>(spec, x)?, residual?, w?, b?);
-        let y = match spec.kind {
-            Kind::GroupLast => channels_last::forward(spec, x, w, b),
-            _ => forward::forward(spec, x, residual, w, b),
-        };
-        Ok(T::to_cpu_storage_owned(y))
-    }
-    dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, x, [residual, w, b]))
-}
-
-/// The fused backward of `spec`: dx, then dγ when `want.weight`, then dβ when
-/// `want.bias`, in one flat storage. With `dh` (the fused residual add), `x` is h and
-/// dh is added to dx.
-pub(crate) fn backward(
-    spec: &Spec,
-    want: Affine,
-    x: Arg<CpuStorage>,
-    w: Option<Arg<CpuStorage>>,
-    dy: Arg<CpuStorage>,
-    dh: Option<Arg<CpuStorage>>,
-) -> Result<CpuStorage> {
-    fn run<T: Elem>(
-        spec: &Spec,
-        want: Affine,
-        [x, dy]: [Arg<CpuStorage>; 2],
-        [w, dh]: [Option<Arg<CpuStorage>>; 2],
-    ) -> Result<CpuStorage> {
-        let [w, dh] = [w, dh].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
-        let (x, w, dy, dh) = (slice::<T>(spec, x)?, w?, slice::<T>(spec, dy)?, dh?);
-        let out = match spec.kind {
-            Kind::GroupLast => channels_last::backward(spec, want, (x, w, dy)),
-            _ => backward::backward(spec, want, (x, w, dy, dh), backward::RowGrads::Computed),
-        };
-        Ok(T::to_cpu_storage_owned(out))
-    }
-    dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh]))
-}
-
-/// BatchNorm's forward: y, and in training (`running` is `None`) each channel's batch
-/// mean, then its biased variance (2·C elements); in eval, y normalized with the running
-/// mean and variance, and no statistics.
-pub(crate) fn batch_forward(
-    spec: &Spec,
-    x: Arg<CpuStorage>,
-    [w, b]: [Option<Arg<CpuStorage>>; 2],
-    running: Option<[Arg<CpuStorage>; 2]>,
-) -> Result<(CpuStorage, CpuStorage)> {
-    fn run<T: Elem>(
-        spec: &Spec,
-        x: Arg<CpuStorage>,
-        [w, b]: [Option<Arg<CpuStorage>>; 2],
-        running: Option<[Arg<CpuStorage>; 2]>,
-    ) -> Result<(CpuStorage, CpuStorage)> {
-        let [w, b] = [w, b].map(|a| a.map(|a| slice::<T>(spec, a)).transpose());
-        let source = source::<T>(spec, running)?;
-        let (y, stats) = batch::forward(spec, slice::<T>(spec, x)?, w?, b?, source);
-        Ok((T::to_cpu_storage_owned(y), T::to_cpu_storage_owned(stats)))
-    }
-    dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, x, [w, b], running))
-}
-
-/// BatchNorm's backward, as [`backward`] lays it out, with batch statistics (training,
-/// `running` is `None`) or running ones (eval).
-pub(crate) fn batch_backward(
-    spec: &Spec,
-    want: Affine,
-    [x, dy]: [Arg<CpuStorage>; 2],
-    w: Option<Arg<CpuStorage>>,
-    running: Option<[Arg<CpuStorage>; 2]>,
-) -> Result<CpuStorage> {
-    fn run<T: Elem>(
-        spec: &Spec,
-        want: Affine,
-        [x, dy]: [Arg<CpuStorage>; 2],
-        w: Option<Arg<CpuStorage>>,
-        running: Option<[Arg<CpuStorage>; 2]>,
-    ) -> Result<CpuStorage> {
-        let w = w.map(|a| slice::<T>(spec, a)).transpose()?;
-        let ins = (slice::<T>(spec, x)?, w, slice::<T>(spec, dy)?);
-        let out = batch::backward(spec, want, ins, source::<T>(spec, running)?);
-        Ok(T::to_cpu_storage_owned(out))
-    }
-    dispatch_dtype!(spec.name(), x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], w, running))
+/// The slots' elements as slices of `T`.
+fn slices<'a, T: Elem>(spec: &Spec, ins: &Slots<Arg<'a, CpuStorage>>) -> Result<Slots<&'a [T]>> {
+    ins.try_map(|a| slice::<T>(spec, a))
 }
 
 /// The statistics BatchNorm runs with: the batch's, or the running mean and variance.
-fn source<'a, T: Elem>(spec: &Spec, running: Option<[Arg<'a, CpuStorage>; 2]>) -> Result<batch::Source<'a, T>> {
-    Ok(match running {
+fn source<'a, T>(ins: &Slots<&'a [T]>) -> batch::Source<'a, T> {
+    match ins.running {
         None => batch::Source::Batch,
-        Some([m, v]) => batch::Source::Running(slice::<T>(spec, m)?, slice::<T>(spec, v)?),
-    })
+        Some([m, v]) => batch::Source::Running(m, v),
+    }
+}
+
+impl Backend for Cpu {
+    type Storage = CpuStorage;
+
+    fn forward(&self, spec: &Spec, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<(CpuStorage, Option<CpuStorage>)> {
+        fn run<T: Elem>(spec: &Spec, ins: &Slots<Arg<CpuStorage>>) -> Result<(CpuStorage, Option<CpuStorage>)> {
+            let s = slices::<T>(spec, ins)?;
+            let (y, stats) = match spec.kind {
+                Kind::Batch => {
+                    let (y, stats) = batch::forward(spec, s.x, s.weight, s.bias, source(&s));
+                    (y, s.running.is_none().then_some(stats))
+                }
+                Kind::GroupLast => (channels_last::forward(spec, s.x, s.weight, s.bias), None),
+                _ => (forward::forward(spec, s.x, s.residual, s.weight, s.bias), None),
+            };
+            Ok((T::to_cpu_storage_owned(y), stats.map(T::to_cpu_storage_owned)))
+        }
+        dispatch_dtype!(spec.name(), ins.x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, ins))
+    }
+
+    fn backward(&self, spec: &Spec, affine: Affine, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<CpuStorage> {
+        fn run<T: Elem>(spec: &Spec, affine: Affine, ins: &Slots<Arg<CpuStorage>>) -> Result<CpuStorage> {
+            let s = slices::<T>(spec, ins)?;
+            let Some(dy) = s.dy else {
+                candle_core::bail!("{}: internal error: a backward without dy", spec.name())
+            };
+            let out = match spec.kind {
+                Kind::Batch => batch::backward(spec, affine, (s.x, s.weight, dy), source(&s)),
+                Kind::GroupLast => channels_last::backward(spec, affine, (s.x, s.weight, dy)),
+                _ => backward::backward(spec, affine, (s.x, s.weight, dy, s.dh), backward::RowGrads::Computed),
+            };
+            Ok(T::to_cpu_storage_owned(out))
+        }
+        dispatch_dtype!(spec.name(), ins.x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, affine, ins))
+    }
 }

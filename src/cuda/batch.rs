@@ -19,12 +19,12 @@ pub(super) struct BatchLaunch {
 }
 
 impl BatchLaunch {
-    /// The launch for `spec` (rows = B·C, len = S, groups = C; spec.rs) of `elem`-byte
+    /// The launch for `spec` (rows = B·C, len = S, param_blocks = C; spec.rs) of `elem`-byte
     /// elements on a device of `sm` SMs: each channel's B·S elements cut into slices by
     /// [`slice_len`], 16-byte vectors when every pointer is aligned and S is a multiple
     /// of the width.
     pub(super) fn new(spec: &Spec, elem: usize, aligned: bool, sm: usize) -> Result<Self> {
-        let (c, s) = (spec.groups, spec.len);
+        let (c, s) = (spec.param_blocks, spec.len);
         let k = spec.rows / c * s;
         let v = 16 / elem;
         let vec = aligned && s.is_multiple_of(v);
@@ -90,13 +90,14 @@ fn prepare(
 }
 
 /// The forward: y for every element of x, and in training each channel's batch mean
-/// then biased variance at `stats` (2·C elements).
-pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd, stats: Option<u64>) -> Result<()> {
+/// then biased variance at `p.stats` (2·C elements).
+pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
+    let stats = p.stats;
     let eval = p.running.is_some();
     // The kernels read γ and β one at a time: only x's alignment matters.
     let (l, moments) = prepare(ex, spec, dtype, p.x, p.x.is_multiple_of(16), eval)?;
     let [running_mean, running_var] = p.running.unwrap_or_default();
-    let c = (spec.groups * dtype.size_in_bytes()) as u64;
+    let c = (spec.param_blocks * dtype.size_in_bytes()) as u64;
     let args = BatchFwdArgs {
         x: p.x,
         weight: p.w.unwrap_or(0),
@@ -192,12 +193,12 @@ mod tests {
     #[test]
     fn channels_are_split_into_vector_aligned_slices() {
         // [32, 64, 56, 56] f32 on 132 SMs: 9 slices of 11 152 per channel.
-        let spec = Spec::channels(&[32, 64, 56, 56], 1e-5);
+        let spec = Spec::batch(&[32, 64, 56, 56], 1e-5);
         let l = BatchLaunch::new(&spec, 4, true, 132).unwrap();
         assert_eq!((l.grid, l.flags), ((64, 9), BVEC));
         assert_eq!(l.shape.chunk % 4, 0);
         // S = 49 is no multiple of the width: scalar.
-        let spec = Spec::channels(&[256, 512, 7, 7], 1e-5);
+        let spec = Spec::batch(&[256, 512, 7, 7], 1e-5);
         let l = BatchLaunch::new(&spec, 2, true, 132).unwrap();
         assert_eq!((l.grid, l.flags), ((512, 2), 0));
     }

@@ -1,17 +1,18 @@
 //! The CUDA driver as the executor of the launches, on the stream of the tensors'
-//! candle device, and the ops' entry points for CUDA storages: each takes the device
-//! addresses of its inputs and of a fresh output, runs the op's launches, and returns
-//! the output as candle storage.
+//! candle device, and the [`Backend`] of CUDA storage: each op takes the device
+//! addresses of its inputs and of a fresh output, runs its launches, and returns the
+//! output as candle storage.
 
 use super::module::{function, sm_count};
 use super::plan::{Executor, Launch, Profile};
-use super::{run_backward, run_batch_forward, run_forward, Bwd, Fwd};
+use super::{run_backward, run_forward, Bwd, Fwd};
+use crate::backend::{Arg, Backend, Slots};
 use crate::check::{self, dispatch_dtype};
-use crate::custom_op::Arg;
-use crate::spec::{Affine, Spec};
+use crate::spec::{Affine, Kind, Spec};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits,
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+    ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Result, WithDType};
@@ -107,200 +108,103 @@ impl Executor for Driver<'_> {
     }
 }
 
+/// The CUDA kernels on a GPU, on the stream of the tensors' candle device.
+pub(crate) struct Cuda;
+
 /// The view of a contiguous input.
 fn view<'a, T: CudaElem>(spec: &Spec, (s, l): Arg<'a, CudaStorage>) -> Result<CudaView<'a, T>> {
     let range = check::contiguous_range(spec.name(), l)?;
     Ok(s.as_cuda_slice::<T>()?.slice(range))
 }
 
-/// The views of optional inputs.
-fn views<'a, T: CudaElem, const K: usize>(
-    spec: &Spec,
-    args: [Option<Arg<'a, CudaStorage>>; K],
-) -> Result<[Option<CudaView<'a, T>>; K]> {
-    let mut out = [const { None }; K];
-    for (o, a) in out.iter_mut().zip(args) {
-        *o = a.map(|a| view::<T>(spec, a)).transpose()?;
-    }
-    Ok(out)
-}
-
-/// Device addresses of views, with the guards that order the stream's later work
-/// after the reads (kept until the launches are on the stream).
-fn addrs<'a, T, const K: usize>(
-    views: &'a [Option<CudaView<'_, T>>; K],
-    stream: &'a candle_core::cuda_backend::cudarc::driver::CudaStream,
+/// Device addresses of the slots' views, with the guards that order the stream's later
+/// work after the reads (kept until the launches are on the stream).
+fn addrs<'a, T>(
+    views: &'a Slots<CudaView<'_, T>>,
+    stream: &'a CudaStream,
     guards: &mut Vec<SyncOnDrop<'a>>,
-) -> [Option<u64>; K] {
-    views.each_ref().map(|v| {
-        v.as_ref().map(|v| {
-            let (p, g) = v.device_ptr(stream);
-            guards.push(g);
-            p
-        })
+) -> Result<Slots<u64>> {
+    views.as_ref().try_map(|v| {
+        let (p, g) = v.device_ptr(stream);
+        guards.push(g);
+        Ok(p)
     })
 }
 
-/// The forward: y, laid out as x, then h with a `residual` (the fused residual add).
-pub(crate) fn forward(
-    spec: &Spec,
-    x: Arg<CudaStorage>,
-    residual: Option<Arg<CudaStorage>>,
-    w: Option<Arg<CudaStorage>>,
-    b: Option<Arg<CudaStorage>>,
-) -> Result<CudaStorage> {
-    fn run<T: CudaElem>(
-        spec: &Spec,
-        x: Arg<CudaStorage>,
-        [r, w, b]: [Option<Arg<CudaStorage>>; 3],
-    ) -> Result<CudaStorage> {
-        let dev = &x.0.device;
-        let stream = dev.cuda_stream();
-        let [xv, rv, wv, bv] = views::<T, 4>(spec, [Some(x), r, w, b])?;
-        let n = xv.as_ref().map_or(0, |v| v.len());
-        // SAFETY: every element of y (and h) is written by the kernels, which the
-        // emulator's test of every path checks.
-        let mut out = unsafe { dev.alloc::<T>(spec.outputs()) }?;
-        {
-            let views = [xv, rv, wv, bv];
-            let mut guards = Vec::new();
-            let [xp, rp, wp, bp] = addrs(&views, &stream, &mut guards);
-            let (yp, _out) = out.device_ptr_mut(&stream);
-            let p = Fwd {
-                x: xp.unwrap_or(0),
-                residual: rp,
-                w: wp,
-                b: bp,
-                running: None,
-                y: yp,
-                h: rp.map(|_| yp + (n * std::mem::size_of::<T>()) as u64),
+impl Backend for Cuda {
+    type Storage = CudaStorage;
+
+    fn forward(&self, spec: &Spec, ins: &Slots<Arg<'_, CudaStorage>>) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        fn run<T: CudaElem>(spec: &Spec, ins: &Slots<Arg<CudaStorage>>) -> Result<(CudaStorage, Option<CudaStorage>)> {
+            let dev = &ins.x.0.device;
+            let stream = dev.cuda_stream();
+            let views = ins.try_map(|a| view::<T>(spec, a))?;
+            let n = spec.rows * spec.len;
+            // SAFETY: every element of y (and h) is written by the kernels, which the
+            // emulator's test of every path checks.
+            let mut out = unsafe { dev.alloc::<T>(spec.outputs()) }?;
+            // Training BatchNorm's statistics, written by the kernels, which an empty x
+            // (eval only: training needs two values a channel) does not run.
+            let mut stats = match (spec.kind, ins.running) {
+                (Kind::Batch, None) => Some(dev.alloc_zeros::<T>(2 * spec.param_blocks)?),
+                _ => None,
             };
-            run_forward(&mut Driver::new(dev), spec, T::DTYPE, &p)?;
+            {
+                let mut guards = Vec::new();
+                let p = addrs(&views, &stream, &mut guards)?;
+                let (y, _out) = out.device_ptr_mut(&stream);
+                let stats = stats.as_mut().map(|s| s.device_ptr_mut(&stream));
+                let f = Fwd {
+                    x: p.x,
+                    residual: p.residual,
+                    w: p.weight,
+                    b: p.bias,
+                    running: p.running,
+                    y,
+                    h: p.residual.map(|_| y + (n * std::mem::size_of::<T>()) as u64),
+                    stats: stats.as_ref().map(|s| s.0),
+                };
+                run_forward(&mut Driver::new(dev), spec, T::DTYPE, &f)?;
+            }
+            let wrap = |s| CudaStorage::wrap_cuda_slice(s, dev.clone());
+            Ok((wrap(out), stats.map(wrap)))
         }
-        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        dispatch_dtype!(spec.name(), ins.x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, ins))
     }
-    dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, x, [residual, w, b]))
-}
 
-/// BatchNorm's forward: y, and in training (`running` is `None`) each channel's batch
-/// mean, then its biased variance (2·C elements of x's dtype); in eval, y normalized
-/// with the running mean and variance, and no statistics.
-pub(crate) fn batch_forward(
-    spec: &Spec,
-    x: Arg<CudaStorage>,
-    [w, b]: [Option<Arg<CudaStorage>>; 2],
-    running: Option<[Arg<CudaStorage>; 2]>,
-) -> Result<(CudaStorage, Option<CudaStorage>)> {
-    fn run<T: CudaElem>(
-        spec: &Spec,
-        x: Arg<CudaStorage>,
-        [w, b]: [Option<Arg<CudaStorage>>; 2],
-        running: Option<[Arg<CudaStorage>; 2]>,
-    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
-        let dev = &x.0.device;
-        let stream = dev.cuda_stream();
-        let [m, v] = running.map_or([None, None], |[m, v]| [Some(m), Some(v)]);
-        let views = views::<T, 5>(spec, [Some(x), w, b, m, v])?;
-        let n = spec.rows * spec.len;
-        // SAFETY: every element of y is written by the kernels.
-        let mut y = unsafe { dev.alloc::<T>(n) }?;
-        // The statistics are written by the kernels, which an empty x (eval only:
-        // training needs two values a channel) does not run.
-        let mut stats = match running {
-            None => Some(dev.alloc_zeros::<T>(2 * spec.groups)?),
-            Some(_) => None,
-        };
-        {
-            let mut guards = Vec::new();
-            let [xp, wp, bp, mp, vp] = addrs(&views, &stream, &mut guards);
-            let (yp, _y) = y.device_ptr_mut(&stream);
-            let sp = stats.as_mut().map(|s| s.device_ptr_mut(&stream));
-            let p = Fwd {
-                x: xp.unwrap_or(0),
-                residual: None,
-                w: wp,
-                b: bp,
-                running: mp.zip(vp).map(|(m, v)| [m, v]),
-                y: yp,
-                h: None,
-            };
-            run_batch_forward(&mut Driver::new(dev), spec, T::DTYPE, &p, sp.as_ref().map(|s| s.0))?;
+    fn backward(&self, spec: &Spec, affine: Affine, ins: &Slots<Arg<'_, CudaStorage>>) -> Result<CudaStorage> {
+        fn run<T: CudaElem>(spec: &Spec, affine: Affine, ins: &Slots<Arg<CudaStorage>>) -> Result<CudaStorage> {
+            let dev = &ins.x.0.device;
+            let stream = dev.cuda_stream();
+            let views = ins.try_map(|a| view::<T>(spec, a))?;
+            let (len, total) = (spec.rows * spec.len, spec.packed_grads(affine));
+            if len == 0 {
+                // dγ/dβ of an empty input are zeros.
+                return Ok(CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<T>(total)?, dev.clone()));
+            }
+            // SAFETY: dx is written by the backward kernels, and dγ/dβ, present only when
+            // wanted, by the dparams kernel, launched whenever one of them is.
+            let mut out = unsafe { dev.alloc::<T>(total) }?;
+            {
+                let mut guards = Vec::new();
+                let p = addrs(&views, &stream, &mut guards)?;
+                let Some(dy) = p.dy else {
+                    candle_core::bail!("{}: internal error: a backward without dy", spec.name())
+                };
+                let (dx, _out) = out.device_ptr_mut(&stream);
+                let b = Bwd {
+                    x: p.x,
+                    w: p.weight,
+                    dy,
+                    dh: p.dh,
+                    running: p.running,
+                    dx,
+                };
+                let params = dx + (len * std::mem::size_of::<T>()) as u64;
+                run_backward(&mut Driver::new(dev), spec, T::DTYPE, affine, &b, params)?;
+            }
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
         }
-        let wrap = |s| CudaStorage::wrap_cuda_slice(s, dev.clone());
-        Ok((wrap(y), stats.map(wrap)))
+        dispatch_dtype!(spec.name(), ins.x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, affine, ins))
     }
-    dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, x, [w, b], running))
-}
-
-/// The backward: one flat storage holding dx, then dγ when `want.weight`, then dβ when
-/// `want.bias`, as the CPU path returns it. With `dh` (the fused residual add), `x` is
-/// h and dh is added to dx.
-pub(crate) fn backward(
-    spec: &Spec,
-    want: Affine,
-    x: Arg<CudaStorage>,
-    w: Option<Arg<CudaStorage>>,
-    dy: Arg<CudaStorage>,
-    dh: Option<Arg<CudaStorage>>,
-) -> Result<CudaStorage> {
-    grads(spec, want, [x, dy], [w, dh], None)
-}
-
-/// BatchNorm's backward, laid out as [`backward`]'s, with the batch's statistics
-/// (training, `running` is `None`) or the running mean and variance (eval).
-pub(crate) fn batch_backward(
-    spec: &Spec,
-    want: Affine,
-    [x, dy]: [Arg<CudaStorage>; 2],
-    w: Option<Arg<CudaStorage>>,
-    running: Option<[Arg<CudaStorage>; 2]>,
-) -> Result<CudaStorage> {
-    grads(spec, want, [x, dy], [w, None], running)
-}
-
-/// [`backward`] and [`batch_backward`].
-fn grads(
-    spec: &Spec,
-    want: Affine,
-    [x, dy]: [Arg<CudaStorage>; 2],
-    [w, dh]: [Option<Arg<CudaStorage>>; 2],
-    running: Option<[Arg<CudaStorage>; 2]>,
-) -> Result<CudaStorage> {
-    fn run<T: CudaElem>(
-        spec: &Spec,
-        want: Affine,
-        [x, dy]: [Arg<CudaStorage>; 2],
-        [w, dh]: [Option<Arg<CudaStorage>>; 2],
-        running: Option<[Arg<CudaStorage>; 2]>,
-    ) -> Result<CudaStorage> {
-        let dev = &x.0.device;
-        let stream = dev.cuda_stream();
-        let [m, v] = running.map_or([None, None], |[m, v]| [Some(m), Some(v)]);
-        let views = views::<T, 6>(spec, [Some(x), Some(dy), w, dh, m, v])?;
-        let (len, total) = (spec.rows * spec.len, spec.packed_grads(want));
-        if len == 0 {
-            // dγ/dβ of an empty input are zeros.
-            return Ok(CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<T>(total)?, dev.clone()));
-        }
-        // SAFETY: dx is written by the backward kernels, and dγ/dβ, present only when
-        // wanted, by the dparams kernel, launched whenever one of them is.
-        let mut out = unsafe { dev.alloc::<T>(total) }?;
-        {
-            let mut guards = Vec::new();
-            let [xp, dyp, wp, dhp, mp, vp] = addrs(&views, &stream, &mut guards);
-            let (op, _out) = out.device_ptr_mut(&stream);
-            let p = Bwd {
-                x: xp.unwrap_or(0),
-                w: wp,
-                dy: dyp.unwrap_or(0),
-                dh: dhp,
-                running: mp.zip(vp).map(|(m, v)| [m, v]),
-                dx: op,
-            };
-            let params = op + (len * std::mem::size_of::<T>()) as u64;
-            run_backward(&mut Driver::new(dev), spec, T::DTYPE, want, &p, params)?;
-        }
-        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-    }
-    dispatch_dtype!(spec.name(), x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, want, [x, dy], [w, dh], running))
 }

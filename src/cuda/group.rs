@@ -31,7 +31,7 @@ pub(super) fn group_shape(spec: &Spec, elem: usize, aligned: bool, sm: usize) ->
         len: int(spec, "group size", spec.len)?,
         spatial: int(spec, "spatial size", spec.inner)?,
         per_group: int(spec, "channels per group", spec.params_per_row)?,
-        groups: int(spec, "groups", spec.groups)?,
+        groups: int(spec, "groups", spec.param_blocks)?,
         channels: int(spec, "channels", spec.params())?,
         splits: int(spec, "splits", spec.len.div_ceil(chunk))?,
         chunk: int(spec, "slice", chunk)?,
@@ -115,7 +115,7 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd
 pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
     let (shape, flags, moments) = group_stats(ex, spec, dtype, p.x, p.aligned())?;
-    let b = spec.rows / spec.groups;
+    let b = spec.rows / spec.param_blocks;
     let last = spec.kind == Kind::GroupLast;
     let (r, rows) = if last {
         row_slices(spec, ex.profile().sm_count()?, b)
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(slice_len(132, 4, 100, 1), 100);
         // Many rows: one slice each.
         assert_eq!(slice_len(132, 10_000, 4096, 4), 4096);
-        let spec = Spec::channel_groups(&[1, 320, 64, 64], 32, 1e-5);
+        let spec = Spec::group(&[1, 320, 64, 64], 32, 1e-5);
         let (g, flags) = group_shape(&spec, 2, true, 132).unwrap();
         assert_eq!(flags, GVEC);
         assert_eq!((g.splits, g.chunk), (17, 2416));
@@ -218,9 +218,9 @@ mod tests {
 
     #[test]
     fn channels_last_rows_are_sliced_per_sample() {
-        let spec = Spec::channels_last_groups(&[2, 64, 64, 320], 32, 1e-5);
+        let spec = Spec::group_last(&[2, 64, 64, 320], 32, 1e-5);
         assert_eq!(row_slices(&spec, 132, 2), (4096usize.div_ceil(16), 16));
-        let spec = Spec::channels_last_groups(&[512, 1, 8], 2, 1e-5);
+        let spec = Spec::group_last(&[512, 1, 8], 2, 1e-5);
         assert_eq!(row_slices(&spec, 132, 512), (1, 1));
     }
 }

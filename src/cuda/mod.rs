@@ -51,7 +51,7 @@ mod profile;
 mod row;
 
 #[cfg(feature = "cuda")]
-pub(crate) use driver::{backward, batch_backward, batch_forward, forward};
+pub(crate) use driver::Cuda;
 
 use crate::spec::{Affine, Kind, Spec};
 use candle_core::{bail, DType, Result};
@@ -66,7 +66,7 @@ fn aligned(ptrs: &[Option<u64>]) -> bool {
 
 /// Device addresses of a forward's tensors: x, the optional inputs (the residual of
 /// the fused add, the weight and bias, BatchNorm's running mean and variance in eval),
-/// y, and h with a residual.
+/// y, h with a residual, and BatchNorm's batch statistics in training (2·C elements).
 pub(crate) struct Fwd {
     pub x: u64,
     pub residual: Option<u64>,
@@ -75,6 +75,7 @@ pub(crate) struct Fwd {
     pub running: Option<[u64; 2]>,
     pub y: u64,
     pub h: Option<u64>,
+    pub stats: Option<u64>,
 }
 
 impl Fwd {
@@ -110,7 +111,8 @@ struct Partials {
     count: usize,
 }
 
-/// The forward of `spec`: y (and h with a residual) at the addresses of `p`.
+/// The forward of `spec`: y (and h with a residual, BatchNorm's batch statistics in
+/// training) at the addresses of `p`.
 pub(crate) fn run_forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
     plan::suffix(spec, dtype)?;
     if spec.rows * spec.len == 0 {
@@ -119,34 +121,19 @@ pub(crate) fn run_forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: 
     match (spec.kind, p.residual) {
         (Kind::Group | Kind::GroupLast, None) => group::forward(ex, spec, dtype, p),
         (Kind::Layer | Kind::Rms, _) => row::forward(ex, spec, dtype, p),
+        (Kind::Batch, None) => batch::forward(ex, spec, dtype, p),
         _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
     }
 }
 
-/// BatchNorm's forward: y, and in training (no running statistics in `p`) each
-/// channel's batch mean then biased variance at `stats` (2·C elements).
-pub(crate) fn run_batch_forward(
-    ex: &mut impl Executor,
-    spec: &Spec,
-    dtype: DType,
-    p: &Fwd,
-    stats: Option<u64>,
-) -> Result<()> {
-    plan::suffix(spec, dtype)?;
-    if spec.rows * spec.len == 0 {
-        return Ok(());
-    }
-    batch::forward(ex, spec, dtype, p, stats)
-}
-
-/// The backward of `spec`: dx at `p.dx`, and the wanted parameter gradients at
-/// `params`, dγ (N elements) then dβ. An empty x writes nothing: its gradients are
+/// The backward of `spec`: dx at `p.dx`, and the parameter gradients `affine` asks for
+/// at `params`, dγ (N elements) then dβ. An empty x writes nothing: its gradients are
 /// zeros, which the caller allocates.
 pub(crate) fn run_backward(
     ex: &mut impl Executor,
     spec: &Spec,
     dtype: DType,
-    want: Affine,
+    affine: Affine,
     p: &Bwd,
     params: u64,
 ) -> Result<()> {
@@ -157,15 +144,15 @@ pub(crate) fn run_backward(
     let partials = match (spec.kind, p.dh) {
         (Kind::Group | Kind::GroupLast, None) => group::backward(ex, spec, dtype, p)?,
         (Kind::Layer | Kind::Rms, _) => row::backward(ex, spec, dtype, p)?,
-        (Kind::Batch, None) => batch::backward(ex, spec, dtype, p, want.weight || want.bias)?,
+        (Kind::Batch, None) => batch::backward(ex, spec, dtype, p, affine.weight || affine.bias)?,
         _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
     };
-    if want.weight || want.bias {
+    if affine.weight || affine.bias {
         let np = spec.params();
-        let dw = want.weight.then_some(params);
-        let db = want
+        let dw = affine.weight.then_some(params);
+        let db = affine
             .bias
-            .then(|| params + (usize::from(want.weight) * np * dtype.size_in_bytes()) as u64);
+            .then(|| params + (usize::from(affine.weight) * np * dtype.size_in_bytes()) as u64);
         reduce_params(ex, spec, dtype, &partials, dw, db)?;
     }
     Ok(())

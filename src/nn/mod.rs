@@ -7,16 +7,16 @@
 //! and the weight-side layers ([`WsConv2d`], [`WeightNorm`], [`SpectralNorm`]) have no
 //! candle-nn counterpart; they follow PyTorch's names.
 
-mod activation;
 mod batch;
+mod norm;
 mod weight;
 
-pub use activation::{
+pub use batch::{batch_norm, BatchNorm};
+pub use candle_nn::{BatchNormConfig, LayerNormConfig};
+pub use norm::{
     group_norm, instance_norm, layer_norm, layer_norm_no_bias, rms_norm, GroupNorm, InstanceNorm, InstanceNormConfig,
     LayerNorm, RmsNorm,
 };
-pub use batch::{batch_norm, BatchNorm};
-pub use candle_nn::{BatchNormConfig, LayerNormConfig};
 pub use weight::{
     spectral_norm_linear, weight_norm_conv2d, weight_norm_linear, ws_conv2d, SpectralNorm, WeightNorm, WeightedLayer,
     WsConv2d,

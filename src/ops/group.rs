@@ -114,7 +114,7 @@ pub(super) fn spec(
 ) -> Result<Spec> {
     check::input(op, x, 2, "[B, C, *spatial]")?;
     check_params(op, x, x.dims()[1], num_groups, (weight, bias), eps)?;
-    Ok(Spec::channel_groups(x.dims(), num_groups, eps).named(op))
+    Ok(Spec::group(x.dims(), num_groups, eps).named(op))
 }
 
 /// The checked [`Spec`] of a channels-last GroupNorm of `x`.
@@ -122,7 +122,7 @@ fn spec_last(x: &Tensor, num_groups: usize, weight: Option<&Tensor>, bias: Optio
     let op = Kind::GroupLast.name();
     check::input(op, x, 2, "[B, *spatial, C]")?;
     check_params(op, x, x.dims()[x.rank() - 1], num_groups, (weight, bias), eps)?;
-    Ok(Spec::channels_last_groups(x.dims(), num_groups, eps))
+    Ok(Spec::group_last(x.dims(), num_groups, eps))
 }
 
 /// Checks eps, the groups of the `c` channels and the per-channel weight and bias.

@@ -1,10 +1,18 @@
-//! Shared test helpers: a seeded generator, the three ops (and the fused residual add)
-//! behind one enum, the reference gradients, and the tolerance table.
-#![allow(dead_code)]
+//! Shared test helpers: the registry of norms (`registry.rs`, shared with the benches),
+//! a seeded generator, the tolerance table, the comparisons, the two backends every
+//! property runs on, and [`grid!`], which makes one `#[test]` per (norm, dtype,
+//! backend) cell of a property.
+#![allow(dead_code, unused_macros)]
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+#[macro_use]
+pub mod registry;
+pub use registry::*;
 
-/// Comparison tolerances for one dtype: the only place tolerances live.
+use candle_core::{DType, Device, Tensor};
+
+/// Comparison tolerances for one dtype: the only place the tolerances of comparisons
+/// between implementations live (finite differences, whose error is the step's, allow
+/// their own 1e-6).
 #[derive(Clone, Copy, Debug)]
 pub struct Tol {
     /// Forward: |ours − ref| <= fwd · (1 + |ref|), element-wise.
@@ -39,21 +47,72 @@ pub fn unit_roundoff(dtype: DType) -> f64 {
 
 pub const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::F64];
 
-/// Data that breaks naive code, as (name, offset, spread): large offset with small
-/// spread, large magnitudes.
-pub const HARD_DATA: [(&str, f64, f64); 3] = [
-    ("offset 1000, spread 0.1", 1000.0, 0.1),
-    ("magnitude 1e4", 0.0, 1e4),
-    ("offset 1e4, spread 1e-2", 1e4, 1e-2),
-];
+/// Where this crate's ops run in a test: the fused kernels of the device (the CPU
+/// path), or the generic backend of devices without them (composed candle ops, as on
+/// Metal), forced on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Fused,
+    Generic,
+}
 
-/// The norms the hard-data tests run, each with its shape.
-pub const HARD_CASES: [(Norm, &[usize]); 4] = [
-    (Norm::Layer, &[9, 1023]),
-    (Norm::Rms, &[9, 1023]),
-    (Norm::Group(2), &[3, 4, 257]),
-    (Norm::GroupLast(2), &[3, 257, 4]),
-];
+pub const BACKENDS: [Backend; 2] = [Backend::Fused, Backend::Generic];
+
+impl Backend {
+    /// Runs `f` with this crate's ops on this backend.
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        match self {
+            Backend::Fused => f(),
+            Backend::Generic => candle_norm::testing::with_generic_backend(f),
+        }
+    }
+}
+
+/// One `#[test]` per cell of a property `fn property(norm: Norm, dtype: DType,
+/// backend: Backend)` defined in the test file, named `property::backend::norm::dtype`
+/// (`reference::generic::layer::f32`), so that a failure names its cell:
+///
+/// ```ignore
+/// grid!(reference: [layer = Norm::Layer, rms = Norm::Rms] x [f32 = F32, bf16 = BF16] x [fused = Fused]);
+/// grid!(reference: every norm x [f32 = F32] x [fused = Fused, generic = Generic]);
+/// ```
+macro_rules! grid {
+    ($property:ident: every norm x $dtypes:tt x $backends:tt) => {
+        every_norm!(grid!(@every $property, $dtypes, $backends));
+    };
+    (@every $property:ident, $dtypes:tt, $backends:tt $norms:tt) => {
+        grid!($property: $norms x $dtypes x $backends);
+    };
+    ($property:ident: $norms:tt x $dtypes:tt x [$($backend:ident = $b:ident),+ $(,)?]) => {
+        mod $property {
+            $( grid!(@backend $property, $backend, $b, $norms, $dtypes); )+
+        }
+    };
+    (@backend $property:ident, $backend:ident, $b:ident, [$($norm:ident = $n:expr),+ $(,)?], $dtypes:tt) => {
+        mod $backend {
+            $( grid!(@norm $property, $b, $norm, $n, $dtypes); )+
+        }
+    };
+    (@norm $property:ident, $b:ident, $norm:ident, $n:expr, [$($dt:ident = $d:ident),+ $(,)?]) => {
+        mod $norm {
+            #[allow(unused_imports)]
+            use crate::common::*;
+            $(
+                #[test]
+                fn $dt() {
+                    crate::$property($n, candle_core::DType::$d, Backend::$b)
+                }
+            )+
+        }
+    };
+}
+
+impl Case {
+    /// A random case of `dtype` (see [`Case::from`]).
+    pub fn new(rng: &mut Rng, norm: Norm, shape: &[usize], dtype: DType, affine: Affine, eps: f64) -> Self {
+        Case::from(&mut |s, o, sc| rng.tensor(s, dtype, o, sc), norm, shape, affine, eps)
+    }
+}
 
 /// SplitMix64: reproducible data without a dependency.
 pub struct Rng(u64);
@@ -98,187 +157,6 @@ impl Rng {
     }
 }
 
-/// One of the norms, with its group count for GroupNorm (channels-first, and
-/// channels-last: x of shape `[B, *spatial, C]`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Norm {
-    Layer,
-    Rms,
-    Group(usize),
-    GroupLast(usize),
-}
-
-impl Norm {
-    /// Length of the affine parameters for input `x`.
-    pub fn params(self, shape: &[usize]) -> usize {
-        match self {
-            Norm::Group(_) => shape[1],
-            _ => *shape.last().unwrap(),
-        }
-    }
-
-    pub fn has_bias(self) -> bool {
-        self != Norm::Rms
-    }
-
-    /// This crate's fused op.
-    pub fn ours(self, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-        match self {
-            Norm::Layer => candle_norm::layer_norm(x, w, b, eps),
-            Norm::Rms => candle_norm::rms_norm(x, w, eps),
-            Norm::Group(g) => candle_norm::group_norm(x, g, w, b, eps),
-            Norm::GroupLast(g) => candle_norm::group_norm_channels_last(x, g, w, b, eps),
-        }
-    }
-
-    /// This crate's fused residual add + norm, (y, h) (LayerNorm and RMSNorm only).
-    pub fn ours_add(
-        self,
-        x: &Tensor,
-        r: &Tensor,
-        w: Option<&Tensor>,
-        b: Option<&Tensor>,
-        eps: f64,
-    ) -> Result<(Tensor, Tensor)> {
-        match self {
-            Norm::Layer => candle_norm::add_layer_norm(x, r, w, b, eps),
-            Norm::Rms => candle_norm::add_rms_norm(x, r, w, eps),
-            Norm::Group(_) | Norm::GroupLast(_) => panic!("GroupNorm has no residual add"),
-        }
-    }
-
-    /// The standalone backward of [`Norm::ours_add`], from h.
-    pub fn add_backward(
-        self,
-        h: &Tensor,
-        w: Option<&Tensor>,
-        b: Option<&Tensor>,
-        dy: &Tensor,
-        dh: Option<&Tensor>,
-        eps: f64,
-    ) -> Result<candle_norm::AddNormGrads> {
-        match self {
-            Norm::Layer => candle_norm::add_layer_norm_backward(h, w, b, dy, dh, eps),
-            Norm::Rms => candle_norm::add_rms_norm_backward(h, w, dy, dh, eps),
-            Norm::Group(_) | Norm::GroupLast(_) => panic!("GroupNorm has no residual add"),
-        }
-    }
-
-    /// The composed-op reference.
-    pub fn reference(self, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-        use candle_norm::reference as r;
-        match self {
-            Norm::Layer => r::layer_norm(x, w, b, eps),
-            Norm::Rms => r::rms_norm(x, w, eps),
-            Norm::Group(g) => r::group_norm(x, g, w, b, eps),
-            Norm::GroupLast(g) => r::group_norm_channels_last(x, g, w, b, eps),
-        }
-    }
-}
-
-/// Which affine parameters a case has.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Affine {
-    None,
-    Weight,
-    WeightBias,
-    Bias,
-}
-
-pub const AFFINES: [Affine; 4] = [Affine::None, Affine::Weight, Affine::WeightBias, Affine::Bias];
-
-/// A full test case: inputs and options.
-#[derive(Clone)]
-pub struct Case {
-    pub norm: Norm,
-    pub x: Tensor,
-    pub w: Option<Tensor>,
-    pub b: Option<Tensor>,
-    pub eps: f64,
-}
-
-impl Case {
-    /// Random x (N(0,1)), weight around 1 and bias around 0, as the affine asks.
-    pub fn new(rng: &mut Rng, norm: Norm, shape: &[usize], dtype: DType, affine: Affine, eps: f64) -> Self {
-        let x = rng.tensor(shape, dtype, 0.0, 1.0);
-        let p = norm.params(shape);
-        let w = matches!(affine, Affine::Weight | Affine::WeightBias).then(|| rng.tensor(&[p], dtype, 1.0, 0.5));
-        let b = (norm.has_bias() && matches!(affine, Affine::WeightBias | Affine::Bias))
-            .then(|| rng.tensor(&[p], dtype, 0.0, 0.5));
-        // candle-nn's references take eps as f32: give both sides the same value.
-        Self {
-            norm,
-            x,
-            w,
-            b,
-            eps: eps as f32 as f64,
-        }
-    }
-
-    pub fn ours(&self) -> Result<Tensor> {
-        self.norm.ours(&self.x, self.w.as_ref(), self.b.as_ref(), self.eps)
-    }
-
-    pub fn reference(&self) -> Result<Tensor> {
-        self.norm.reference(&self.x, self.w.as_ref(), self.b.as_ref(), self.eps)
-    }
-
-    /// This crate's standalone backward, outside autograd.
-    pub fn backward(&self, dy: &Tensor) -> Result<candle_norm::NormGrads> {
-        let (x, w, b) = (&self.x, self.w.as_ref(), self.b.as_ref());
-        match self.norm {
-            Norm::Layer => candle_norm::layer_norm_backward(x, w, b, dy, self.eps),
-            Norm::Rms => candle_norm::rms_norm_backward(x, w, dy, self.eps),
-            Norm::Group(g) => candle_norm::group_norm_backward(x, g, w, b, dy, self.eps),
-            Norm::GroupLast(g) => candle_norm::group_norm_channels_last_backward(x, g, w, b, dy, self.eps),
-        }
-    }
-
-    /// The same case with `f` applied to every tensor.
-    fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Self {
-        Self {
-            norm: self.norm,
-            x: f(&self.x),
-            w: self.w.as_ref().map(&f),
-            b: self.b.as_ref().map(&f),
-            eps: self.eps,
-        }
-    }
-
-    /// The same case with every tensor converted to `dtype`.
-    pub fn to_dtype(&self, dtype: DType) -> Self {
-        self.map(|t| t.to_dtype(dtype).unwrap())
-    }
-
-    /// The same case with every tensor moved to `dev`.
-    pub fn to_device(&self, dev: &Device) -> Self {
-        self.map(|t| t.to_device(dev).unwrap())
-    }
-
-    /// Gradients (dx, dw, db) of sum(f(x, w, b) · dy) through candle autograd.
-    pub fn grads(
-        &self,
-        dy: &Tensor,
-        f: impl Fn(Norm, &Tensor, Option<&Tensor>, Option<&Tensor>, f64) -> Result<Tensor>,
-    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-        let x = Var::from_tensor(&self.x)?;
-        let w = self.w.as_ref().map(Var::from_tensor).transpose()?;
-        let b = self.b.as_ref().map(Var::from_tensor).transpose()?;
-        let y = f(self.norm, x.as_tensor(), w.as_deref(), b.as_deref(), self.eps)?;
-        let g = (y * dy.to_dtype(self.x.dtype())?)?.sum_all()?.backward()?;
-        let get = |v: &Var| {
-            g.get(v)
-                .cloned()
-                .ok_or_else(|| candle_core::Error::Msg("gradient dropped".into()))
-        };
-        Ok((
-            get(&x)?,
-            w.as_ref().map(get).transpose()?,
-            b.as_ref().map(get).transpose()?,
-        ))
-    }
-}
-
 pub fn to_f64(t: &Tensor) -> Vec<f64> {
     t.flatten_all()
         .unwrap()
@@ -288,12 +166,18 @@ pub fn to_f64(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
+/// The values' bits, widened to f64 (exact for every float dtype).
+pub fn bits(t: &Tensor) -> Vec<u64> {
+    to_f64(t).iter().map(|v| v.to_bits()).collect()
+}
+
 /// Element-wise: |got − want| <= tol · (1 + |want|); both must be finite.
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     assert_eq!(got.dims(), want.dims(), "{what}: shapes differ");
     let (g, w) = (to_f64(got), to_f64(want));
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         assert!(a.is_finite(), "{what}: element {i} is {a}");
+        assert!(b.is_finite(), "{what}: the expected element {i} is {b}");
         assert!(
             (a - b).abs() <= tol * (1.0 + b.abs()),
             "{what}: element {i}: got {a}, want {b} (tol {tol})"
@@ -309,6 +193,7 @@ pub fn assert_close_max(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     let (mut worst, mut at) = (0.0f64, 0);
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         assert!(a.is_finite(), "{what}: element {i} is {a}");
+        assert!(b.is_finite(), "{what}: the expected element {i} is {b}");
         if (a - b).abs() > worst {
             (worst, at) = ((a - b).abs(), i);
         }
@@ -320,4 +205,33 @@ pub fn assert_close_max(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
         w[at],
         tol * scale
     );
+}
+
+/// Each gradient of `got` within `tol` of `want`'s (norm-wise), and the same set of them.
+pub fn assert_grads_close(what: &str, got: &Grads, want: &Grads, tol: f64) {
+    for (name, g, w) in got.named(want) {
+        assert_eq!(
+            g.is_some(),
+            w.is_some(),
+            "{what}: {name} present in one and not the other"
+        );
+        if let (Some(g), Some(w)) = (g, w) {
+            assert_close_max(&format!("{what} {name}"), g, w, tol);
+        }
+    }
+}
+
+/// The same gradients, bit for bit.
+pub fn assert_grads_equal(what: &str, got: &Grads, want: &Grads) {
+    for (name, g, w) in got.named(want) {
+        assert_eq!(g.map(bits), w.map(bits), "{what}: {name}");
+    }
+}
+
+/// Runs `f` on each backend in turn, saying on stderr which (shown if `f` fails).
+pub fn on_every_backend(f: impl Fn()) {
+    for backend in BACKENDS {
+        eprintln!("on the {backend:?} backend");
+        backend.run(&f);
+    }
 }

@@ -31,9 +31,9 @@
 
 use super::plan::{Executor, Launch, Profile};
 pub use super::profile::Gpu;
-use super::{run_backward, run_batch_forward, run_forward, Bwd, Fwd};
+use super::{run_backward, run_forward, Bwd, Fwd};
+use crate::backend::{Arg, Backend, Slots};
 use crate::check;
-use crate::custom_op::Arg;
 use crate::spec::{Affine, Spec};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Result};
@@ -346,124 +346,91 @@ fn named<T>(spec: &Spec, r: Result<T>) -> Result<T> {
     r.map_err(|e| candle_core::Error::Msg(format!("{}: {e}", spec.name())))
 }
 
-/// The forward on the emulated `gpu`: y, laid out as x, then h with a `residual`.
-pub(crate) fn forward(
-    gpu: Gpu,
-    spec: &Spec,
-    x: Arg<CpuStorage>,
-    residual: Option<Arg<CpuStorage>>,
-    w: Option<Arg<CpuStorage>>,
-    b: Option<Arg<CpuStorage>>,
-) -> Result<CpuStorage> {
-    let dtype = x.0.dtype();
-    super::plan::suffix(spec, dtype)?;
-    let mut e = Emulator::new(gpu);
-    let n = spec.rows * spec.len;
-    let xp = e.upload(spec, "x", x)?;
-    let rp = e.upload_opt(spec, "residual", residual)?;
-    let (wp, bp) = (e.upload_opt(spec, "weight", w)?, e.upload_opt(spec, "bias", b)?);
-    let out = e
-        .dev
-        .alloc(spec.outputs() * dtype.size_in_bytes(), 0, false, false, "y")?;
-    let h = rp.map(|_| out + (n * dtype.size_in_bytes()) as u64);
-    let p = Fwd {
-        x: xp,
-        residual: rp,
-        w: wp,
-        b: bp,
-        running: None,
-        y: out,
-        h,
-    };
-    named(spec, run_forward(&mut e, spec, dtype, &p))?;
-    named(spec, e.download(out, spec.outputs(), dtype))
+/// The CUDA kernels on the emulated GPU, over CPU storage: the [`Backend`] of CPU
+/// tensors within [`run`].
+pub(crate) struct Emulated(pub Gpu);
+
+impl Emulated {
+    /// An emulated device holding the inputs, their addresses, and the dtype.
+    fn inputs(&self, spec: &Spec, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<(Emulator, Slots<u64>, DType)> {
+        let dtype = ins.x.0.dtype();
+        super::plan::suffix(spec, dtype)?;
+        let mut e = Emulator::new(self.0);
+        let x = if spec.residual && ins.dy.is_some() { "h" } else { "x" };
+        let p = Slots {
+            x: e.upload(spec, x, ins.x)?,
+            residual: e.upload_opt(spec, "residual", ins.residual)?,
+            weight: e.upload_opt(spec, "weight", ins.weight)?,
+            bias: e.upload_opt(spec, "bias", ins.bias)?,
+            dy: e.upload_opt(spec, "dy", ins.dy)?,
+            dh: e.upload_opt(spec, "dh", ins.dh)?,
+            running: match ins.running {
+                Some([m, v]) => Some([e.upload(spec, "running_mean", m)?, e.upload(spec, "running_var", v)?]),
+                None => None,
+            },
+        };
+        Ok((e, p, dtype))
+    }
 }
 
-/// BatchNorm's forward on the emulated `gpu`: y, and in training (`running` is `None`)
-/// each channel's batch mean then biased variance; in eval no statistics.
-pub(crate) fn batch_forward(
-    gpu: Gpu,
-    spec: &Spec,
-    x: Arg<CpuStorage>,
-    [w, b]: [Option<Arg<CpuStorage>>; 2],
-    running: Option<[Arg<CpuStorage>; 2]>,
-) -> Result<(CpuStorage, Option<CpuStorage>)> {
-    let dtype = x.0.dtype();
-    super::plan::suffix(spec, dtype)?;
-    let mut e = Emulator::new(gpu);
-    let n = spec.rows * spec.len;
-    let xp = e.upload(spec, "x", x)?;
-    let (wp, bp) = (e.upload_opt(spec, "weight", w)?, e.upload_opt(spec, "bias", b)?);
-    let running = match running {
-        Some([m, v]) => Some([e.upload(spec, "running_mean", m)?, e.upload(spec, "running_var", v)?]),
-        None => None,
-    };
-    let y = e.dev.alloc(n * dtype.size_in_bytes(), 0, false, false, "y")?;
-    // An empty x (eval only: training needs two values a channel) writes nothing.
-    let stats = match running {
-        None => Some(e.dev.alloc(
-            2 * spec.groups * dtype.size_in_bytes(),
-            0,
-            n == 0,
-            false,
-            "batch statistics",
-        )?),
-        Some(_) => None,
-    };
-    let p = Fwd {
-        x: xp,
-        residual: None,
-        w: wp,
-        b: bp,
-        running,
-        y,
-        h: None,
-    };
-    named(spec, run_batch_forward(&mut e, spec, dtype, &p, stats))?;
-    let y = named(spec, e.download(y, n, dtype))?;
-    let stats = stats
-        .map(|s| named(spec, e.download(s, 2 * spec.groups, dtype)))
-        .transpose()?;
-    Ok((y, stats))
-}
+impl Backend for Emulated {
+    type Storage = CpuStorage;
 
-/// The backward on the emulated `gpu`: dx, then dγ when `want.weight`, then dβ when
-/// `want.bias`, in one flat storage. With `dh` (the fused residual add), `x` is h and
-/// dh is added to dx. BatchNorm's takes its `running` statistics in eval.
-pub(crate) fn backward(
-    gpu: Gpu,
-    spec: &Spec,
-    want: Affine,
-    [x, dy]: [Arg<CpuStorage>; 2],
-    [w, dh]: [Option<Arg<CpuStorage>>; 2],
-    running: Option<[Arg<CpuStorage>; 2]>,
-) -> Result<CpuStorage> {
-    let dtype = x.0.dtype();
-    super::plan::suffix(spec, dtype)?;
-    let mut e = Emulator::new(gpu);
-    let (len, total) = (spec.rows * spec.len, spec.packed_grads(want));
-    let xp = e.upload(spec, if spec.residual { "h" } else { "x" }, x)?;
-    let dyp = e.upload(spec, "dy", dy)?;
-    let (wp, dhp) = (e.upload_opt(spec, "weight", w)?, e.upload_opt(spec, "dh", dh)?);
-    let running = match running {
-        Some([m, v]) => Some([e.upload(spec, "running_mean", m)?, e.upload(spec, "running_var", v)?]),
-        None => None,
-    };
-    // dγ/dβ of an empty input are zeros; otherwise the kernels write every element.
-    let out = e
-        .dev
-        .alloc(total * dtype.size_in_bytes(), 0, len == 0, false, "gradients")?;
-    let p = Bwd {
-        x: xp,
-        w: wp,
-        dy: dyp,
-        dh: dhp,
-        running,
-        dx: out,
-    };
-    let params = out + (len * dtype.size_in_bytes()) as u64;
-    named(spec, run_backward(&mut e, spec, dtype, want, &p, params))?;
-    named(spec, e.download(out, total, dtype))
+    fn forward(&self, spec: &Spec, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<(CpuStorage, Option<CpuStorage>)> {
+        let (mut e, p, dtype) = self.inputs(spec, ins)?;
+        let (n, size) = (spec.rows * spec.len, dtype.size_in_bytes());
+        let out = e.dev.alloc(spec.outputs() * size, 0, false, false, "y")?;
+        // Training BatchNorm's statistics; an empty x (eval only: training needs two
+        // values a channel) writes nothing.
+        let stats = match (spec.kind, p.running) {
+            (crate::spec::Kind::Batch, None) => {
+                Some(
+                    e.dev
+                        .alloc(2 * spec.param_blocks * size, 0, n == 0, false, "batch statistics")?,
+                )
+            }
+            _ => None,
+        };
+        let f = Fwd {
+            x: p.x,
+            residual: p.residual,
+            w: p.weight,
+            b: p.bias,
+            running: p.running,
+            y: out,
+            h: p.residual.map(|_| out + (n * size) as u64),
+            stats,
+        };
+        named(spec, run_forward(&mut e, spec, dtype, &f))?;
+        let y = named(spec, e.download(out, spec.outputs(), dtype))?;
+        let stats = stats
+            .map(|s| named(spec, e.download(s, 2 * spec.param_blocks, dtype)))
+            .transpose()?;
+        Ok((y, stats))
+    }
+
+    fn backward(&self, spec: &Spec, affine: Affine, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<CpuStorage> {
+        let (mut e, p, dtype) = self.inputs(spec, ins)?;
+        let Some(dy) = p.dy else {
+            bail!("{}: internal error: a backward without dy", spec.name())
+        };
+        let (len, total) = (spec.rows * spec.len, spec.packed_grads(affine));
+        // dγ/dβ of an empty input are zeros; otherwise the kernels write every element.
+        let out = e
+            .dev
+            .alloc(total * dtype.size_in_bytes(), 0, len == 0, false, "gradients")?;
+        let b = Bwd {
+            x: p.x,
+            w: p.weight,
+            dy,
+            dh: p.dh,
+            running: p.running,
+            dx: out,
+        };
+        let params = out + (len * dtype.size_in_bytes()) as u64;
+        named(spec, run_backward(&mut e, spec, dtype, affine, &b, params))?;
+        named(spec, e.download(out, total, dtype))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,112 @@
+//! The seam every backend shares: an op's inputs by name ([`Slots`]), and what a
+//! device's fused kernels compute for a [`Spec`] ([`Backend`]). The CPU path
+//! (`crate::cpu`), the CUDA kernels (`crate::cuda`, on a GPU or on the emulator)
+//! implement [`Backend`] over their storage type; the custom-op bridge
+//! (`crate::bridge`) packs a call's slots into candle's inputs and hands them to the
+//! backend of the device; devices with no implementation run the generic backend
+//! (`crate::generic`), composed candle ops. Adding a device's kernels is one more
+//! implementation of [`Backend`]. This module depends on nothing but `spec`.
+
+use crate::spec::{Affine, Spec};
+use candle_core::{Layout, Result, Tensor};
+
+/// A storage and its layout, as candle hands them to a custom op.
+pub(crate) type Arg<'a, S> = (&'a S, &'a Layout);
+
+/// The inputs of a norm's forward or backward, by name. Every op has x (h for the
+/// fused residual add's backward); the others are present as the op takes them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slots<T> {
+    pub x: T,
+    /// The fused residual add's second input (forward).
+    pub residual: Option<T>,
+    pub weight: Option<T>,
+    pub bias: Option<T>,
+    /// The gradient of y (backward).
+    pub dy: Option<T>,
+    /// The gradient reaching h directly (the fused residual add's backward).
+    pub dh: Option<T>,
+    /// BatchNorm's running mean and variance (eval).
+    pub running: Option<[T; 2]>,
+}
+
+impl<T> Slots<T> {
+    /// Slots with x alone.
+    pub(crate) fn new(x: T) -> Self {
+        Self {
+            x,
+            residual: None,
+            weight: None,
+            bias: None,
+            dy: None,
+            dh: None,
+            running: None,
+        }
+    }
+
+    /// References to the slots' values.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn as_ref(&self) -> Slots<&T> {
+        Slots {
+            x: &self.x,
+            residual: self.residual.as_ref(),
+            weight: self.weight.as_ref(),
+            bias: self.bias.as_ref(),
+            dy: self.dy.as_ref(),
+            dh: self.dh.as_ref(),
+            running: self.running.as_ref().map(|[m, v]| [m, v]),
+        }
+    }
+
+    /// The same slots, each mapped by `f`.
+    pub(crate) fn try_map<U>(self, mut f: impl FnMut(T) -> Result<U>) -> Result<Slots<U>> {
+        let mut opt = |v: Option<T>| v.map(&mut f).transpose();
+        Ok(Slots {
+            residual: opt(self.residual)?,
+            weight: opt(self.weight)?,
+            bias: opt(self.bias)?,
+            dy: opt(self.dy)?,
+            dh: opt(self.dh)?,
+            running: match self.running {
+                Some([m, v]) => Some([f(m)?, f(v)?]),
+                None => None,
+            },
+            x: f(self.x)?,
+        })
+    }
+}
+
+/// A forward's results: y, h with a residual, and in BatchNorm's training each
+/// channel's batch mean and biased variance (detached).
+pub(crate) struct Outputs {
+    pub y: Tensor,
+    pub h: Option<Tensor>,
+    pub stats: Option<[Tensor; 2]>,
+}
+
+/// A backward's results: dx, and dγ and dβ as asked.
+pub(crate) struct Grads {
+    pub dx: Tensor,
+    pub dweight: Option<Tensor>,
+    pub dbias: Option<Tensor>,
+}
+
+/// A device's fused kernels, one implementation per storage type. Every input is
+/// contiguous; parameter slots hold `spec.params()` elements.
+pub(crate) trait Backend {
+    type Storage;
+
+    /// The forward: y, laid out as x, then h with a residual, as one storage; and in
+    /// BatchNorm's training (no running statistics), each channel's batch mean then
+    /// biased variance (2·C elements of x's dtype).
+    fn forward(
+        &self,
+        spec: &Spec,
+        ins: &Slots<Arg<'_, Self::Storage>>,
+    ) -> Result<(Self::Storage, Option<Self::Storage>)>;
+
+    /// The backward from `ins.dy` (and `ins.dh`): dx, then dγ and dβ as `affine` asks,
+    /// as one storage (`spec.packed_grads`). With a residual, x is h and dh is added to
+    /// dx. The bias slot is never given: the backward does not read β.
+    fn backward(&self, spec: &Spec, affine: Affine, ins: &Slots<Arg<'_, Self::Storage>>) -> Result<Self::Storage>;
+}
