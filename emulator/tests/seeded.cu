@@ -1,4 +1,4 @@
-// Kernels for the emulator's own tests (tests/emulator.rs), built into the emulator
+// Kernels for the emulator's own tests (src/cuda/emulator/tests.rs), built into the emulator
 // only: each `seeded_*` kernel holds one bug of a kind compute-sanitizer finds, and
 // `good_*` kernels use the same patterns correctly, so that the tests show each bug
 // caught and no correct kernel flagged. Every kernel is launched with 1-D blocks.
