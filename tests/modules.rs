@@ -102,7 +102,7 @@ fn module_constructors_mirror_candle_nn() {
         assert!(ln.remove_mean() && ln.bias().is_some() && ln.eps() == 1e-5);
         assert!(nn::LayerNorm::new_no_bias(w.clone(), 1e-5).bias().is_none());
         let rms = nn::RmsNorm::new(w.clone(), 1e-6);
-        assert!(!rms.clone().into_inner().remove_mean() && rms.weight().dims() == [6]);
+        assert!(!rms.clone().into_inner().remove_mean() && rms.weight().unwrap().dims() == [6]);
         assert!(nn::GroupNorm::new(w.clone(), b.clone(), 6, 4, 1e-5).is_err());
         let gn = nn::GroupNorm::new(w, b, 6, 3, 1e-5).unwrap();
         let e = gn

@@ -1,7 +1,7 @@
 //! BatchNorm as a module: batch statistics in training, running ones in eval, updated
 //! as PyTorch updates them, under PyTorch's checkpoint names.
 
-use candle_core::{bail, ModuleT, Result, Tensor, Var};
+use candle_core::{bail, DType, ModuleT, Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, Init, VarBuilder};
 
 /// BatchNorm over `[B, C]` or `[B, C, *spatial]` (PyTorch's `BatchNorm1d/2d/3d`), a
@@ -11,16 +11,20 @@ use candle_nn::{BatchNormConfig, Init, VarBuilder};
 /// `forward_t(x, true)` normalizes with the batch's statistics and, when the layer
 /// tracks running statistics, updates them: `running_mean ← (1 − m)·running_mean +
 /// m·mean` and `running_var ← (1 − m)·running_var + m·var·n/(n − 1)` (n values per
-/// channel, the variance unbiased), with PyTorch's momentum m. `forward_t(x, false)`
-/// normalizes with the running statistics, or with the batch's when the layer does not
-/// track them, as PyTorch does.
+/// channel, the variance unbiased), with PyTorch's momentum m, or with PyTorch's
+/// `momentum=None` the cumulative average m = 1/t at the t-th training batch, t
+/// counted by `num_batches_tracked` (an i64 scalar, which counts either way when the
+/// layer has one). `forward_t(x, false)` normalizes with the running statistics, or
+/// with the batch's when the layer does not track them, as PyTorch does.
 #[derive(Clone, Debug)]
 pub struct BatchNorm {
     running: Option<(Var, Var)>,
     weight_and_bias: Option<(Tensor, Tensor)>,
     num_features: usize,
     eps: f64,
-    momentum: f64,
+    /// None: the cumulative average, by `num_batches_tracked`.
+    momentum: Option<f64>,
+    num_batches_tracked: Option<Var>,
 }
 
 impl BatchNorm {
@@ -41,9 +45,7 @@ impl BatchNorm {
         if !(eps.is_finite() && eps >= 0.0) {
             bail!("BatchNorm: eps must be finite and >= 0, got {eps}")
         }
-        if !(0.0..=1.0).contains(&momentum) {
-            bail!("BatchNorm: momentum must be in [0, 1], got {momentum}")
-        }
+        check_momentum(momentum)?;
         let pairs = [
             ("running_mean", "running_var", &running),
             ("weight", "bias", &weight_and_bias),
@@ -65,7 +67,53 @@ impl BatchNorm {
             weight_and_bias,
             num_features,
             eps,
+            momentum: Some(momentum),
+            num_batches_tracked: None,
+        })
+    }
+
+    /// The same layer with momentum `momentum`, or with `None` PyTorch's cumulative
+    /// moving average (a layer that tracks running statistics and has no
+    /// `num_batches_tracked` then gets one, at 0).
+    ///
+    /// # Errors
+    /// A momentum that is not in [0, 1].
+    pub fn with_momentum(self, momentum: Option<f64>) -> Result<Self> {
+        if let Some(m) = momentum {
+            check_momentum(m)?;
+        }
+        let counter = match (&self.num_batches_tracked, &self.running, momentum) {
+            (None, Some((mean, _)), None) => Some(Var::zeros((), DType::I64, mean.device())?),
+            _ => self.num_batches_tracked,
+        };
+        Ok(Self {
             momentum,
+            num_batches_tracked: counter,
+            ..self
+        })
+    }
+
+    /// The same layer counting its training batches in `num_batches_tracked`, an i64
+    /// scalar (PyTorch's buffer of that name), kept as a variable so that training
+    /// updates it in place.
+    ///
+    /// # Errors
+    /// A tensor that is not an i64 scalar, or a layer without running statistics.
+    pub fn with_num_batches_tracked(self, num_batches_tracked: Tensor) -> Result<Self> {
+        let t = &num_batches_tracked;
+        if t.rank() != 0 || t.dtype() != DType::I64 {
+            bail!(
+                "BatchNorm: num_batches_tracked must be an i64 scalar, got shape {:?} and dtype {:?}",
+                t.dims(),
+                t.dtype()
+            )
+        }
+        if self.running.is_none() {
+            bail!("BatchNorm: num_batches_tracked without running statistics")
+        }
+        Ok(Self {
+            num_batches_tracked: Some(Var::from_tensor(t)?),
+            ..self
         })
     }
 
@@ -89,9 +137,15 @@ impl BatchNorm {
         self.eps
     }
 
-    /// The weight of the new batch's statistics in the running ones.
-    pub fn momentum(&self) -> f64 {
+    /// The weight of the new batch's statistics in the running ones; None for the
+    /// cumulative average (PyTorch's `momentum=None`).
+    pub fn momentum(&self) -> Option<f64> {
         self.momentum
+    }
+
+    /// The number of training batches seen, an i64 scalar, when the layer counts them.
+    pub fn num_batches_tracked(&self) -> Option<&Tensor> {
+        self.num_batches_tracked.as_ref().map(Var::as_tensor)
     }
 
     /// The number of channels.
@@ -113,7 +167,18 @@ impl ModuleT for BatchNorm {
             Some((mean, var)) => {
                 let (y, batch_mean, batch_var) = crate::batch_norm_train(x, w, b, self.eps)?;
                 let n = (x.elem_count() / self.num_features) as f64;
-                let m = self.momentum;
+                if let Some(t) = &self.num_batches_tracked {
+                    t.set(
+                        &t.as_tensor()
+                            .broadcast_add(&Tensor::ones((), DType::I64, t.device())?)?,
+                    )?;
+                }
+                let m = match (self.momentum, &self.num_batches_tracked) {
+                    (Some(m), _) => m,
+                    // Read back only here: on a GPU it waits for the device.
+                    (None, Some(t)) => 1.0 / t.as_tensor().to_scalar::<i64>()? as f64,
+                    (None, None) => bail!("BatchNorm: momentum None needs num_batches_tracked"),
+                };
                 let update = |running: &Var, batch: Tensor| {
                     let batch = batch.to_dtype(running.dtype())?;
                     running.set(&((running.as_tensor() * (1.0 - m))? + (batch * m)?)?.detach())
@@ -130,8 +195,9 @@ impl ModuleT for BatchNorm {
 /// Builds a [`BatchNorm`] over `num_features` channels from `vb`, as
 /// `candle_nn::batch_norm`: `running_mean` (zeros) and `running_var` (ones), and with
 /// `config.affine` a `weight` (ones) and `bias` (zeros), PyTorch's names; a
-/// `num_batches_tracked` in a checkpoint is accepted and not used. `config.momentum`
-/// is PyTorch's momentum.
+/// `num_batches_tracked` in a checkpoint is loaded and counts on (none is created: for
+/// PyTorch's buffers and options, [`pytorch::batch_norm`](super::pytorch::batch_norm)).
+/// `config.momentum` is PyTorch's momentum.
 ///
 /// # Errors
 /// `config.remove_mean == false` (BatchNorm always centers here), an `eps` or
@@ -153,11 +219,28 @@ pub fn batch_norm<C: Into<BatchNormConfig>>(num_features: usize, config: C, vb: 
     } else {
         None
     };
-    BatchNorm::new(
+    let bn = BatchNorm::new(
         num_features,
         Some(running),
         weight_and_bias,
         config.eps,
         config.momentum,
-    )
+    )?;
+    if vb.contains_tensor("num_batches_tracked") {
+        return bn.with_num_batches_tracked(num_batches_tracked(&vb)?);
+    }
+    Ok(bn)
+}
+
+/// The `num_batches_tracked` of `vb`: an i64 scalar, 0 when `vb` creates it.
+pub(super) fn num_batches_tracked(vb: &VarBuilder) -> Result<Tensor> {
+    vb.get_with_hints_dtype((), "num_batches_tracked", Init::Const(0.), DType::I64)
+}
+
+/// PyTorch's range for a momentum.
+fn check_momentum(momentum: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&momentum) {
+        bail!("BatchNorm: momentum must be in [0, 1], got {momentum}")
+    }
+    Ok(())
 }

@@ -5,10 +5,13 @@
 //! `use candle_nn::{layer_norm, LayerNorm}` into `use candle_norm::nn::{layer_norm, LayerNorm}`.
 //! Unlike candle-nn's fused paths, every forward here is differentiable. [`InstanceNorm`]
 //! and the weight-side layers ([`WsConv2d`], [`WeightNorm`], [`SpectralNorm`]) have no
-//! candle-nn counterpart; they follow PyTorch's names.
+//! candle-nn counterpart; they follow PyTorch's names. [`pytorch`] builds the same
+//! layers from PyTorch's constructor arguments, for every option PyTorch's layers have
+//! (no affine parameters, several normalized dimensions, `momentum=None`, ...).
 
 mod batch;
 mod norm;
+pub mod pytorch;
 mod weight;
 
 pub use batch::{batch_norm, BatchNorm};

@@ -1,70 +1,134 @@
 //! The activation norms as modules: drop-in replacements for candle-nn's norm layers
 //! and their `VarBuilder` builders.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use candle_nn::LayerNormConfig;
 
-/// LayerNorm (or, with `remove_mean = false`, RMSNorm) over the last dimension with a
-/// learned weight and an optional bias; see [`crate::layer_norm`].
+/// LayerNorm (or, with `remove_mean = false`, RMSNorm) over the trailing dimensions
+/// `normalized_shape` (the last one, as candle-nn's, unless built by
+/// [`pytorch::layer_norm`](super::pytorch::layer_norm)), with an optional weight and
+/// bias of that shape; see [`crate::layer_norm`]. Several trailing dimensions are
+/// normalized as one row of their product.
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
-    weight: Tensor,
+    weight: Option<Tensor>,
     bias: Option<Tensor>,
+    normalized_shape: Vec<usize>,
     remove_mean: bool,
-    eps: f64,
+    /// None: PyTorch's `eps=None` of RMSNorm, the epsilon of the statistics' dtype.
+    eps: Option<f64>,
 }
 
 impl LayerNorm {
-    /// LayerNorm with a weight and a bias, both of shape `[N]`.
+    /// LayerNorm with a weight and a bias, both of the shape of the normalized
+    /// dimensions (`[N]` for the last one).
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
-        Self {
-            weight,
-            bias: Some(bias),
-            remove_mean: true,
-            eps,
-        }
+        Self::from_parts(Some(weight), Some(bias), None, true, Some(eps))
     }
 
     /// LayerNorm with a weight and no bias.
     pub fn new_no_bias(weight: Tensor, eps: f64) -> Self {
-        Self {
-            weight,
-            bias: None,
-            remove_mean: true,
-            eps,
-        }
+        Self::from_parts(Some(weight), None, None, true, Some(eps))
     }
 
     /// RMSNorm (no mean subtraction, no bias) with a weight.
     pub fn rms_norm(weight: Tensor, eps: f64) -> Self {
+        Self::from_parts(Some(weight), None, None, false, Some(eps))
+    }
+
+    /// LayerNorm over the trailing dimensions `normalized_shape`, without a weight or
+    /// a bias (PyTorch's `elementwise_affine=False`).
+    pub fn new_no_affine(normalized_shape: &[usize], eps: f64) -> Self {
+        Self::from_parts(None, None, Some(normalized_shape.to_vec()), true, Some(eps))
+    }
+
+    /// The layer from its parts; the normalized shape is the weight's (or the bias's)
+    /// when not given.
+    pub(crate) fn from_parts(
+        weight: Option<Tensor>,
+        bias: Option<Tensor>,
+        normalized_shape: Option<Vec<usize>>,
+        remove_mean: bool,
+        eps: Option<f64>,
+    ) -> Self {
+        let normalized_shape = normalized_shape
+            .or_else(|| weight.as_ref().or(bias.as_ref()).map(|t| t.dims().to_vec()))
+            .unwrap_or_default();
         Self {
             weight,
-            bias: None,
-            remove_mean: false,
+            bias,
+            normalized_shape,
+            remove_mean,
             eps,
         }
     }
 
-    /// The weight (γ), shape `[N]`.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight (γ), of the normalized shape, if the layer has one.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.weight.as_ref()
     }
 
-    /// The bias (β), shape `[N]`, if any.
+    /// The bias (β), of the normalized shape, if the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
 
-    /// The epsilon added to the variance inside the square root.
+    /// The trailing dimensions of x that are normalized together.
+    pub fn normalized_shape(&self) -> &[usize] {
+        &self.normalized_shape
+    }
+
+    /// The epsilon added to the variance inside the square root. For an RMSNorm built
+    /// with PyTorch's `eps=None`, the one its f32, f16 and bf16 inputs get
+    /// ([`Self::eps_for`]).
     pub fn eps(&self) -> f64 {
-        self.eps
+        self.eps_for(DType::F32)
+    }
+
+    /// The epsilon applied to inputs of `dtype`: the layer's, or with PyTorch's
+    /// `eps=None` the machine epsilon of the dtype the statistics are computed in, as
+    /// PyTorch's code takes it (f32's for f16, bf16 and f32 inputs; f64's for f64).
+    pub fn eps_for(&self, dtype: DType) -> f64 {
+        match (self.eps, dtype) {
+            (Some(eps), _) => eps,
+            (None, DType::F64) => f64::EPSILON,
+            (None, _) => f32::EPSILON as f64,
+        }
     }
 
     /// Whether the mean is subtracted (LayerNorm) or not (RMSNorm).
     pub fn remove_mean(&self) -> bool {
         self.remove_mean
+    }
+
+    /// x with its normalized dimensions merged into one, the weight and bias as
+    /// vectors, and x's shape to restore.
+    fn rows(&self, module: &str, x: &Tensor) -> Result<Rows> {
+        let k = self.normalized_shape.len();
+        if k <= 1 {
+            return Ok(Rows {
+                x: x.clone(),
+                weight: self.weight.clone(),
+                bias: self.bias.clone(),
+                shape: x.dims().to_vec(),
+            });
+        }
+        let dims = x.dims();
+        if dims.len() < k || dims[dims.len() - k..] != self.normalized_shape[..] {
+            bail!(
+                "{module}: x of shape {dims:?} does not end in the normalized shape {:?}",
+                self.normalized_shape
+            )
+        }
+        let flat = |t: &Option<Tensor>| t.as_ref().map(|t| t.flatten_all()).transpose();
+        Ok(Rows {
+            x: x.flatten_from(dims.len() - k)?,
+            weight: flat(&self.weight)?,
+            bias: flat(&self.bias)?,
+            shape: dims.to_vec(),
+        })
     }
 
     /// The residual add of a pre-norm block fused with this norm: returns
@@ -76,28 +140,68 @@ impl LayerNorm {
     /// As [`Module::forward`], and a `residual` whose shape, dtype or device differ
     /// from `x`'s.
     pub fn forward_with_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
-        if self.remove_mean {
-            return crate::add_layer_norm(x, residual, Some(&self.weight), self.bias.as_ref(), self.eps);
-        }
-        let (y, h) = crate::add_rms_norm(x, residual, Some(&self.weight), self.eps)?;
-        match &self.bias {
-            Some(b) => Ok((y.broadcast_add(b)?, h)),
-            None => Ok((y, h)),
-        }
+        let Rows {
+            x: x2,
+            weight: w,
+            bias: b,
+            shape,
+        } = self.rows("LayerNorm", x)?;
+        let r2 = if self.normalized_shape.len() > 1 {
+            if residual.dims() != x.dims() {
+                bail!(
+                    "LayerNorm: residual has shape {:?}, x has shape {:?}",
+                    residual.dims(),
+                    x.dims()
+                )
+            }
+            residual.reshape(x2.shape())?
+        } else {
+            residual.clone()
+        };
+        let eps = self.eps_for(x.dtype());
+        let (y, h) = if self.remove_mean {
+            crate::add_layer_norm(&x2, &r2, w.as_ref(), b.as_ref(), eps)?
+        } else {
+            let (y, h) = crate::add_rms_norm(&x2, &r2, w.as_ref(), eps)?;
+            match &b {
+                Some(b) => (y.broadcast_add(b)?, h),
+                None => (y, h),
+            }
+        };
+        Ok((y.reshape(shape.as_slice())?, h.reshape(shape)?))
     }
 }
 
+/// A LayerNorm's input as rows: x with the normalized dimensions merged, the weight
+/// and bias flattened, and x's shape.
+struct Rows {
+    x: Tensor,
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    shape: Vec<usize>,
+}
+
 impl Module for LayerNorm {
-    /// Normalizes `x` over its last dimension. Errors as [`crate::layer_norm`] does.
+    /// Normalizes `x` over its normalized (trailing) dimensions. Errors as
+    /// [`crate::layer_norm`] does, and when x does not end in the normalized shape.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.remove_mean {
-            return crate::layer_norm(x, Some(&self.weight), self.bias.as_ref(), self.eps);
-        }
-        let y = crate::rms_norm(x, Some(&self.weight), self.eps)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        let Rows {
+            x: x2,
+            weight: w,
+            bias: b,
+            shape,
+        } = self.rows("LayerNorm", x)?;
+        let eps = self.eps_for(x.dtype());
+        let y = if self.remove_mean {
+            crate::layer_norm(&x2, w.as_ref(), b.as_ref(), eps)?
+        } else {
+            let y = crate::rms_norm(&x2, w.as_ref(), eps)?;
+            match &b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        };
+        y.reshape(shape)
     }
 }
 
@@ -117,12 +221,13 @@ pub fn layer_norm<C: Into<LayerNormConfig>>(size: usize, config: C, vb: VarBuild
     } else {
         None
     };
-    Ok(LayerNorm {
-        weight,
+    Ok(LayerNorm::from_parts(
+        Some(weight),
         bias,
-        remove_mean: config.remove_mean,
-        eps: config.eps,
-    })
+        None,
+        config.remove_mean,
+        Some(config.eps),
+    ))
 }
 
 /// Builds a bias-free [`LayerNorm`] from `vb`, as `candle_nn::layer_norm_no_bias`.
@@ -141,12 +246,14 @@ pub fn layer_norm_no_bias(size: usize, eps: f64, vb: VarBuilder) -> Result<Layer
     )
 }
 
-/// RMSNorm over the last dimension with a learned weight; see [`crate::rms_norm`].
+/// RMSNorm over the trailing dimensions `normalized_shape` (the last one, as
+/// candle-nn's, unless built by [`pytorch::rms_norm`](super::pytorch::rms_norm)) with an
+/// optional weight; see [`crate::rms_norm`].
 #[derive(Clone, Debug)]
 pub struct RmsNorm(LayerNorm);
 
 impl RmsNorm {
-    /// RMSNorm with a weight of shape `[N]`.
+    /// RMSNorm with a weight of the normalized shape (`[N]` for the last dimension).
     pub fn new(weight: Tensor, eps: f64) -> Self {
         Self(LayerNorm::rms_norm(weight, eps))
     }
@@ -156,14 +263,37 @@ impl RmsNorm {
         self.0
     }
 
-    /// The weight (γ), shape `[N]`.
-    pub fn weight(&self) -> &Tensor {
+    /// RMSNorm over the trailing dimensions `normalized_shape` without a weight
+    /// (PyTorch's `elementwise_affine=False`); `eps` None is PyTorch's default
+    /// ([`LayerNorm::eps_for`]).
+    pub fn new_no_affine(normalized_shape: &[usize], eps: Option<f64>) -> Self {
+        Self::from_parts(None, normalized_shape.to_vec(), eps)
+    }
+
+    /// The layer from its parts.
+    pub(crate) fn from_parts(weight: Option<Tensor>, normalized_shape: Vec<usize>, eps: Option<f64>) -> Self {
+        Self(LayerNorm::from_parts(weight, None, Some(normalized_shape), false, eps))
+    }
+
+    /// The weight (γ), of the normalized shape, if the layer has one.
+    pub fn weight(&self) -> Option<&Tensor> {
         self.0.weight()
     }
 
-    /// The epsilon added to the mean square inside the square root.
+    /// The trailing dimensions of x that are normalized together.
+    pub fn normalized_shape(&self) -> &[usize] {
+        self.0.normalized_shape()
+    }
+
+    /// The epsilon added to the mean square inside the square root (for PyTorch's
+    /// `eps=None`, the one f32, f16 and bf16 inputs get: [`LayerNorm::eps_for`]).
     pub fn eps(&self) -> f64 {
         self.0.eps()
+    }
+
+    /// The epsilon applied to inputs of `dtype` ([`LayerNorm::eps_for`]).
+    pub fn eps_for(&self, dtype: DType) -> f64 {
+        self.0.eps_for(dtype)
     }
 
     /// The residual add of a pre-norm block fused with this norm: `(y, h)` with
@@ -177,7 +307,8 @@ impl RmsNorm {
 }
 
 impl Module for RmsNorm {
-    /// Normalizes `x` over its last dimension. Errors as [`crate::rms_norm`] does.
+    /// Normalizes `x` over its normalized (trailing) dimensions. Errors as
+    /// [`crate::rms_norm`] does, and when x does not end in the normalized shape.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.0.forward(x)
     }
@@ -199,13 +330,13 @@ pub fn rms_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
     )?))
 }
 
-/// GroupNorm over `[B, C, *spatial]` with a per-channel weight and bias; see
-/// [`crate::group_norm`]. With [`GroupNorm::with_channels_last`], over
+/// GroupNorm over `[B, C, *spatial]` with an optional per-channel weight and bias;
+/// see [`crate::group_norm`]. With [`GroupNorm::with_channels_last`], over
 /// `[B, *spatial, C]` instead ([`crate::group_norm_channels_last`]).
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
     eps: f64,
     num_channels: usize,
     num_groups: usize,
@@ -219,11 +350,22 @@ impl GroupNorm {
     /// # Errors
     /// `num_groups` of 0 or not dividing `num_channels`.
     pub fn new(weight: Tensor, bias: Tensor, num_channels: usize, num_groups: usize, eps: f64) -> Result<Self> {
+        Self::from_parts(Some((weight, bias)), num_channels, num_groups, eps)
+    }
+
+    /// GroupNorm without a weight or a bias (PyTorch's `affine=False`).
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn new_no_affine(num_channels: usize, num_groups: usize, eps: f64) -> Result<Self> {
+        Self::from_parts(None, num_channels, num_groups, eps)
+    }
+
+    fn from_parts(affine: Option<(Tensor, Tensor)>, num_channels: usize, num_groups: usize, eps: f64) -> Result<Self> {
         if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
-            candle_core::bail!(
-                "GroupNorm: num_groups ({num_groups}) must be > 0 and divide num_channels ({num_channels})"
-            )
+            bail!("GroupNorm: num_groups ({num_groups}) must be > 0 and divide num_channels ({num_channels})")
         }
+        let (weight, bias) = affine.unzip();
         Ok(Self {
             weight,
             bias,
@@ -246,14 +388,14 @@ impl GroupNorm {
         self.channels_last
     }
 
-    /// The per-channel weight (γ).
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The per-channel weight (γ), if the layer is affine.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.weight.as_ref()
     }
 
-    /// The per-channel bias (β).
-    pub fn bias(&self) -> &Tensor {
-        &self.bias
+    /// The per-channel bias (β), if the layer is affine.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     /// The epsilon added to the variance inside the square root.
@@ -278,7 +420,7 @@ impl Module for GroupNorm {
     /// `num_channels`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         crate::check::channels("GroupNorm", x, self.num_channels, self.channels_last)?;
-        let (w, b) = (Some(&self.weight), Some(&self.bias));
+        let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
         if self.channels_last {
             crate::group_norm_channels_last(x, self.num_groups, w, b, self.eps)
         } else {
