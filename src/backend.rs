@@ -8,7 +8,16 @@
 //! implementation of [`Backend`]. This module depends on nothing but `spec`.
 
 use crate::spec::{Affine, Spec};
-use candle_core::{Layout, Result, Tensor};
+use candle_core::{DType, Layout, Result, Tensor};
+
+/// Whether the CUDA kernels (on a GPU or on the emulator) take a call on x of dtype
+/// `x` with parameters of dtype `params`: f32, f16 and bf16, parameters of x's dtype.
+/// The CPU's fused path takes every call; the others run the generic backend on a
+/// GPU, the CPU path on the emulator.
+#[cfg_attr(not(any(feature = "cuda", feature = "cuda-emulator")), allow(dead_code))]
+pub(crate) fn cuda_kernels_take(x: DType, params: DType) -> bool {
+    matches!(x, DType::F32 | DType::F16 | DType::BF16) && params == x
+}
 
 /// A storage and its layout, as candle hands them to a custom op.
 pub(crate) type Arg<'a, S> = (&'a S, &'a Layout);
@@ -92,7 +101,9 @@ pub(crate) struct Grads {
 }
 
 /// A device's fused kernels, one implementation per storage type. Every input is
-/// contiguous; parameter slots hold `spec.params()` elements.
+/// contiguous; parameter slots hold `spec.params()` elements, all of one dtype: x's,
+/// or on the CPU f32 for f16 and bf16 x (mixed precision; `ops::fused` sends the
+/// calls a backend cannot take to the generic backend).
 pub(crate) trait Backend {
     type Storage;
 
@@ -105,8 +116,14 @@ pub(crate) trait Backend {
         ins: &Slots<Arg<'_, Self::Storage>>,
     ) -> Result<(Self::Storage, Option<Self::Storage>)>;
 
-    /// The backward from `ins.dy` (and `ins.dh`): dx, then dγ and dβ as `affine` asks,
-    /// as one storage (`spec.packed_grads`). With a residual, x is h and dh is added to
-    /// dx. The bias slot is never given: the backward does not read β.
-    fn backward(&self, spec: &Spec, affine: Affine, ins: &Slots<Arg<'_, Self::Storage>>) -> Result<Self::Storage>;
+    /// The backward from `ins.dy` (and `ins.dh`): dx, laid out as x; and when `affine`
+    /// asks for any, dγ then dβ as one storage of the parameters' dtype
+    /// (`spec.param_grads`). With a residual, x is h and dh is added to dx. The
+    /// backward does not read β: a bias slot only gives the parameters' dtype.
+    fn backward(
+        &self,
+        spec: &Spec,
+        affine: Affine,
+        ins: &Slots<Arg<'_, Self::Storage>>,
+    ) -> Result<(Self::Storage, Option<Self::Storage>)>;
 }

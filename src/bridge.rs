@@ -132,9 +132,11 @@ struct FusedOp {
     spec: Spec,
     job: Job,
     present: Present,
-    /// Training BatchNorm's batch statistics, left by the forward (a custom op has one
-    /// output, and returning them within it would cost autograd a copy of y's gradient).
-    stats: Arc<Mutex<Option<Storage>>>,
+    /// The op's second output, left beside the one a custom op returns: training
+    /// BatchNorm's batch statistics (returning them within y would cost autograd a copy
+    /// of y's gradient), or the backward's parameter gradients (of the parameters'
+    /// dtype, which may not be x's).
+    second: Arc<Mutex<Option<Storage>>>,
 }
 
 impl FusedOp {
@@ -149,14 +151,18 @@ impl FusedOp {
             .first()
             .map(|(_, l)| l.shape().clone())
             .unwrap_or_else(|| Shape::from(0));
+        let keep = |second: Option<B::Storage>| -> Result<()> {
+            if let Some(s) = second {
+                *self.second.lock().map_err(|_| {
+                    candle_core::Error::Msg(format!("{}: second output's lock poisoned", self.spec.name()))
+                })? = Some(wrap(s));
+            }
+            Ok(())
+        };
         unpack(&self.spec, self.present, ins, |slots| match self.job {
             Job::Forward => {
                 let (out, stats) = backend.forward(&self.spec, slots)?;
-                if let Some(stats) = stats {
-                    *self.stats.lock().map_err(|_| {
-                        candle_core::Error::Msg(format!("{}: statistics lock poisoned", self.spec.name()))
-                    })? = Some(wrap(stats));
-                }
+                keep(stats)?;
                 let shape = if self.spec.residual {
                     Shape::from(
                         std::iter::once(2)
@@ -169,21 +175,36 @@ impl FusedOp {
                 Ok((out, shape))
             }
             Job::Backward(affine) => {
-                let out = backend.backward(&self.spec, affine, slots)?;
-                Ok((out, Shape::from(self.spec.packed_grads(affine))))
+                let (dx, params) = backend.backward(&self.spec, affine, slots)?;
+                keep(params)?;
+                Ok((dx, x_shape.clone()))
             }
         })
     }
 
+    /// The second output the last run left, if any.
+    fn take_second(&self) -> Result<Option<Storage>> {
+        Ok(self
+            .second
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{}: second output's lock poisoned", self.spec.name())))?
+            .take())
+    }
+
     /// The CPU storage's backend: the fused CPU path, or within `emulator::run` the CUDA
-    /// kernels on the emulator, for the dtypes they have (f64 has none: the CPU path).
+    /// kernels on the emulator, for the calls they take (`cuda_kernels_take`; the
+    /// others run the CPU path).
     fn cpu(&self, ins: &[Arg<CpuStorage>]) -> Result<(CpuStorage, Shape)> {
         #[cfg(feature = "cuda-emulator")]
         if let Some(gpu) = crate::cuda::emulator::active() {
-            if ins
-                .first()
-                .is_some_and(|(s, _)| candle_core::backend::BackendStorage::dtype(*s) != candle_core::DType::F64)
-            {
+            use candle_core::backend::BackendStorage;
+            let x = ins.first().map(|(s, _)| s.dtype());
+            let p = self.present;
+            let params = ins
+                .last()
+                .filter(|_| p.weight || p.bias || p.running)
+                .map(|(s, _)| s.dtype());
+            if x.is_some_and(|x| crate::backend::cuda_kernels_take(x, params.unwrap_or(x))) {
                 return self.run(&crate::cuda::emulator::Emulated(gpu), ins, Storage::Cpu);
             }
         }
@@ -218,6 +239,7 @@ impl FusedOp {
             .then(|| Ok::<_, candle_core::Error>([part(skip)?, part(skip + 1)?]))
             .transpose()?;
         let weight = p.weight.then(|| part(0)).transpose()?;
+        let bias = p.bias.then(|| part(usize::from(p.weight))).transpose()?;
         let (x, dy, dh) = if spec.residual {
             (out.get(1)?, grad.get(0)?, Some(grad.get(1)?))
         } else {
@@ -227,7 +249,7 @@ impl FusedOp {
             x: &x,
             residual: None,
             weight: weight.as_ref(),
-            bias: None,
+            bias: bias.as_ref(),
             dy: Some(&dy),
             dh: dh.as_ref(),
             running: running.as_ref().map(|[m, v]| [m, v]),
@@ -237,10 +259,10 @@ impl FusedOp {
         if p.residual {
             grads.push(Some(g.dx));
         }
-        if packed.is_some() {
+        if let Some(packed) = packed {
             let mut parts: Vec<Tensor> = [g.dweight, g.dbias].into_iter().flatten().collect();
             if p.running && !parts.is_empty() {
-                parts.push(Tensor::zeros(2 * np, x.dtype(), x.device())?);
+                parts.push(Tensor::zeros(2 * np, packed.dtype(), x.device())?);
             }
             grads.push(match parts.len() {
                 0 => None,
@@ -255,12 +277,12 @@ impl FusedOp {
 /// The fused forward of `spec` on `slots`, recorded for autograd.
 pub(crate) fn forward(spec: &Spec, slots: Slots<&Tensor>) -> Result<Outputs> {
     let ins = pack(&slots)?;
-    let stats = Arc::new(Mutex::new(None));
+    let second = Arc::new(Mutex::new(None));
     let op = FusedOp {
         spec: *spec,
         job: Job::Forward,
         present: Present::of(&slots),
-        stats: stats.clone(),
+        second: second.clone(),
     };
     let out = match ins.as_slice() {
         [x] => x.apply_op1(op),
@@ -268,7 +290,7 @@ pub(crate) fn forward(spec: &Spec, slots: Slots<&Tensor>) -> Result<Outputs> {
         [x, a, b] => x.apply_op3(a, b, op),
         _ => bail!("{}: internal error: {} inputs to a forward", spec.name(), ins.len()),
     }?;
-    let stats = stats
+    let stats = second
         .lock()
         .map_err(|_| candle_core::Error::Msg(format!("{}: statistics lock poisoned", spec.name())))?
         .take()
@@ -295,7 +317,7 @@ pub(crate) fn backward(spec: &Spec, affine: Affine, slots: Slots<&Tensor>) -> Re
         spec: *spec,
         job: Job::Backward(affine),
         present: Present::of(&slots),
-        stats: Arc::default(),
+        second: Arc::default(),
     };
     let guards: Vec<_> = ins.iter().map(|t| t.storage_and_layout()).collect();
     let (storage, shape) = match guards.first().map(|(s, _)| &**s) {
@@ -318,14 +340,18 @@ pub(crate) fn backward(spec: &Spec, affine: Affine, slots: Slots<&Tensor>) -> Re
         }
         _ => bail!("{}: internal error: no fused kernels for this device", spec.name()),
     };
-    let flat = Tensor::from_storage(storage, shape, BackpropOp::none(), false);
-    let (n, np) = (slots.x.elem_count(), spec.params());
-    let dx = flat.narrow(0, 0, n)?.reshape(slots.x.shape())?;
-    let dweight = affine.weight.then(|| flat.narrow(0, n, np)).transpose()?;
-    let dbias = affine
-        .bias
-        .then(|| flat.narrow(0, n + usize::from(affine.weight) * np, np))
-        .transpose()?;
+    let dx = Tensor::from_storage(storage, shape, BackpropOp::none(), false);
+    let np = spec.params();
+    let params = op
+        .take_second()?
+        .map(|s| Tensor::from_storage(s, spec.param_grads(affine), BackpropOp::none(), false));
+    let part = |given: bool, k: usize| match (&params, given) {
+        (Some(p), true) => p.narrow(0, k * np, np).map(Some),
+        (None, true) => bail!("{}: internal error: no parameter gradients", spec.name()),
+        (_, false) => Ok(None),
+    };
+    let dweight = part(affine.weight, 0)?;
+    let dbias = part(affine.bias, usize::from(affine.weight))?;
     Ok(Grads { dx, dweight, dbias })
 }
 

@@ -60,8 +60,10 @@ pub(crate) fn channels(module: &str, x: &Tensor, expected: usize, channels_last:
     Ok(())
 }
 
-/// Checks an optional affine parameter: shape `[len]`, the dtype and device of x.
-/// `of` names the dimension of x that `len` is ("the last dimension").
+/// Checks an optional affine parameter: shape `[len]`, x's device, and x's dtype or,
+/// for f16 and bf16 x, f32 (mixed precision; [`one_param_dtype`] then checks that the
+/// call's parameters agree). `of` names the dimension of x that `len` is ("the last
+/// dimension").
 pub(crate) fn param(op: &str, x: &Tensor, p: Option<&Tensor>, name: &str, len: usize, of: &str) -> Result<()> {
     let Some(p) = p else { return Ok(()) };
     if p.dims() != [len] {
@@ -71,7 +73,26 @@ pub(crate) fn param(op: &str, x: &Tensor, p: Option<&Tensor>, name: &str, len: u
             x.dims()
         )
     }
-    like(op, p, name, x, "x")
+    let mixed = p.dtype() == DType::F32 && matches!(x.dtype(), DType::F16 | DType::BF16);
+    if p.dtype() != x.dtype() && !mixed {
+        bail!(
+            "{op}: {name} has dtype {:?} but x has dtype {:?}; parameters have x's dtype, or f32 for f16 and bf16 x",
+            p.dtype(),
+            x.dtype()
+        )
+    }
+    like_device(op, p, name, x, "x")
+}
+
+/// Checks that a call's parameters (`(name, tensor)`, those given) share one dtype.
+pub(crate) fn one_param_dtype(op: &str, params: &[(&str, Option<&Tensor>)]) -> Result<()> {
+    let mut given = params.iter().filter_map(|(n, p)| p.map(|p| (n, p.dtype())));
+    if let Some((first, dtype)) = given.next() {
+        if let Some((name, other)) = given.find(|(_, d)| *d != dtype) {
+            bail!("{op}: {first} has dtype {dtype:?} but {name} has dtype {other:?}; the parameters share one dtype")
+        }
+    }
+    Ok(())
 }
 
 /// Checks that a tensor `p` given with `x` has `x`'s dtype and device (`name` and
@@ -84,6 +105,11 @@ pub(crate) fn like(op: &str, p: &Tensor, name: &str, x: &Tensor, x_name: &str) -
             x.dtype()
         )
     }
+    like_device(op, p, name, x, x_name)
+}
+
+/// Checks that a tensor `p` given with `x` is on `x`'s device.
+fn like_device(op: &str, p: &Tensor, name: &str, x: &Tensor, x_name: &str) -> Result<()> {
     if !p.device().same_device(x.device()) {
         bail!(
             "{op}: {name} is on {:?} but {x_name} is on {:?}",
@@ -121,6 +147,7 @@ pub(crate) fn contiguous_range(op: &str, l: &Layout) -> Result<std::ops::Range<u
 }
 
 /// The error for a dtype a backend has no kernel for.
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 pub(crate) fn unsupported_dtype(op: &str, dtype: DType, device: &str, supported: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!(
         "{op}: {dtype:?} is not supported on {device} ({supported} are)"
@@ -130,6 +157,7 @@ pub(crate) fn unsupported_dtype(op: &str, dtype: DType, device: &str, supported:
 
 /// The one `match` on the dtype of each backend: calls `$run::<T>(args)` with `T` the
 /// element type listed for `$dtype`, or returns [`unsupported_dtype`].
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 macro_rules! dispatch_dtype {
     ($op:expr, $dtype:expr, $device:literal, [$($variant:ident => $t:ty),+], $run:ident $args:tt) => {
         match $dtype {
@@ -138,4 +166,21 @@ macro_rules! dispatch_dtype {
         }
     };
 }
+#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 pub(crate) use dispatch_dtype;
+
+/// The same over the dtypes of x and of the parameters: calls `$run::<T, P>(args)` for
+/// the pair listed, or returns an error naming both dtypes.
+macro_rules! dispatch_dtypes {
+    ($op:expr, $dtypes:expr, $device:literal, [$(($x:ident, $p:ident) => ($t:ty, $pt:ty)),+], $run:ident $args:tt) => {
+        match $dtypes {
+            $((candle_core::DType::$x, candle_core::DType::$p) => $run::<$t, $pt> $args,)+
+            (x, p) => Err(candle_core::Error::Msg(format!(
+                "{}: x of dtype {x:?} with parameters of dtype {p:?} is not supported on {}",
+                $op, $device
+            ))
+            .bt()),
+        }
+    };
+}
+pub(crate) use dispatch_dtypes;

@@ -189,8 +189,9 @@ pub(crate) fn forward(spec: &Spec, ins: Slots<&Tensor>) -> Result<Outputs> {
     let x = h.as_ref().unwrap_or(ins.x);
     let tracked = [Some(x), ins.weight].into_iter().flatten().any(Tensor::track_op);
     // candle-nn's kernels divide by the row length and launch a grid of the row count:
-    // empty inputs take the composed ops.
-    if spec.kind == Kind::Rms && !tracked && x.elem_count() > 0 && candle_nn_rms_matches(x.device(), dtype) {
+    // empty inputs take the composed ops, as do mixed dtypes, which candle-nn has not.
+    let plain = ins.weight.is_none_or(|w| w.dtype() == dtype);
+    if spec.kind == Kind::Rms && plain && !tracked && x.elem_count() > 0 && candle_nn_rms_matches(x.device(), dtype) {
         let w = match ins.weight {
             Some(w) => w.contiguous()?,
             None => Tensor::ones(spec.len, dtype, x.device())?,
@@ -255,13 +256,18 @@ pub(crate) fn backward(spec: &Spec, affine: Affine, ins: Slots<&Tensor>) -> Resu
     }
     let sum_dims = g.param_sum_dims();
     let np = spec.params();
+    let pdtype = ins.weight.or(ins.bias).map_or(dtype, Tensor::dtype);
     let dweight = affine
         .weight
-        .then(|| sum_keepdim(&dya.mul(&n.xhat)?, &sum_dims)?.reshape(np)?.to_dtype(dtype))
+        .then(|| {
+            sum_keepdim(&dya.mul(&n.xhat)?, &sum_dims)?
+                .reshape(np)?
+                .to_dtype(pdtype)
+        })
         .transpose()?;
     let dbias = affine
         .bias
-        .then(|| sum_keepdim(&dya, &sum_dims)?.reshape(np)?.to_dtype(dtype))
+        .then(|| sum_keepdim(&dya, &sum_dims)?.reshape(np)?.to_dtype(pdtype))
         .transpose()?;
     Ok(Grads {
         dx: dx.to_dtype(dtype)?.reshape(ins.x.shape())?,

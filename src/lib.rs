@@ -7,7 +7,8 @@
 //! them as candle custom ops whose backward is itself one fused op, so
 //! `Tensor::backward`, `Var` and the candle-nn optimizers train through them:
 //!
-//! - [`layer_norm`], [`rms_norm`], [`group_norm`]: the functional ops;
+//! - [`layer_norm`], [`rms_norm`], [`group_norm`]: the functional ops, and [`RowNorm`],
+//!   the general form of the first two with a weight offset (Gemma's `x̂·(1 + γ)`);
 //! - [`layer_norm_backward`], [`rms_norm_backward`], [`group_norm_backward`]: their
 //!   fused backward on its own, returning [`NormGrads`], for hand-written backward
 //!   passes and benchmarks;
@@ -56,6 +57,10 @@
 //!   composed ops.
 //!
 //! The same inputs give the same errors, naming the op and the shapes, on every device.
+//!
+//! Parameters (weight, bias, running statistics) have x's dtype or, with f16 and bf16
+//! x, f32 (mixed precision: dγ and dβ then come out in f32); on CUDA such calls run the
+//! generic backend.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};

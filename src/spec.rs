@@ -182,9 +182,9 @@ impl Spec {
         self.param_offset(row) + i / self.inner
     }
 
-    /// Elements of the fused backward's flat output: dx, then dγ with a weight, then
-    /// dβ with a bias.
-    pub(crate) fn packed_grads(&self, affine: Affine) -> usize {
-        self.rows * self.len + self.params() * (usize::from(affine.weight) + usize::from(affine.bias))
+    /// Elements of the fused backward's parameter gradients: dγ with a weight, then dβ
+    /// with a bias.
+    pub(crate) fn param_grads(&self, affine: Affine) -> usize {
+        self.params() * (usize::from(affine.weight) + usize::from(affine.bias))
     }
 }

@@ -1,6 +1,7 @@
 //! Every vector-instruction level this CPU has gives the bits of the baseline (up to
 //! the subnormal bf16 results that AVX-512 BF16 flushes to zero), for every norm and
-//! dtype: forward outputs and gradients, on shapes that take every CPU path. The level
+//! dtype, with f32 parameters for f16 and bf16 and with a weight offset for the row
+//! norms: forward outputs and gradients, on shapes that take every CPU path. The level
 //! cap is process-wide, so the cells of this binary take turns.
 #[macro_use]
 mod common;
@@ -56,8 +57,21 @@ fn cpu_levels(norm: Norm, dtype: DType, _: Backend) {
     let (mut cases, mut dys) = (Vec::new(), Vec::new());
     for (norm, shape) in cases_of(CPU_LEVEL_CASES, norm) {
         for affine in AFFINES {
-            cases.push(Case::new(&mut rng, norm, shape, dtype, affine, 1e-5));
-            dys.push(rng.tensor(shape, dtype, 0.0, 1.0));
+            let case = Case::new(&mut rng, norm, shape, dtype, affine, 1e-5);
+            let dy = rng.tensor(shape, dtype, 0.0, 1.0);
+            // Mixed precision (f32 parameters) and the row norms' weight offset take
+            // their own code paths too.
+            if matches!(dtype, DType::F16 | DType::BF16) {
+                cases.push(case.with_params_dtype(DType::F32));
+                dys.push(dy.clone());
+            }
+            let row = matches!(norm, Norm::Layer | Norm::Rms | Norm::AddLayer | Norm::AddRms);
+            if row && case.w.is_some() {
+                cases.push(case.with_offset(1.0));
+                dys.push(dy.clone());
+            }
+            cases.push(case);
+            dys.push(dy);
         }
     }
     let detected = detected_cpu_level();

@@ -60,11 +60,31 @@ fn bad_input() {
         e.contains("group_norm") && e.contains("weight") && e.contains("[6]"),
         "{e}"
     );
-    let e = err(candle_norm::group_norm(&xg, 2, None, Some(&t(&[6], DType::F32)), 1e-5));
+    let e = err(candle_norm::group_norm(&xg, 2, None, Some(&t(&[6], DType::F64)), 1e-5));
     assert!(
-        e.contains("group_norm") && e.contains("bias") && e.contains("BF16"),
+        e.contains("group_norm") && e.contains("bias") && e.contains("F64") && e.contains("BF16"),
         "{e}"
     );
+    // f32 parameters with half-precision x (mixed precision), but all of one dtype.
+    let (w32, b16) = (t(&[6], DType::F32), t(&[6], DType::BF16));
+    let e = err(candle_norm::group_norm(&xg, 2, Some(&w32), Some(&b16), 1e-5));
+    assert!(
+        e.contains("group_norm") && e.contains("weight") && e.contains("bias") && e.contains("F32"),
+        "{e}"
+    );
+    let e = err(candle_norm::layer_norm(
+        &t(&[2, 8], DType::F32),
+        Some(&t(&[8], DType::F16)),
+        None,
+        1e-5,
+    ));
+    assert!(
+        e.contains("layer_norm") && e.contains("F16") && e.contains("F32"),
+        "{e}"
+    );
+    let (m, v) = (t(&[6], DType::F32), t(&[6], DType::BF16));
+    let e = err(candle_norm::batch_norm_eval(&xg, &m, &v, None, None, 1e-5));
+    assert!(e.contains("running_mean") && e.contains("running_var"), "{e}");
 }
 
 /// The standalone backward checks dy against x as well as the forward's arguments.

@@ -109,6 +109,7 @@ impl Case {
             r: r.cloned(),
             running: None,
             eps: 1e-5,
+            offset: 0.0,
         }
     }
 

@@ -11,7 +11,8 @@ use super::blocks::{as_acc_all, store_blocks, BLOCK};
 use super::elem::{Acc, Elem};
 use super::reduce::{lane_dot, lane_sum, lane_sum2, Moments};
 use super::rows::{
-    affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK, MAX_PARTIALS, TASK_ELEMS,
+    affine_params, chunk_of, chunks_mut, for_segments, param_grads_out, rows_per_task, split_rows, CHUNK, MAX_PARTIALS,
+    TASK_ELEMS,
 };
 use super::simd::run;
 use crate::spec::{Affine, Spec};
@@ -309,35 +310,30 @@ fn backward_dx<T: Elem, const K: usize>(
     );
 }
 
-/// The backward's inputs: x (or h), the weight, dy, and dh for the fused residual add.
-pub(super) type BwdIns<'a, T> = (&'a [T], Option<&'a [T]>, &'a [T], Option<&'a [T]>);
+/// The backward's inputs: x (or h), the weight (of the parameters' type `P`), dy, and
+/// dh for the fused residual add.
+pub(super) type BwdIns<'a, T, P> = (&'a [T], Option<&'a [P]>, &'a [T], Option<&'a [T]>);
 
-/// Backward: dx, then dγ with a weight, then dβ with a bias, in one vector (the fused
-/// backward op's output), from x, the weight and dy, recomputing the row statistics.
-/// With `dh` (the fused residual add: `x` is then h), dx is dh plus the norm's
-/// gradient. `grads` says where each row's statistics come from.
-pub(super) fn backward<T: Elem>(
+/// Backward: dx, and dγ then dβ as `affine` asks (of the parameters' type), from x,
+/// the weight and dy, recomputing the row statistics. With `dh` (the fused residual
+/// add: `x` is then h), dx is dh plus the norm's gradient. `grads` says where each
+/// row's statistics come from.
+pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     affine: Affine,
-    (x, w, dy, dh): BwdIns<T>,
+    (x, w, dy, dh): BwdIns<T, P>,
     grads: RowGrads<T::Acc>,
-) -> Vec<T> {
+) -> (Vec<T>, Vec<P>) {
     let np = spec.params();
-    let mut out = output(x.len(), spec.packed_grads(affine));
+    let mut out = output(x.len(), x.len());
     let (w, _) = affine_params(spec, w, None);
     let acc = match dh {
         _ if x.is_empty() => ParamGrads::zeros(0, np, affine),
         Some(dh) => backward_any(spec, affine, [x, dy, dh], &w, &mut out, grads),
         None => backward_any(spec, affine, [x, dy], &w, &mut out, grads),
     };
-    for g in [&acc.dg, &acc.db] {
-        if !g.is_empty() {
-            let at = out.len();
-            out.resize(at + np, T::zero());
-            T::store(g, &mut out[at..]);
-        }
-    }
-    out
+    let params = param_grads_out::<P>(affine, &acc.dg, &acc.db);
+    (out, params)
 }
 
 /// The backward of non-empty inputs `ins` (see [`backward_dx`]), by whole rows or by

@@ -13,11 +13,11 @@ use crate::spec::{Affine, Spec};
 use rayon::prelude::*;
 
 /// Where the statistics come from: the batch (training), or the running mean and
-/// variance (eval), as elements.
+/// variance (eval), as elements of the parameters' type.
 #[derive(Clone, Copy)]
-pub(super) enum Source<'a, T> {
+pub(super) enum Source<'a, P> {
     Batch,
-    Running(&'a [T], &'a [T]),
+    Running(&'a [P], &'a [P]),
 }
 
 /// `f(state, row, chunk)` for every piece of every row (the row, or a [`CHUNK`] of a
@@ -51,26 +51,26 @@ fn per_channel<V: Copy>(spec: &Spec, pieces: &[V], empty: V, merge: impl Fn(V, V
 }
 
 /// (mean, rstd) of each channel from running statistics.
-fn running<T: Elem>(spec: &Spec, mean: &[T], var: &[T]) -> Vec<(T::Acc, T::Acc)> {
-    let (mut m, mut v) = (vec![T::Acc::ZERO; mean.len()], vec![T::Acc::ZERO; var.len()]);
-    T::load(mean, &mut m);
-    T::load(var, &mut v);
-    let eps = T::Acc::from_f64(spec.eps);
+fn running<P: Elem>(spec: &Spec, mean: &[P], var: &[P]) -> Vec<(P::Acc, P::Acc)> {
+    let (mut m, mut v) = (vec![P::Acc::ZERO; mean.len()], vec![P::Acc::ZERO; var.len()]);
+    P::load(mean, &mut m);
+    P::load(var, &mut v);
+    let eps = P::Acc::from_f64(spec.eps);
     m.into_iter()
         .zip(v)
-        .map(|(m, v)| (m, T::Acc::ONE / (v + eps).sqrt()))
+        .map(|(m, v)| (m, P::Acc::ONE / (v + eps).sqrt()))
         .collect()
 }
 
 /// Forward: y, laid out as x, and (training) each channel's batch mean, then its biased
 /// variance, C elements each, from the same moments that normalized it (empty in eval).
 /// x has more than one element per channel in training.
-pub(super) fn forward<T: Elem>(
+pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     x: &[T],
-    w: Option<&[T]>,
-    b: Option<&[T]>,
-    source: Source<T>,
+    w: Option<&[P]>,
+    b: Option<&[P]>,
+    source: Source<P>,
 ) -> (Vec<T>, Vec<T>) {
     let c = spec.param_blocks;
     let batch = matches!(source, Source::Batch);
@@ -104,16 +104,16 @@ pub(super) fn forward<T: Elem>(
     (out, stats)
 }
 
-/// Backward: dx, then dγ and dβ as wanted, as every norm's backward returns them. In
+/// Backward: dx, and dγ then dβ as `affine` asks, as every norm's backward returns them. In
 /// training each channel's sums of g = γ·dy and g·(x − mean) come first (a pass over x
 /// and dy), then dx = rstd·(γ·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂)); in eval the statistics are
 /// constants and dx = γ·rstd·dy.
-pub(super) fn backward<T: Elem>(
+pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     affine: Affine,
-    (x, w, dy): (&[T], Option<&[T]>, &[T]),
-    source: Source<T>,
-) -> Vec<T> {
+    (x, w, dy): (&[T], Option<&[P]>, &[T]),
+    source: Source<P>,
+) -> (Vec<T>, Vec<P>) {
     let grads: Vec<RowGrad<T::Acc>> = match source {
         Source::Batch if x.is_empty() => Vec::new(),
         Source::Batch => {

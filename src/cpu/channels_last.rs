@@ -12,7 +12,7 @@ use super::backward::{GradSums, RowGrad};
 use super::blocks::write_blocks;
 use super::elem::{Acc, Elem};
 use super::reduce::Moments;
-use super::rows::{affine_params, TASK_ELEMS};
+use super::rows::{affine_params, param_grads_out, TASK_ELEMS};
 use super::simd::run;
 use crate::spec::{Affine, Spec};
 use rayon::prelude::*;
@@ -219,7 +219,12 @@ fn per_channel<V: Copy, R>(t: &Tiles, groups: &[V], f: impl Fn(V, usize) -> R) -
 }
 
 /// Forward: y, laid out as x.
-pub(super) fn forward<T: Elem>(spec: &Spec, x: &[T], w: Option<&[T]>, b: Option<&[T]>) -> Vec<T> {
+pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
+    spec: &Spec,
+    x: &[T],
+    w: Option<&[P]>,
+    b: Option<&[P]>,
+) -> Vec<T> {
     let mut out = output(x.len(), x.len());
     if x.is_empty() {
         return out;
@@ -325,12 +330,16 @@ fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mu
     }
 }
 
-/// Backward: dx, then dγ and dβ as wanted, as every norm's backward lays them out.
-/// The first pass gives each group's statistics and sums; dγ and dβ are the tiles'
-/// per-channel sums, added in tile order; the second pass writes dx.
-pub(super) fn backward<T: Elem>(spec: &Spec, affine: Affine, (x, w, dy): (&[T], Option<&[T]>, &[T])) -> Vec<T> {
+/// Backward: dx, and dγ then dβ as `affine` asks, as every norm's backward returns
+/// them. The first pass gives each group's statistics and sums; dγ and dβ are the
+/// tiles' per-channel sums, added in tile order; the second pass writes dx.
+pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
+    spec: &Spec,
+    affine: Affine,
+    (x, w, dy): (&[T], Option<&[P]>, &[T]),
+) -> (Vec<T>, Vec<P>) {
     let t = Tiles::of(spec);
-    let mut out = output(x.len(), spec.packed_grads(affine));
+    let mut out = output(x.len(), x.len());
     let (gamma, _) = affine_params(spec, w, None);
     let (mut dg, mut db) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
     if !x.is_empty() {
@@ -390,14 +399,8 @@ pub(super) fn backward<T: Elem>(spec: &Spec, affine: Affine, (x, w, dy): (&[T], 
             )
         });
     }
-    for (given, g) in [(affine.weight, &dg), (affine.bias, &db)] {
-        if given {
-            let at = out.len();
-            out.resize(at + t.c, T::zero());
-            T::store(g, &mut out[at..]);
-        }
-    }
-    out
+    let params = param_grads_out::<P>(affine, &dg, &db);
+    (out, params)
 }
 
 /// dγ_c = Σ dy·x̂ and dβ_c = Σ dy over every row of every sample, from the tiles'

@@ -169,12 +169,12 @@ fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut [T])>) -> 
 /// f16/bf16 are bound by their conversions, and the collect's copy of each piece
 /// costs them more than zeroing the output does (docs/perf-notes.md, c10): they, and
 /// the fused residual add, run [`in_place`].
-pub(super) fn forward<T: Elem>(
+pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     x: &[T],
     residual: Option<&[T]>,
-    w: Option<&[T]>,
-    b: Option<&[T]>,
+    w: Option<&[P]>,
+    b: Option<&[P]>,
 ) -> Vec<T> {
     let (w, b) = affine_params(spec, w, b);
     let wb = (&w[..], &b[..]);

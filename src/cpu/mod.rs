@@ -41,10 +41,10 @@ mod rows;
 pub(crate) mod simd;
 
 use crate::backend::{Arg, Backend, Slots};
-use crate::check::{self, dispatch_dtype};
+use crate::check::{self, dispatch_dtypes};
 use crate::spec::{Affine, Kind, Spec};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Result};
+use candle_core::{CpuStorage, DType, Result};
 use elem::Elem;
 use half::{bf16, f16};
 
@@ -56,51 +56,121 @@ fn slice<'a, T: Elem>(spec: &Spec, (s, l): Arg<'a, CpuStorage>) -> Result<&'a [T
     Ok(&T::cpu_storage_as_slice(s)?[check::contiguous_range(spec.name(), l)?])
 }
 
-/// The slots' elements as slices of `T`.
-fn slices<'a, T: Elem>(spec: &Spec, ins: &Slots<Arg<'a, CpuStorage>>) -> Result<Slots<&'a [T]>> {
-    ins.try_map(|a| slice::<T>(spec, a))
+/// An op's inputs as element slices: x, residual, dy and dh as `T`, the parameter
+/// slots (weight, bias, running statistics) as `P`.
+struct Typed<'a, T, P> {
+    big: Slots<&'a [T]>,
+    weight: Option<&'a [P]>,
+    bias: Option<&'a [P]>,
+    running: Option<[&'a [P]; 2]>,
+}
+
+fn typed<'a, T: Elem, P: Elem>(spec: &Spec, ins: &Slots<Arg<'a, CpuStorage>>) -> Result<Typed<'a, T, P>> {
+    let big = Slots {
+        weight: None,
+        bias: None,
+        running: None,
+        ..*ins
+    };
+    let param = |a: Option<Arg<'a, CpuStorage>>| a.map(|a| slice::<P>(spec, a)).transpose();
+    Ok(Typed {
+        big: big.try_map(|a| slice::<T>(spec, a))?,
+        weight: param(ins.weight)?,
+        bias: param(ins.bias)?,
+        running: match ins.running {
+            Some([m, v]) => Some([slice::<P>(spec, m)?, slice::<P>(spec, v)?]),
+            None => None,
+        },
+    })
+}
+
+/// The dtypes of x and of the parameters (x's when there are none).
+fn dtypes(ins: &Slots<Arg<'_, CpuStorage>>) -> (DType, DType) {
+    let x = ins.x.0.dtype();
+    let p = [ins.weight, ins.bias, ins.running.map(|[m, _]| m)]
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(x, |(s, _)| s.dtype());
+    (x, p)
 }
 
 /// The statistics BatchNorm runs with: the batch's, or the running mean and variance.
-fn source<'a, T>(ins: &Slots<&'a [T]>) -> batch::Source<'a, T> {
+fn source<'a, T, P>(ins: &Typed<'a, T, P>) -> batch::Source<'a, P> {
     match ins.running {
         None => batch::Source::Batch,
         Some([m, v]) => batch::Source::Running(m, v),
     }
 }
 
+/// The one `match` on the dtypes: x's, with parameters of x's dtype or, for f16 and
+/// bf16 x, of f32 (mixed precision).
+macro_rules! dispatch {
+    ($spec:expr, $ins:expr, $run:ident $args:tt) => {
+        dispatch_dtypes!(
+            $spec.name(),
+            dtypes($ins),
+            "the CPU",
+            [
+                (F32, F32) => (f32, f32),
+                (F64, F64) => (f64, f64),
+                (F16, F16) => (f16, f16),
+                (BF16, BF16) => (bf16, bf16),
+                (F16, F32) => (f16, f32),
+                (BF16, F32) => (bf16, f32)
+            ],
+            $run $args
+        )
+    };
+}
+
 impl Backend for Cpu {
     type Storage = CpuStorage;
 
     fn forward(&self, spec: &Spec, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<(CpuStorage, Option<CpuStorage>)> {
-        fn run<T: Elem>(spec: &Spec, ins: &Slots<Arg<CpuStorage>>) -> Result<(CpuStorage, Option<CpuStorage>)> {
-            let s = slices::<T>(spec, ins)?;
+        fn run<T: Elem, P: Elem<Acc = T::Acc>>(
+            spec: &Spec,
+            ins: &Slots<Arg<CpuStorage>>,
+        ) -> Result<(CpuStorage, Option<CpuStorage>)> {
+            let s = typed::<T, P>(spec, ins)?;
+            let x = s.big.x;
             let (y, stats) = match spec.kind {
                 Kind::Batch => {
-                    let (y, stats) = batch::forward(spec, s.x, s.weight, s.bias, source(&s));
+                    let (y, stats) = batch::forward(spec, x, s.weight, s.bias, source(&s));
                     (y, s.running.is_none().then_some(stats))
                 }
-                Kind::GroupLast => (channels_last::forward(spec, s.x, s.weight, s.bias), None),
-                _ => (forward::forward(spec, s.x, s.residual, s.weight, s.bias), None),
+                Kind::GroupLast => (channels_last::forward(spec, x, s.weight, s.bias), None),
+                _ => (forward::forward(spec, x, s.big.residual, s.weight, s.bias), None),
             };
             Ok((T::to_cpu_storage_owned(y), stats.map(T::to_cpu_storage_owned)))
         }
-        dispatch_dtype!(spec.name(), ins.x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, ins))
+        dispatch!(spec, ins, run(spec, ins))
     }
 
-    fn backward(&self, spec: &Spec, affine: Affine, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<CpuStorage> {
-        fn run<T: Elem>(spec: &Spec, affine: Affine, ins: &Slots<Arg<CpuStorage>>) -> Result<CpuStorage> {
-            let s = slices::<T>(spec, ins)?;
-            let Some(dy) = s.dy else {
+    fn backward(
+        &self,
+        spec: &Spec,
+        affine: Affine,
+        ins: &Slots<Arg<'_, CpuStorage>>,
+    ) -> Result<(CpuStorage, Option<CpuStorage>)> {
+        fn run<T: Elem, P: Elem<Acc = T::Acc>>(
+            spec: &Spec,
+            affine: Affine,
+            ins: &Slots<Arg<CpuStorage>>,
+        ) -> Result<(CpuStorage, Option<CpuStorage>)> {
+            let s = typed::<T, P>(spec, ins)?;
+            let (x, dh) = (s.big.x, s.big.dh);
+            let Some(dy) = s.big.dy else {
                 candle_core::bail!("{}: internal error: a backward without dy", spec.name())
             };
-            let out = match spec.kind {
-                Kind::Batch => batch::backward(spec, affine, (s.x, s.weight, dy), source(&s)),
-                Kind::GroupLast => channels_last::backward(spec, affine, (s.x, s.weight, dy)),
-                _ => backward::backward(spec, affine, (s.x, s.weight, dy, s.dh), backward::RowGrads::Computed),
+            let (dx, params) = match spec.kind {
+                Kind::Batch => batch::backward(spec, affine, (x, s.weight, dy), source(&s)),
+                Kind::GroupLast => channels_last::backward(spec, affine, (x, s.weight, dy)),
+                _ => backward::backward(spec, affine, (x, s.weight, dy, dh), backward::RowGrads::Computed),
             };
-            Ok(T::to_cpu_storage_owned(out))
+            let params = (affine.weight || affine.bias).then(|| P::to_cpu_storage_owned(params));
+            Ok((T::to_cpu_storage_owned(dx), params))
         }
-        dispatch_dtype!(spec.name(), ins.x.0.dtype(), "the CPU", [F32 => f32, F64 => f64, F16 => f16, BF16 => bf16], run(spec, affine, ins))
+        dispatch!(spec, ins, run(spec, affine, ins))
     }
 }

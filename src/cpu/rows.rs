@@ -2,7 +2,7 @@
 //! parameters a run of a row's elements uses.
 
 use super::elem::{Acc, Elem};
-use crate::spec::Spec;
+use crate::spec::{Affine, Spec};
 use rayon::prelude::*;
 
 /// Rows up to this length are processed whole by one task.
@@ -43,14 +43,29 @@ fn to_acc<T: Elem>(v: &[T]) -> Vec<T::Acc> {
     out
 }
 
-/// Weight and bias as accumulator vectors; a missing one becomes ones or zeros so one
-/// loop serves every affine case.
-pub(super) fn affine_params<T: Elem>(spec: &Spec, w: Option<&[T]>, b: Option<&[T]>) -> (Vec<T::Acc>, Vec<T::Acc>) {
+/// Weight and bias as accumulator vectors, from parameters of type `P` (x's element
+/// type, or f32 for half-precision x); a missing one becomes ones or zeros so one loop
+/// serves every affine case.
+pub(super) fn affine_params<P: Elem>(spec: &Spec, w: Option<&[P]>, b: Option<&[P]>) -> (Vec<P::Acc>, Vec<P::Acc>) {
     let n = spec.params();
     (
-        w.map_or_else(|| vec![T::Acc::ONE; n], to_acc),
-        b.map_or_else(|| vec![T::Acc::ZERO; n], to_acc),
+        w.map_or_else(|| vec![P::Acc::ONE; n], to_acc),
+        b.map_or_else(|| vec![P::Acc::ZERO; n], to_acc),
     )
+}
+
+/// dγ then dβ, as `affine` asks, stored to the parameters' type: the backward's
+/// parameter gradients.
+pub(super) fn param_grads_out<P: Elem>(affine: Affine, dg: &[P::Acc], db: &[P::Acc]) -> Vec<P> {
+    let mut out = Vec::new();
+    for (given, g) in [(affine.weight, dg), (affine.bias, db)] {
+        if given {
+            let at = out.len();
+            out.resize(at + g.len(), P::zero());
+            P::store(g, &mut out[at..]);
+        }
+    }
+    out
 }
 
 /// Whether rows are cut into chunks: too long for one task, or too few to give every

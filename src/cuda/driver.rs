@@ -172,19 +172,31 @@ impl Backend for Cuda {
         dispatch_dtype!(spec.name(), ins.x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, ins))
     }
 
-    fn backward(&self, spec: &Spec, affine: Affine, ins: &Slots<Arg<'_, CudaStorage>>) -> Result<CudaStorage> {
-        fn run<T: CudaElem>(spec: &Spec, affine: Affine, ins: &Slots<Arg<CudaStorage>>) -> Result<CudaStorage> {
+    fn backward(
+        &self,
+        spec: &Spec,
+        affine: Affine,
+        ins: &Slots<Arg<'_, CudaStorage>>,
+    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        fn run<T: CudaElem>(
+            spec: &Spec,
+            affine: Affine,
+            ins: &Slots<Arg<CudaStorage>>,
+        ) -> Result<(CudaStorage, Option<CudaStorage>)> {
             let dev = &ins.x.0.device;
             let stream = dev.cuda_stream();
             let views = ins.try_map(|a| view::<T>(spec, a))?;
-            let (len, total) = (spec.rows * spec.len, spec.packed_grads(affine));
+            let (len, np) = (spec.rows * spec.len, spec.param_grads(affine));
+            let wrap = |s| CudaStorage::wrap_cuda_slice(s, dev.clone());
             if len == 0 {
                 // dγ/dβ of an empty input are zeros.
-                return Ok(CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<T>(total)?, dev.clone()));
+                let params = (np > 0).then(|| dev.alloc_zeros::<T>(np)).transpose()?;
+                return Ok((wrap(dev.alloc_zeros::<T>(0)?), params.map(wrap)));
             }
-            // SAFETY: dx is written by the backward kernels, and dγ/dβ, present only when
+            // SAFETY: dx is written by the backward kernels, and dγ/dβ, allocated only when
             // wanted, by the dparams kernel, launched whenever one of them is.
-            let mut out = unsafe { dev.alloc::<T>(total) }?;
+            let (mut out, mut params) =
+                unsafe { (dev.alloc::<T>(len)?, (np > 0).then(|| dev.alloc::<T>(np)).transpose()?) };
             {
                 let mut guards = Vec::new();
                 let p = addrs(&views, &stream, &mut guards)?;
@@ -200,10 +212,10 @@ impl Backend for Cuda {
                     running: p.running,
                     dx,
                 };
-                let params = dx + (len * std::mem::size_of::<T>()) as u64;
-                run_backward(&mut Driver::new(dev), spec, T::DTYPE, affine, &b, params)?;
+                let at = params.as_mut().map_or(0, |p| p.device_ptr_mut(&stream).0);
+                run_backward(&mut Driver::new(dev), spec, T::DTYPE, affine, &b, at)?;
             }
-            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+            Ok((wrap(out), params.map(wrap)))
         }
         dispatch_dtype!(spec.name(), ins.x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, affine, ins))
     }

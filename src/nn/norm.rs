@@ -19,6 +19,7 @@ pub struct LayerNorm {
     remove_mean: bool,
     /// None: PyTorch's `eps=None` of RMSNorm, the epsilon of the statistics' dtype.
     eps: Option<f64>,
+    weight_offset: f64,
 }
 
 impl LayerNorm {
@@ -62,6 +63,7 @@ impl LayerNorm {
             normalized_shape,
             remove_mean,
             eps,
+            weight_offset: 0.0,
         }
     }
 
@@ -101,6 +103,39 @@ impl LayerNorm {
     /// Whether the mean is subtracted (LayerNorm) or not (RMSNorm).
     pub fn remove_mean(&self) -> bool {
         self.remove_mean
+    }
+
+    /// The same layer computing `x̂·(weight_offset + γ)` from its weight γ, in one fused
+    /// op ([`crate::RowNorm`]): for checkpoints that store γ − offset (Gemma's RMSNorm
+    /// stores γ − 1).
+    pub fn with_weight_offset(self, weight_offset: f64) -> Self {
+        Self { weight_offset, ..self }
+    }
+
+    /// The constant added to every weight element (0 unless set).
+    pub fn weight_offset(&self) -> f64 {
+        self.weight_offset
+    }
+
+    /// The op on x's rows, with the layer's options; an RMSNorm's bias is added after
+    /// it ([`Self::rms_bias`]).
+    fn op<'a>(&self, x: &Tensor, w: Option<&'a Tensor>, b: Option<&'a Tensor>) -> crate::RowNorm<'a> {
+        let eps = self.eps_for(x.dtype());
+        let op = if self.remove_mean {
+            crate::RowNorm::layer(w, b, eps)
+        } else {
+            crate::RowNorm::rms(w, eps)
+        };
+        op.with_weight_offset(self.weight_offset)
+    }
+
+    /// y plus the bias of an RMSNorm that has one (candle-nn's `LayerNorm` with
+    /// `remove_mean = false` adds it after the norm).
+    fn rms_bias(&self, y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        match b {
+            Some(b) if !self.remove_mean => y.broadcast_add(b),
+            _ => Ok(y),
+        }
     }
 
     /// x with its normalized dimensions merged into one, the weight and bias as
@@ -158,16 +193,8 @@ impl LayerNorm {
         } else {
             residual.clone()
         };
-        let eps = self.eps_for(x.dtype());
-        let (y, h) = if self.remove_mean {
-            crate::add_layer_norm(&x2, &r2, w.as_ref(), b.as_ref(), eps)?
-        } else {
-            let (y, h) = crate::add_rms_norm(&x2, &r2, w.as_ref(), eps)?;
-            match &b {
-                Some(b) => (y.broadcast_add(b)?, h),
-                None => (y, h),
-            }
-        };
+        let (y, h) = self.op(x, w.as_ref(), b.as_ref()).forward_add(&x2, &r2)?;
+        let y = self.rms_bias(y, b.as_ref())?;
         Ok((y.reshape(shape.as_slice())?, h.reshape(shape)?))
     }
 }
@@ -191,17 +218,8 @@ impl Module for LayerNorm {
             bias: b,
             shape,
         } = self.rows("LayerNorm", x)?;
-        let eps = self.eps_for(x.dtype());
-        let y = if self.remove_mean {
-            crate::layer_norm(&x2, w.as_ref(), b.as_ref(), eps)?
-        } else {
-            let y = crate::rms_norm(&x2, w.as_ref(), eps)?;
-            match &b {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            }
-        };
-        y.reshape(shape)
+        let y = self.op(x, w.as_ref(), b.as_ref()).forward(&x2)?;
+        self.rms_bias(y, b.as_ref())?.reshape(shape)
     }
 }
 
@@ -294,6 +312,17 @@ impl RmsNorm {
     /// The epsilon applied to inputs of `dtype` ([`LayerNorm::eps_for`]).
     pub fn eps_for(&self, dtype: DType) -> f64 {
         self.0.eps_for(dtype)
+    }
+
+    /// The same layer computing `x̂·(weight_offset + γ)` ([`LayerNorm::with_weight_offset`]);
+    /// Gemma's RMSNorm is `with_weight_offset(1.0)`.
+    pub fn with_weight_offset(self, weight_offset: f64) -> Self {
+        Self(self.0.with_weight_offset(weight_offset))
+    }
+
+    /// The constant added to every weight element (0 unless set).
+    pub fn weight_offset(&self) -> f64 {
+        self.0.weight_offset()
     }
 
     /// The residual add of a pre-norm block fused with this norm: `(y, h)` with

@@ -81,7 +81,7 @@ pub fn add_rms_norm_backward(
 }
 
 /// The norm's gradients as those of the add's two inputs.
-fn both(g: NormGrads) -> AddNormGrads {
+pub(super) fn both(g: NormGrads) -> AddNormGrads {
     AddNormGrads {
         dresidual: g.dx.clone(),
         dx: g.dx,

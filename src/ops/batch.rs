@@ -19,7 +19,9 @@ const OP: &str = "batch_norm";
 /// # Errors
 /// `x` of rank < 2 or with fewer than two values per channel (B·prod(spatial) < 2, as
 /// PyTorch refuses in training), an unsupported dtype, a `weight`/`bias` not of shape
-/// `[C]` or of another dtype or device, or an `eps` that is negative or not finite.
+/// `[C]`, on another device, or of another dtype than `x` (f32 is also accepted for
+/// f16 and bf16 `x`, all parameters alike), or an `eps` that is negative or not
+/// finite.
 pub fn batch_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     Ok(batch_norm_train(x, weight, bias, eps)?.0)
 }
@@ -57,7 +59,8 @@ pub fn batch_norm_train(
 ///
 /// # Errors
 /// Those of [`batch_norm`] but the count of values per channel, and a `running_mean` or
-/// `running_var` not of shape `[C]` or of another dtype or device than `x`.
+/// `running_var` not of shape `[C]`, or of another device or dtype than the other
+/// parameters accept.
 pub fn batch_norm_eval(
     x: &Tensor,
     running_mean: &Tensor,
@@ -96,6 +99,7 @@ pub fn batch_norm_backward(
     check::same(OP, dy, "dy", x, "x")?;
     let slots = Slots {
         weight,
+        bias,
         dy: Some(dy),
         ..Slots::new(x)
     };
@@ -116,6 +120,16 @@ fn spec(
     let c = x.dims()[1];
     check::param(OP, x, weight, "weight", c, "the channel dimension")?;
     check::param(OP, x, bias, "bias", c, "the channel dimension")?;
+    let (m, v) = running.unzip();
+    check::one_param_dtype(
+        OP,
+        &[
+            ("weight", weight),
+            ("bias", bias),
+            ("running_mean", m),
+            ("running_var", v),
+        ],
+    )?;
     match running {
         Some((m, v)) => {
             check::param(OP, x, Some(m), "running_mean", c, "the channel dimension")?;

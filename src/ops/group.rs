@@ -11,9 +11,10 @@ use candle_core::{Result, Tensor};
 /// `torch.nn.functional.group_norm`.
 ///
 /// `x` has rank >= 2 (zero or more spatial dimensions) and a float dtype (f32, f16,
-/// bf16, f64); `weight` and `bias`, when given, have shape `[C]` and `x`'s dtype and
-/// device. Statistics are accumulated in f32 (f64 for f64) and the output, of `x`'s
-/// shape and dtype, is rounded once. The op is differentiable: `Tensor::backward`
+/// bf16, f64); `weight` and `bias`, when given, have shape `[C]`, `x`'s device and
+/// `x`'s dtype (or both f32 for f16 and bf16 `x`: mixed precision). Statistics are
+/// accumulated in f32 (f64 for f64) and the output, of `x`'s shape and dtype, is
+/// rounded once. The op is differentiable: `Tensor::backward`
 /// yields gradients for `x`, `weight` and `bias` through one fused backward.
 /// InstanceNorm is `num_groups = C`.
 ///
@@ -43,8 +44,8 @@ pub fn group_norm(
 /// elements, then scaled and shifted per channel (the last dimension).
 ///
 /// `x` has rank >= 2 (`[B, C]` has no spatial dimension) and a float dtype (f32,
-/// f16, bf16, f64); `weight` and `bias`, when given, have shape `[C]` and `x`'s dtype
-/// and device. Statistics are accumulated in f32 (f64 for f64); the op is
+/// f16, bf16, f64); `weight` and `bias`, when given, have shape `[C]`, `x`'s device
+/// and `x`'s dtype (or both f32 for f16 and bf16 `x`). Statistics are accumulated in f32 (f64 for f64); the op is
 /// differentiable through one fused backward, as [`group_norm`] is.
 ///
 /// # Errors
@@ -137,5 +138,6 @@ fn check_params(
     check::eps(op, eps)?;
     check::groups(op, x, num_groups, c)?;
     check::param(op, x, weight, "weight", c, "the channel dimension")?;
-    check::param(op, x, bias, "bias", c, "the channel dimension")
+    check::param(op, x, bias, "bias", c, "the channel dimension")?;
+    check::one_param_dtype(op, &[("weight", weight), ("bias", bias)])
 }

@@ -12,7 +12,8 @@ const OP: &str = "instance_norm";
 /// statistics). It runs on the GroupNorm kernels with C groups, fused forward and
 /// backward on every device, in f32, f16, bf16 (and f64 on the CPU), statistics in f32.
 ///
-/// `weight` and `bias`, when given, have shape `[C]` and `x`'s dtype and device. The op
+/// `weight` and `bias`, when given, have shape `[C]`, `x`'s device and `x`'s dtype (or
+/// both f32 for f16 and bf16 `x`). The op
 /// is differentiable: `Tensor::backward` yields gradients for `x`, `weight` and `bias`.
 ///
 /// # Errors

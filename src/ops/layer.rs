@@ -9,9 +9,10 @@ use candle_core::{Result, Tensor};
 /// with the biased variance, as `torch.nn.functional.layer_norm`.
 ///
 /// `x` has any rank >= 1 and a float dtype (f32, f16, bf16, f64); `weight` and `bias`,
-/// when given, have shape `[N]` (N is the last dimension of `x`) and `x`'s dtype and
-/// device. Statistics are accumulated in f32 (f64 for f64) and the output, of `x`'s
-/// shape and dtype, is rounded once. The op is differentiable: `Tensor::backward`
+/// when given, have shape `[N]` (N is the last dimension of `x`), `x`'s device and `x`'s
+/// dtype (or both f32 for f16 and bf16 `x`: mixed precision, dγ and dβ then f32).
+/// Statistics are accumulated in f32 (f64 for f64) and the output, of `x`'s shape and
+/// dtype, is rounded once. The op is differentiable: `Tensor::backward`
 /// yields gradients for `x`, `weight` and `bias` through one fused backward.
 ///
 /// # Errors
@@ -55,5 +56,6 @@ pub(super) fn spec(
     let n = x.dims()[x.rank() - 1];
     check::param(op, x, weight, "weight", n, "the last dimension")?;
     check::param(op, x, bias, "bias", n, "the last dimension")?;
+    check::one_param_dtype(op, &[("weight", weight), ("bias", bias)])?;
     Ok(spec)
 }

@@ -12,6 +12,7 @@ mod group;
 mod instance;
 mod layer;
 mod rms;
+mod row;
 mod weight;
 
 pub use add::{add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward};
@@ -20,12 +21,13 @@ pub use group::{group_norm, group_norm_backward, group_norm_channels_last, group
 pub use instance::{instance_norm, instance_norm_backward};
 pub use layer::{layer_norm, layer_norm_backward};
 pub use rms::{rms_norm, rms_norm_backward};
+pub use row::RowNorm;
 pub use weight::{weight_norm, weight_standardization};
 
 use crate::backend::{Grads, Outputs, Slots};
 use crate::spec::{Affine, Spec};
 use crate::{bridge, check, generic};
-use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_core::{bail, Device, Result, Tensor};
 use std::cell::Cell;
 
 /// Gradients of a norm with respect to its input and its affine parameters, as
@@ -34,9 +36,11 @@ use std::cell::Cell;
 pub struct NormGrads {
     /// dL/dx, of `x`'s shape and dtype, contiguous.
     pub dx: Tensor,
-    /// dL/dweight, when a weight was given: shape `[N]` (`[C]` for GroupNorm).
+    /// dL/dweight, when a weight was given: shape `[N]` (`[C]` for GroupNorm), the
+    /// weight's dtype.
     pub dweight: Option<Tensor>,
-    /// dL/dbias, when a bias was given: shape `[N]` (`[C]` for GroupNorm).
+    /// dL/dbias, when a bias was given: shape `[N]` (`[C]` for GroupNorm), the bias's
+    /// dtype.
     pub dbias: Option<Tensor>,
 }
 
@@ -86,33 +90,29 @@ pub(crate) fn with_generic<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Whether an op on `x` runs fused kernels: on the CPU always; on CUDA with the `cuda`
-/// feature, for f32, f16 and bf16 (the CUDA kernels have no f64, nor has the emulated
-/// device that stands in for CUDA in tests); other devices, f64 on CUDA, and every
-/// tensor within [`with_generic`], run the generic backend.
-fn fused(x: &Tensor) -> bool {
+/// Whether a call runs fused kernels: on the CPU always; on CUDA with the `cuda`
+/// feature, the calls the CUDA kernels take (`backend::cuda_kernels_take`: no f64, no
+/// mixed dtypes); other devices, the other CUDA calls, and every call within
+/// [`with_generic`], run the generic backend.
+fn fused(slots: &Slots<&Tensor>) -> bool {
     if GENERIC.with(Cell::get) {
         return false;
     }
-    let f64 = x.dtype() == DType::F64;
-    match x.device() {
-        Device::Cpu => !(f64 && emulated()),
-        Device::Cuda(_) => cfg!(feature = "cuda") && !f64,
+    let params = [slots.weight, slots.bias, slots.running.map(|[m, _]| m)]
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(slots.x.dtype(), |p| p.dtype());
+    match slots.x.device() {
+        Device::Cpu => true,
+        Device::Cuda(_) => cfg!(feature = "cuda") && crate::backend::cuda_kernels_take(slots.x.dtype(), params),
         _ => false,
     }
 }
 
-/// Whether CPU tensors run on the CUDA emulator here (`cuda::emulator::run`).
-fn emulated() -> bool {
-    #[cfg(feature = "cuda-emulator")]
-    return crate::cuda::emulator::active().is_some();
-    #[cfg(not(feature = "cuda-emulator"))]
-    false
-}
-
 /// Runs a forward on checked inputs, recorded for autograd.
 pub(crate) fn run_forward(spec: &Spec, slots: Slots<&Tensor>) -> Result<Outputs> {
-    if fused(slots.x) {
+    if fused(&slots) {
         bridge::forward(spec, slots)
     } else {
         generic::forward(spec, slots)
@@ -122,7 +122,7 @@ pub(crate) fn run_forward(spec: &Spec, slots: Slots<&Tensor>) -> Result<Outputs>
 /// Runs a backward on checked inputs, outside autograd: the gradients that
 /// `Tensor::backward` gives for the forward with the same inputs.
 pub(crate) fn run_backward(spec: &Spec, affine: Affine, slots: Slots<&Tensor>) -> Result<Grads> {
-    if fused(slots.x) {
+    if fused(&slots) {
         bridge::backward(spec, affine, slots)
     } else {
         generic::backward(spec, affine, slots)
@@ -179,6 +179,7 @@ pub(crate) fn backward(
     }
     let slots = Slots {
         weight,
+        bias,
         dy: Some(dy),
         dh,
         ..Slots::new(x)

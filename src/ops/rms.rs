@@ -9,7 +9,8 @@ use candle_core::{Result, Tensor};
 /// `torch.nn.functional.rms_norm`.
 ///
 /// `x` has any rank >= 1 and a float dtype (f32, f16, bf16, f64); `weight`, when given,
-/// has shape `[N]` (N is the last dimension of `x`) and `x`'s dtype and device.
+/// has shape `[N]` (N is the last dimension of `x`), `x`'s device and `x`'s dtype (or
+/// f32 for f16 and bf16 `x`: mixed precision, dγ then f32).
 /// Statistics are accumulated in f32 (f64 for f64) and the output, of `x`'s shape and
 /// dtype, is rounded once. The op is differentiable: `Tensor::backward` yields
 /// gradients for `x` and `weight` through one fused backward.

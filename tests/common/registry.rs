@@ -105,6 +105,8 @@ pub struct Case {
     /// BatchNorm eval's running mean and variance.
     pub running: Option<[Tensor; 2]>,
     pub eps: f64,
+    /// The row norms' weight offset (`RowNorm::with_weight_offset`): y = x̂·(offset + w).
+    pub offset: f64,
 }
 
 /// Gradients of a case's inputs.
@@ -152,7 +154,35 @@ impl Case {
             r,
             running,
             eps: eps as f32 as f64,
+            offset: 0.0,
         }
+    }
+
+    /// The same case with weight offset `offset` (row norms with a weight).
+    pub fn with_offset(&self, offset: f64) -> Self {
+        Self { offset, ..self.clone() }
+    }
+
+    /// The same case with its parameters (weight, bias, running statistics) in `dtype`:
+    /// f32 parameters with half-precision x are mixed precision.
+    pub fn with_params_dtype(&self, dtype: DType) -> Self {
+        let cv = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        Self {
+            w: self.w.as_ref().map(cv),
+            b: self.b.as_ref().map(cv),
+            running: self.running.as_ref().map(|[m, v]| [cv(m), cv(v)]),
+            ..self.clone()
+        }
+    }
+
+    /// This crate's row norm (LayerNorm or RMSNorm, of x or of the fused add's h) with
+    /// the case's weight offset.
+    fn row<'a>(&self, w: Option<&'a Tensor>, b: Option<&'a Tensor>) -> candle_norm::RowNorm<'a> {
+        let op = match self.norm.without_add() {
+            Norm::Layer => candle_norm::RowNorm::layer(w, b, self.eps),
+            _ => candle_norm::RowNorm::rms(w, self.eps),
+        };
+        op.with_weight_offset(self.offset)
     }
 
     /// The case's output tensors: y; then h for the fused add; the batch mean and
@@ -182,6 +212,26 @@ impl Case {
         let eps = self.eps;
         let running = self.running.as_ref();
         let c = x.dims().get(1).copied().unwrap_or(1);
+        if self.offset != 0.0 {
+            return match imp {
+                Impl::Ours => match self.norm {
+                    Norm::AddLayer | Norm::AddRms => {
+                        let (y, h) = self.row(w, b).forward_add(x, r.expect("residual"))?;
+                        Ok(vec![y, h])
+                    }
+                    _ => Ok(vec![self.row(w, b).forward(x)?]),
+                },
+                // The reference of γ + offset.
+                Impl::Reference => {
+                    let plain = Case {
+                        offset: 0.0,
+                        ..self.clone()
+                    };
+                    let w = w.map(|w| w + self.offset).transpose()?;
+                    plain.forward_of(imp, x, w.as_ref(), b, r)
+                }
+            };
+        }
         Ok(match (imp, self.norm) {
             (Impl::Ours, Norm::Layer) => vec![candle_norm::layer_norm(x, w, b, eps)?],
             (Impl::Ours, Norm::Rms) => vec![candle_norm::rms_norm(x, w, eps)?],
@@ -270,6 +320,12 @@ impl Case {
             dr: Some(g.dresidual),
         };
         let h = || x + self.r.as_ref().expect("residual");
+        if self.offset != 0.0 {
+            return Some(match self.norm {
+                Norm::AddLayer | Norm::AddRms => h().and_then(|h| self.row(w, b).backward_add(&h, dy, None).map(add)),
+                _ => self.row(w, b).backward(x, dy).map(plain),
+            });
+        }
         Some(match self.norm {
             Norm::Layer => candle_norm::layer_norm_backward(x, w, b, dy, eps).map(plain),
             Norm::Rms => candle_norm::rms_norm_backward(x, w, dy, eps).map(plain),
@@ -293,6 +349,7 @@ impl Case {
             r: self.r.as_ref().map(&f),
             running: self.running.as_ref().map(|[m, v]| [f(m), f(v)]),
             eps: self.eps,
+            offset: self.offset,
         }
     }
 
@@ -319,10 +376,21 @@ impl Case {
         self.map(|t| t.to_device(dev).unwrap())
     }
 
-    /// A short description: norm, shape, dtype and which parameters are given.
+    /// A short description: norm, shape, dtype, which parameters are given (and their
+    /// dtype when it is not x's), and a weight offset.
     pub fn what(&self) -> String {
+        let params = [&self.w, &self.b].into_iter().flatten().next().map(Tensor::dtype);
+        let mixed = match params {
+            Some(p) if p != self.x.dtype() => format!(" with {p:?} parameters"),
+            _ => String::new(),
+        };
+        let offset = if self.offset != 0.0 {
+            format!(" weight offset {}", self.offset)
+        } else {
+            String::new()
+        };
         format!(
-            "{:?} {:?} {:?} (weight, bias) = ({}, {})",
+            "{:?} {:?} {:?} (weight, bias) = ({}, {}){mixed}{offset}",
             self.norm,
             self.x.dims(),
             self.x.dtype(),

@@ -409,16 +409,22 @@ impl Backend for Emulated {
         Ok((y, stats))
     }
 
-    fn backward(&self, spec: &Spec, affine: Affine, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<CpuStorage> {
+    fn backward(
+        &self,
+        spec: &Spec,
+        affine: Affine,
+        ins: &Slots<Arg<'_, CpuStorage>>,
+    ) -> Result<(CpuStorage, Option<CpuStorage>)> {
         let (mut e, p, dtype) = self.inputs(spec, ins)?;
         let Some(dy) = p.dy else {
             bail!("{}: internal error: a backward without dy", spec.name())
         };
-        let (len, total) = (spec.rows * spec.len, spec.packed_grads(affine));
+        let (len, np, size) = (spec.rows * spec.len, spec.param_grads(affine), dtype.size_in_bytes());
         // dγ/dβ of an empty input are zeros; otherwise the kernels write every element.
-        let out = e
-            .dev
-            .alloc(total * dtype.size_in_bytes(), 0, len == 0, false, "gradients")?;
+        let out = e.dev.alloc(len * size, 0, false, false, "dx")?;
+        let params = (np > 0)
+            .then(|| e.dev.alloc(np * size, 0, len == 0, false, "dweight and dbias"))
+            .transpose()?;
         let b = Bwd {
             x: p.x,
             w: p.weight,
@@ -427,9 +433,10 @@ impl Backend for Emulated {
             running: p.running,
             dx: out,
         };
-        let params = out + (len * dtype.size_in_bytes()) as u64;
-        named(spec, run_backward(&mut e, spec, dtype, affine, &b, params))?;
-        named(spec, e.download(out, total, dtype))
+        named(spec, run_backward(&mut e, spec, dtype, affine, &b, params.unwrap_or(0)))?;
+        let dx = named(spec, e.download(out, len, dtype))?;
+        let params = params.map(|p| named(spec, e.download(p, np, dtype))).transpose()?;
+        Ok((dx, params))
     }
 }
 
