@@ -79,8 +79,13 @@ macro_rules! kernel_params {
                 let fields: &[(&str, &str)] = &[$((stringify!($field), stringify!($ty))),*];
                 let params: Vec<String> = fields.iter().map(|(f, t)| format!("{} {f}", super::param_type(t))).collect();
                 let names: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
+                let (types, of) = if fields.iter().any(|(_, t)| matches!(*t, "Param" | "OutParam")) {
+                    ("T, W", "elements of T and parameters of W")
+                } else {
+                    ("T", "elements of T")
+                };
                 h += &format!(
-                    "// An entry's parameters for elements of T, the fields of {0} in order, and the struct made of them.\n#define CN_PARAMS_{0}(T) {1}\n#define CN_ARGS_{0} cn::{0}{{{2}}}\n\n",
+                    "// An entry's parameters for {of}, the fields of {0} in order, and the struct made of them.\n#define CN_PARAMS_{0}({types}) {1}\n#define CN_ARGS_{0} cn::{0}{{{2}}}\n\n",
                     stringify!($name),
                     params.join(", "),
                     names.join(", ")
@@ -148,8 +153,8 @@ fn params_header() -> String {
 /// The C++ type of a field type of `src/cuda/params.rs`.
 fn c_type(rust: &str) -> String {
     match rust {
-        "In" => "const void*".into(),
-        "Out" => "void*".into(),
+        "In" | "Param" => "const void*".into(),
+        "Out" | "OutParam" => "void*".into(),
         "InF32" => "const float*".into(),
         "OutF32" => "float*".into(),
         "i32" => "int".into(),
@@ -159,11 +164,13 @@ fn c_type(rust: &str) -> String {
 }
 
 /// The C++ type of a field of `src/cuda/params.rs` as an entry's parameter, with the
-/// kernel's element type T.
+/// kernel's element type T and parameter type W.
 fn param_type(rust: &str) -> String {
     match rust {
         "In" => "const T*".into(),
         "Out" => "T*".into(),
+        "Param" => "const W*".into(),
+        "OutParam" => "W*".into(),
         other => c_type(other),
     }
 }

@@ -1,7 +1,9 @@
 // BatchNorm over channels-first input [B, C, *spatial] (PyTorch semantics: biased
 // variance, eps inside the square root), in training (batch statistics) and in eval
 // (running statistics), forward and backward, for f32, f16 and bf16 with f32
-// statistics.
+// statistics. γ, β and the running statistics are of x's dtype, or f32 beside f16 and
+// bf16 x (the `*_f16_f32` and `*_bf16_f32` entries of the kernels that read or write
+// them).
 //
 // Channel c gathers K = B·S elements (S = prod(spatial)): B runs of S contiguous
 // elements, run b at b·C·S + c·S. Element i of the channel is element i mod S of run
@@ -13,8 +15,8 @@
 // batch_norm_fwd_*:     each block merges its channel's partials in order (so every
 //                       block of a channel sees the same statistics) and writes its
 //                       slice of y; the first block of a channel also writes the
-//                       channel's mean and biased variance, rounded to T, for the
-//                       running statistics
+//                       channel's mean and biased variance, rounded to the parameters'
+//                       dtype, for the running statistics
 // batch_norm_bwd_sums_*: partial_dw = Σ dy·x̂ and partial_db = Σ dy over each block's
 //                       slice → [splits, C]
 // batch_norm_bwd_dx_*:  dx = rstd·(γ·dy − γ·Σdb/K − x̂·γ·Σdw/K), with Σdw and Σdb the
@@ -40,8 +42,8 @@ __device__ __forceinline__ size_t bn_at(const BatchShape& s, int c, int i) {
 
 // Mean and biased variance of channel c: from the running statistics (EVAL), else merged from its
 // slices' partials in slice order.
-template <typename T, bool EVAL>
-__device__ __forceinline__ void bn_channel(const float* part, const T* rmean, const T* rvar, const BatchShape& s,
+template <typename W, bool EVAL>
+__device__ __forceinline__ void bn_channel(const float* part, const W* rmean, const W* rvar, const BatchShape& s,
                                            int c, float& mean, float& var) {
     if constexpr (EVAL) {
         mean = to_f32(rmean[c]);
@@ -62,15 +64,15 @@ template <typename T, int V> __device__ void bn_stats(const T* x, float* part, B
 }
 
 // `mean` and `var` (training only; null in eval) receive the channel's statistics.
-template <typename T, int V, bool EVAL>
-__device__ void bn_fwd(const T* x, const T* w, const T* b, const float* part, const T* rmean, const T* rvar, T* y,
-                       T* mean_out, T* var_out, BatchShape s, float eps) {
+template <typename T, typename W, int V, bool EVAL>
+__device__ void bn_fwd(const T* x, const W* w, const W* b, const float* part, const W* rmean, const W* rvar, T* y,
+                       W* mean_out, W* var_out, BatchShape s, float eps) {
     const int c = blockIdx.x, k = blockIdx.y;
     float mean, var;
-    bn_channel<T, EVAL>(part, rmean, rvar, s, c, mean, var);
+    bn_channel<W, EVAL>(part, rmean, rvar, s, c, mean, var);
     if (!EVAL && k == 0 && threadIdx.x == 0) {
-        mean_out[c] = from_f32<T>(mean);
-        var_out[c] = from_f32<T>(var);
+        mean_out[c] = from_f32<W>(mean);
+        var_out[c] = from_f32<W>(var);
     }
     const float scale = rsqrtf(var + eps) * param_or(w, c, 1.f), shift = param_or(b, c, 0.f);
     const int start = k * s.chunk, end = min(s.len, start + s.chunk);
@@ -84,13 +86,13 @@ __device__ void bn_fwd(const T* x, const T* w, const T* b, const float* part, co
     }
 }
 
-template <typename T, int V, bool EVAL>
-__device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const T* rmean, const T* rvar,
+template <typename T, typename W, int V, bool EVAL>
+__device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const W* rmean, const W* rvar,
                             float* partial_dw, float* partial_db, BatchShape s, float eps) {
     __shared__ float smem[32];
     const int c = blockIdx.x, k = blockIdx.y;
     float mean, var;
-    bn_channel<T, EVAL>(part, rmean, rvar, s, c, mean, var);
+    bn_channel<W, EVAL>(part, rmean, rvar, s, c, mean, var);
     const float rstd = rsqrtf(var + eps);
     const int start = k * s.chunk, end = min(s.len, start + s.chunk);
     float a1 = 0.f, a2 = 0.f;
@@ -115,12 +117,12 @@ __device__ void bn_bwd_sums(const T* x, const T* dy, const float* part, const T*
 
 // Training reads partial_dw and partial_db of every slice of the channel; eval reads
 // neither, nor x.
-template <typename T, int V, bool EVAL>
-__device__ void bn_bwd_dx(const T* x, const T* w, const T* dy, const float* part, const T* rmean, const T* rvar,
+template <typename T, typename W, int V, bool EVAL>
+__device__ void bn_bwd_dx(const T* x, const W* w, const T* dy, const float* part, const W* rmean, const W* rvar,
                           const float* partial_dw, const float* partial_db, T* dx, BatchShape s, float eps) {
     const int c = blockIdx.x, k = blockIdx.y;
     float mean, var;
-    bn_channel<T, EVAL>(part, rmean, rvar, s, c, mean, var);
+    bn_channel<W, EVAL>(part, rmean, rvar, s, c, mean, var);
     const float rstd = rsqrtf(var + eps), wc = param_or(w, c, 1.f);
     float mean_g = 0.f, mean_gx = 0.f;
     if constexpr (!EVAL) {
@@ -157,26 +159,26 @@ __device__ void bn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
 
 // The entry bodies: each reads its tensors from its kernel's arguments (params.h), and
 // the runtime flag picks the vector width.
-#define CN_BN_DISPATCH(FN, ...)                                                  \
-    if (a.flags & cn::BVEC) cn::FN<T, cn::pack_of<T>(), EVAL>(__VA_ARGS__);      \
-    else cn::FN<T, 1, EVAL>(__VA_ARGS__);
+#define CN_BN_DISPATCH(FN, ...)                                                     \
+    if (a.flags & cn::BVEC) cn::FN<T, W, cn::pack_of<T>(), EVAL>(__VA_ARGS__);      \
+    else cn::FN<T, W, 1, EVAL>(__VA_ARGS__);
 
 template <bool EVAL> struct BatchNorm {
-    template <typename T> static __device__ __forceinline__ void fwd(const cn::BatchFwdArgs& a) {
-        CN_BN_DISPATCH(bn_fwd, cn::in<T>(a.x), cn::in<T>(a.weight), cn::in<T>(a.bias), cn::in<float>(a.moments),
-                       cn::in<T>(a.running_mean), cn::in<T>(a.running_var), cn::out<T>(a.y), cn::out<T>(a.mean),
-                       cn::out<T>(a.var), a.shape, a.eps)
+    template <typename T, typename W> static __device__ __forceinline__ void fwd(const cn::BatchFwdArgs& a) {
+        CN_BN_DISPATCH(bn_fwd, cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias), cn::in<float>(a.moments),
+                       cn::in<W>(a.running_mean), cn::in<W>(a.running_var), cn::out<T>(a.y), cn::out<W>(a.mean),
+                       cn::out<W>(a.var), a.shape, a.eps)
     }
 
-    template <typename T> static __device__ __forceinline__ void bwd_sums(const cn::BatchSumsArgs& a) {
+    template <typename T, typename W> static __device__ __forceinline__ void bwd_sums(const cn::BatchSumsArgs& a) {
         CN_BN_DISPATCH(bn_bwd_sums, cn::in<T>(a.x), cn::in<T>(a.dy), cn::in<float>(a.moments),
-                       cn::in<T>(a.running_mean), cn::in<T>(a.running_var), cn::out<float>(a.partial_dw),
+                       cn::in<W>(a.running_mean), cn::in<W>(a.running_var), cn::out<float>(a.partial_dw),
                        cn::out<float>(a.partial_db), a.shape, a.eps)
     }
 
-    template <typename T> static __device__ __forceinline__ void bwd_dx(const cn::BatchDxArgs& a) {
-        CN_BN_DISPATCH(bn_bwd_dx, cn::in<T>(a.x), cn::in<T>(a.weight), cn::in<T>(a.dy), cn::in<float>(a.moments),
-                       cn::in<T>(a.running_mean), cn::in<T>(a.running_var), cn::in<float>(a.partial_dw),
+    template <typename T, typename W> static __device__ __forceinline__ void bwd_dx(const cn::BatchDxArgs& a) {
+        CN_BN_DISPATCH(bn_bwd_dx, cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<T>(a.dy), cn::in<float>(a.moments),
+                       cn::in<W>(a.running_mean), cn::in<W>(a.running_var), cn::in<float>(a.partial_dw),
                        cn::in<float>(a.partial_db), cn::out<T>(a.dx), a.shape, a.eps)
     }
 };
@@ -187,10 +189,10 @@ template <typename T> __device__ __forceinline__ void batch_norm_stats(const cn:
 }
 
 CN_INSTANTIATE(batch_norm_stats, batch_norm_stats, BatchStatsArgs)
-CN_INSTANTIATE(batch_norm_fwd, BatchNorm<false>::fwd, BatchFwdArgs)
-CN_INSTANTIATE(batch_norm_eval_fwd, BatchNorm<true>::fwd, BatchFwdArgs)
-CN_INSTANTIATE(batch_norm_bwd_sums, BatchNorm<false>::bwd_sums, BatchSumsArgs)
-CN_INSTANTIATE(batch_norm_eval_bwd_sums, BatchNorm<true>::bwd_sums, BatchSumsArgs)
-CN_INSTANTIATE(batch_norm_bwd_dx, BatchNorm<false>::bwd_dx, BatchDxArgs)
-CN_INSTANTIATE(batch_norm_eval_bwd_dx, BatchNorm<true>::bwd_dx, BatchDxArgs)
+CN_INSTANTIATE_PARAMS(batch_norm_fwd, BatchNorm<false>::fwd, BatchFwdArgs)
+CN_INSTANTIATE_PARAMS(batch_norm_eval_fwd, BatchNorm<true>::fwd, BatchFwdArgs)
+CN_INSTANTIATE_PARAMS(batch_norm_bwd_sums, BatchNorm<false>::bwd_sums, BatchSumsArgs)
+CN_INSTANTIATE_PARAMS(batch_norm_eval_bwd_sums, BatchNorm<true>::bwd_sums, BatchSumsArgs)
+CN_INSTANTIATE_PARAMS(batch_norm_bwd_dx, BatchNorm<false>::bwd_dx, BatchDxArgs)
+CN_INSTANTIATE_PARAMS(batch_norm_eval_bwd_dx, BatchNorm<true>::bwd_dx, BatchDxArgs)
 CN_INSTANTIATE(batch_norm_dparams, cn::reduce_param_partials, PartialsArgs)

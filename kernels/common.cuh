@@ -37,16 +37,22 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 // Elements of T in one 16-byte access.
 template <typename T> __host__ __device__ constexpr int pack_of() { return 16 / sizeof(T); }
 
-// Loads V consecutive elements (V = pack_of<T>() for a 16-byte access, or 1) as f32.
+// Loads V consecutive elements as f32: one element, or whole 16-byte accesses (V =
+// pack_of<T>() for the elements, and as many f32 parameters beside f16 or bf16
+// elements: two accesses).
 template <typename T, int V> __device__ __forceinline__ void load(const T* p, float* out) {
     if constexpr (V == 1) {
         out[0] = to_f32(p[0]);
     } else {
-        static_assert(V * sizeof(T) == 16, "a vector access is 16 bytes");
-        uint4 raw = *reinterpret_cast<const uint4*>(p);
-        const T* e = reinterpret_cast<const T*>(&raw);
+        static_assert(V * sizeof(T) % 16 == 0, "vector accesses are 16 bytes");
+        constexpr int PACK = pack_of<T>();
 #pragma unroll
-        for (int i = 0; i < V; i++) out[i] = to_f32(e[i]);
+        for (int k = 0; k < V / PACK; k++) {
+            uint4 raw = reinterpret_cast<const uint4*>(p)[k];
+            const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+            for (int i = 0; i < PACK; i++) out[k * PACK + i] = to_f32(e[i]);
+        }
     }
 }
 
@@ -86,7 +92,7 @@ template <typename T> __device__ __forceinline__ float param_or(const T* p, int 
     return p ? to_f32(p[j]) : dflt;
 }
 
-// V consecutive affine parameters from p + j (one vector load; j a multiple of V when
+// V consecutive affine parameters from p + j (vector loads; j a multiple of V when
 // V > 1), or `dflt` when the pointer is null. Per-element loads of half-precision
 // parameters cost LayerNorm about a third of its bandwidth.
 template <typename T, int V>
@@ -233,16 +239,30 @@ template <typename T> __device__ void reduce_param_partials(const PartialsArgs& 
 
 }  // namespace cn
 
-// Emits the extern "C" entry points of one kernel for the three dtypes: NAME_f32,
-// NAME_f16, NAME_bf16, each taking the fields of the kernel's argument struct ARGS as
-// parameters (params.h) and calling BODY<T> with them as one struct.
-#define CN_INSTANTIATE(NAME, BODY, ARGS)                                                        \
-    extern "C" __global__ void __launch_bounds__(cn::MAX_THREADS) NAME##_f32(CN_PARAMS_##ARGS(float)) {   \
-        BODY<float>(CN_ARGS_##ARGS);                                                             \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(cn::MAX_THREADS) NAME##_f16(CN_PARAMS_##ARGS(__half)) {   \
-        BODY<__half>(CN_ARGS_##ARGS);                                                            \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(cn::MAX_THREADS) NAME##_bf16(CN_PARAMS_##ARGS(__nv_bfloat16)) {  \
-        BODY<__nv_bfloat16>(CN_ARGS_##ARGS);                                                     \
+// The contents of a parenthesized list: CN_UNPAREN (T, W) is T, W.
+#define CN_UNPAREN(...) __VA_ARGS__
+
+// One entry point NAME_SUFFIX, taking the fields of the kernel's argument struct ARGS
+// as parameters (params.h) and calling BODY with them as one struct; the trailing
+// arguments are the types of both (T, or T and W).
+#define CN_ENTRY(NAME, SUFFIX, BODY, ARGS, ...)                                                     \
+    extern "C" __global__ void __launch_bounds__(cn::MAX_THREADS) NAME##_##SUFFIX(CN_PARAMS_##ARGS(__VA_ARGS__)) { \
+        BODY<__VA_ARGS__>(CN_ARGS_##ARGS);                                                          \
     }
+
+// The entry points of a kernel that reads no parameters, for the three dtypes: NAME_f32,
+// NAME_f16, NAME_bf16, calling BODY<T>.
+#define CN_INSTANTIATE(NAME, BODY, ARGS)                     \
+    CN_ENTRY(NAME, f32, BODY, ARGS, float)                   \
+    CN_ENTRY(NAME, f16, BODY, ARGS, __half)                  \
+    CN_ENTRY(NAME, bf16, BODY, ARGS, __nv_bfloat16)
+
+// The entry points of a kernel that reads parameters (`Param` fields), calling
+// BODY<T, W>: parameters of the elements' dtype (NAME_f32, NAME_f16, NAME_bf16), and
+// f32 parameters with f16 and bf16 elements (NAME_f16_f32, NAME_bf16_f32).
+#define CN_INSTANTIATE_PARAMS(NAME, BODY, ARGS)                  \
+    CN_ENTRY(NAME, f32, BODY, ARGS, float, float)                \
+    CN_ENTRY(NAME, f16, BODY, ARGS, __half, __half)              \
+    CN_ENTRY(NAME, bf16, BODY, ARGS, __nv_bfloat16, __nv_bfloat16) \
+    CN_ENTRY(NAME, f16_f32, BODY, ARGS, __half, float)           \
+    CN_ENTRY(NAME, bf16_f32, BODY, ARGS, __nv_bfloat16, float)

@@ -1,6 +1,7 @@
 // GroupNorm over channels-first input [B, C, *spatial] and over channels-last input
 // [B, *spatial, C] (PyTorch semantics), forward and backward, for f32, f16 and bf16
-// with f32 statistics.
+// with f32 statistics; γ and β of x's dtype, or f32 beside f16 and bf16 x (the
+// `*_f16_f32` and `*_bf16_f32` entries of the kernels that read them).
 //
 // Each (b, g) is a "row" of K = (C/G)·S elements (S = prod(spatial)): contiguous when
 // channels-first; channels-last, the C/G columns of group g in each of the sample's S
@@ -70,8 +71,8 @@ template <typename T, int V, bool LAST> __device__ void gn_stats(const T* x, flo
     slice_moments<T, V>(x + row_start<LAST>(g, row), start, end, at, smem, part + 3 * ((size_t)row * g.splits + s));
 }
 
-template <typename T, int V, bool LAST>
-__device__ void gn_fwd(const T* x, const T* w, const T* b, const float* part, T* y, GroupShape g, float eps) {
+template <typename T, typename W, int V, bool LAST>
+__device__ void gn_fwd(const T* x, const W* w, const W* b, const float* part, T* y, GroupShape g, float eps) {
     const int row = blockIdx.x, s = blockIdx.y;
     const Moments m = row_moments(part, row, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
@@ -84,8 +85,8 @@ __device__ void gn_fwd(const T* x, const T* w, const T* b, const float* part, T*
         if constexpr (LAST) {
             // V consecutive channels of one spatial row: C/G is a multiple of V.
             float wv[V], bv[V];
-            params_or<T, V>(w, p0 + i % g.per_group, 1.f, wv);
-            params_or<T, V>(b, p0 + i % g.per_group, 0.f, bv);
+            params_or<W, V>(w, p0 + i % g.per_group, 1.f, wv);
+            params_or<W, V>(b, p0 + i % g.per_group, 0.f, bv);
 #pragma unroll
             for (int k = 0; k < V; k++) v[k] = gn_y(v[k], mean, rstd * wv[k], bv[k]);
         } else {
@@ -150,8 +151,8 @@ __device__ void gn_last_bwd_sums(const T* x, const T* dy, const float* part, flo
 }
 
 // R: the slices of spatial rows the channels-last sums come in (1 channels-first).
-template <typename T, int V, bool LAST>
-__device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part, const float* partial_dw,
+template <typename T, typename W, int V, bool LAST>
+__device__ void gn_bwd_dx(const T* x, const W* w, const T* dy, const float* part, const float* partial_dw,
                           const float* partial_db, T* dx, GroupShape g, float eps, int R) {
     __shared__ float smem[32];
     const int row = blockIdx.x, s = blockIdx.y;
@@ -188,7 +189,7 @@ __device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
         load<T, V>(dy + off + elem<LAST>(g, i), gv);
         if constexpr (LAST) {
             float wv[V];
-            params_or<T, V>(w, p0 + i % g.per_group, 1.f, wv);
+            params_or<W, V>(w, p0 + i % g.per_group, 1.f, wv);
 #pragma unroll
             for (int k = 0; k < V; k++) xv[k] = gn_dx(xv[k], gv[k] * wv[k], mean, rstd, mean_g, mean_gx);
         } else {
@@ -203,22 +204,22 @@ __device__ void gn_bwd_dx(const T* x, const T* w, const T* dy, const float* part
 }  // namespace cn
 
 // The entry bodies: each reads its tensors from its kernel's arguments (params.h), and
-// the runtime flag picks the vector width.
-#define CN_GN_DISPATCH(FN, ...)                                                  \
-    if (a.flags & cn::GVEC) cn::FN<T, cn::pack_of<T>(), LAST>(__VA_ARGS__);      \
-    else cn::FN<T, 1, LAST>(__VA_ARGS__);
+// the runtime flag picks the vector width. FN's template arguments are TYPES, in
+// parentheses ((T) or (T, W)), the width and the layout.
+#define CN_GN_DISPATCH(FN, TYPES, ...)                                                  \
+    if (a.flags & cn::GVEC) cn::FN<CN_UNPAREN TYPES, cn::pack_of<T>(), LAST>(__VA_ARGS__); \
+    else cn::FN<CN_UNPAREN TYPES, 1, LAST>(__VA_ARGS__);
 
 template <bool LAST> struct GroupNorm {
     template <typename T> static __device__ __forceinline__ void stats(const cn::GroupStatsArgs& a) {
-        CN_GN_DISPATCH(gn_stats, cn::in<T>(a.x), cn::out<float>(a.moments), a.shape)
+        CN_GN_DISPATCH(gn_stats, (T), cn::in<T>(a.x), cn::out<float>(a.moments), a.shape)
     }
 
-    template <typename T> static __device__ __forceinline__ void fwd(const cn::GroupFwdArgs& a) {
-        CN_GN_DISPATCH(gn_fwd, cn::in<T>(a.x), cn::in<T>(a.weight), cn::in<T>(a.bias), cn::in<float>(a.moments),
-                       cn::out<T>(a.y), a.shape, a.eps)
+    template <typename T, typename W> static __device__ __forceinline__ void fwd(const cn::GroupFwdArgs& a) {
+        CN_GN_DISPATCH(gn_fwd, (T, W), cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias),
+                       cn::in<float>(a.moments), cn::out<T>(a.y), a.shape, a.eps)
     }
 };
-
 template <typename T> __device__ __forceinline__ void group_norm_bwd_sums(const cn::GroupSumsArgs& a) {
     const float* m = cn::in<float>(a.moments);
     float *dw = cn::out<float>(a.partial_dw), *db = cn::out<float>(a.partial_db);
@@ -232,26 +233,28 @@ template <typename T> __device__ __forceinline__ void group_norm_last_bwd_sums(c
 }
 
 // dx from sums in R slices a sample (channels-last) or one (channels-first).
-template <typename T, bool LAST, typename A> __device__ __forceinline__ void group_norm_bwd_dx(const A& a, int R) {
-    CN_GN_DISPATCH(gn_bwd_dx, cn::in<T>(a.x), cn::in<T>(a.weight), cn::in<T>(a.dy), cn::in<float>(a.moments),
+template <typename T, typename W, bool LAST, typename A>
+__device__ __forceinline__ void group_norm_bwd_dx(const A& a, int R) {
+    CN_GN_DISPATCH(gn_bwd_dx, (T, W), cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<T>(a.dy), cn::in<float>(a.moments),
                    cn::in<float>(a.partial_dw), cn::in<float>(a.partial_db), cn::out<T>(a.dx), a.shape, a.eps, R)
 }
 
-template <typename T> __device__ __forceinline__ void group_norm_first_bwd_dx(const cn::GroupDxArgs& a) {
-    group_norm_bwd_dx<T, false>(a, 1);
+template <typename T, typename W> __device__ __forceinline__ void group_norm_first_bwd_dx(const cn::GroupDxArgs& a) {
+    group_norm_bwd_dx<T, W, false>(a, 1);
 }
 
-template <typename T> __device__ __forceinline__ void group_norm_last_bwd_dx(const cn::GroupLastDxArgs& a) {
-    group_norm_bwd_dx<T, true>(a, a.slices);
+template <typename T, typename W>
+__device__ __forceinline__ void group_norm_last_bwd_dx(const cn::GroupLastDxArgs& a) {
+    group_norm_bwd_dx<T, W, true>(a, a.slices);
 }
 
 CN_INSTANTIATE(group_norm_stats, GroupNorm<false>::stats, GroupStatsArgs)
-CN_INSTANTIATE(group_norm_fwd, GroupNorm<false>::fwd, GroupFwdArgs)
+CN_INSTANTIATE_PARAMS(group_norm_fwd, GroupNorm<false>::fwd, GroupFwdArgs)
 CN_INSTANTIATE(group_norm_bwd_sums, group_norm_bwd_sums, GroupSumsArgs)
-CN_INSTANTIATE(group_norm_bwd_dx, group_norm_first_bwd_dx, GroupDxArgs)
+CN_INSTANTIATE_PARAMS(group_norm_bwd_dx, group_norm_first_bwd_dx, GroupDxArgs)
 CN_INSTANTIATE(group_norm_dparams, cn::reduce_param_partials, PartialsArgs)
 CN_INSTANTIATE(group_norm_channels_last_stats, GroupNorm<true>::stats, GroupStatsArgs)
-CN_INSTANTIATE(group_norm_channels_last_fwd, GroupNorm<true>::fwd, GroupFwdArgs)
+CN_INSTANTIATE_PARAMS(group_norm_channels_last_fwd, GroupNorm<true>::fwd, GroupFwdArgs)
 CN_INSTANTIATE(group_norm_channels_last_bwd_sums, group_norm_last_bwd_sums, GroupLastSumsArgs)
-CN_INSTANTIATE(group_norm_channels_last_bwd_dx, group_norm_last_bwd_dx, GroupLastDxArgs)
+CN_INSTANTIATE_PARAMS(group_norm_channels_last_bwd_dx, group_norm_last_bwd_dx, GroupLastDxArgs)
 CN_INSTANTIATE(group_norm_channels_last_dparams, cn::reduce_param_partials, PartialsArgs)

@@ -1,5 +1,7 @@
 // LayerNorm over the last dimension (PyTorch semantics: biased variance, eps inside
 // the square root), forward and backward, for f32, f16 and bf16 with f32 statistics.
+// γ (and β) of x's dtype, or f32 beside f16 and bf16 x (mixed precision; dγ, dβ then
+// in f32).
 //
 // layer_norm_fwd_*:     y = (x − mean) · rstd · γ + β   (γ, β optional: null pointers)
 // layer_norm_bwd_*:     dx, plus per-block f32 partials of dγ = Σ dy·x̂ and dβ = Σ dy

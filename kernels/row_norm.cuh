@@ -12,8 +12,10 @@
 //
 // Each (path, width, dtype) is an entry point of its own, chosen on the host, with
 // its own launch bounds, so no path is compiled at another's register budget:
-// NAME_{warp,block,multi}_{vec,scalar}_{f32,f16,bf16}. nvcc -Xptxas -v reports no
-// spills for any of them on sm_80 to sm_90.
+// NAME_{warp,block,multi}_{vec,scalar}_{f32,f16,bf16,f16_f32,bf16_f32}, the last two
+// with f32 γ and β beside f16 or bf16 x (mixed precision: a vector of x then meets two
+// 16-byte loads of each parameter). nvcc -Xptxas -v reports no spills for any of them
+// on sm_80 to sm_90.
 //
 // Fused residual add (ADD): the forward also reads r and writes h = x + r, rounded to
 // T, and normalizes that rounded h; the backward reads h for x and adds dh (the
@@ -67,8 +69,8 @@ __device__ __forceinline__ float2 multi_stats(const T* xr, int nitems, float inv
     return make_float2(mean, rsqrtf(team_sum<false>(m2, smem) * inv_n + eps));
 }
 
-template <typename T, bool CENTER, int V, int REG, bool WARP, bool ADD>
-__device__ void row_fwd_reg(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps) {
+template <typename T, typename W, bool CENTER, int V, int REG, bool WARP, bool ADD>
+__device__ void row_fwd_reg(const T* x, const T* r, const W* w, const W* b, T* h, T* y, int M, int N, float eps) {
     constexpr int ITEMS = REG / V;
     __shared__ float smem[32];
     const Team t = team<WARP>();
@@ -107,8 +109,8 @@ __device__ void row_fwd_reg(const T* x, const T* r, const T* w, const T* b, T* h
             const int it = t.tid + k * t.size;
             if (it < nitems) {
                 float o[V], wv[V], bv[V];
-                params_or<T, V>(w, it * V, 1.f, wv);
-                params_or<T, V>(b, it * V, 0.f, bv);
+                params_or<W, V>(w, it * V, 1.f, wv);
+                params_or<W, V>(b, it * V, 0.f, bv);
 #pragma unroll
                 for (int i = 0; i < V; i++) o[i] = (v[k * V + i] - mean) * rstd * wv[i] + bv[i];
                 store<T, V>(yr + it * V, o);
@@ -119,8 +121,8 @@ __device__ void row_fwd_reg(const T* x, const T* r, const T* w, const T* b, T* h
 
 // One block per row, three passes over the row (mean, variance, output). With ADD, a
 // first pass writes h, which each thread then reads back at the same places it wrote.
-template <typename T, bool CENTER, int V, bool ADD>
-__device__ void row_fwd_multi(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N, float eps) {
+template <typename T, typename W, bool CENTER, int V, bool ADD>
+__device__ void row_fwd_multi(const T* x, const T* r, const W* w, const W* b, T* h, T* y, int M, int N, float eps) {
     __shared__ float smem[32];
     const int nitems = N / V;
     const float inv_n = __frcp_rn((float)N);
@@ -142,8 +144,8 @@ __device__ void row_fwd_multi(const T* x, const T* r, const T* w, const T* b, T*
         for (int it = threadIdx.x; it < nitems; it += blockDim.x) {
             float wv[V], bv[V];
             load<T, V>(xr + it * V, v);
-            params_or<T, V>(w, it * V, 1.f, wv);
-            params_or<T, V>(b, it * V, 0.f, bv);
+            params_or<W, V>(w, it * V, 1.f, wv);
+            params_or<W, V>(b, it * V, 0.f, bv);
 #pragma unroll
             for (int i = 0; i < V; i++) v[i] = (v[i] - mean) * rstd * wv[i] + bv[i];
             store<T, V>(yr + it * V, v);
@@ -153,19 +155,19 @@ __device__ void row_fwd_multi(const T* x, const T* r, const T* w, const T* b, T*
 
 // The forward of one path, chosen on the host: each (path, width, dtype) is its own
 // entry point, compiled with its own launch bounds and no other path's registers.
-template <typename T, bool CENTER, bool ADD, Path PATH, bool VEC>
-__device__ __forceinline__ void row_fwd(const T* x, const T* r, const T* w, const T* b, T* h, T* y, int M, int N,
+template <typename T, typename W, bool CENTER, bool ADD, Path PATH, bool VEC>
+__device__ __forceinline__ void row_fwd(const T* x, const T* r, const W* w, const W* b, T* h, T* y, int M, int N,
                                         float eps) {
     constexpr int V = VEC ? pack_of<T>() : 1;
-    if constexpr (PATH == Path::Multi) row_fwd_multi<T, CENTER, V, ADD>(x, r, w, b, h, y, M, N, eps);
-    else row_fwd_reg<T, CENTER, V, VEC ? ROW_REG : ROW_REG_SCALAR, PATH == Path::Warp, ADD>(x, r, w, b, h, y, M, N, eps);
+    if constexpr (PATH == Path::Multi) row_fwd_multi<T, W, CENTER, V, ADD>(x, r, w, b, h, y, M, N, eps);
+    else row_fwd_reg<T, W, CENTER, V, VEC ? ROW_REG : ROW_REG_SCALAR, PATH == Path::Warp, ADD>(x, r, w, b, h, y, M, N, eps);
 }
 
 // Backward with the row in registers. Partials: partial_dw/partial_db hold [gridDim.x, N];
 // with warp teams the block's warps add theirs in warp order through shared memory (2·N
 // floats).
-template <typename T, bool CENTER, int V, int REG, bool WARP, bool ADD>
-__device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* partial_dw,
+template <typename T, typename W, bool CENTER, int V, int REG, bool WARP, bool ADD>
+__device__ void row_bwd_reg(const T* x, const W* w, const T* dy, const T* dh, T* dx, float* partial_dw,
                             float* partial_db, int M, int N, float eps) {
     constexpr int ITEMS = REG / V;
     __shared__ float smem[32];
@@ -206,7 +208,7 @@ __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T*
             const int it = t.tid + k * t.size;
             if (it < nitems) {
                 float wv[V];
-                params_or<T, V>(w, it * V, 1.f, wv);
+                params_or<W, V>(w, it * V, 1.f, wv);
 #pragma unroll
                 for (int i = 0; i < V; i++) {
                     const int e = k * V + i;
@@ -279,8 +281,8 @@ __device__ void row_bwd_reg(const T* x, const T* w, const T* dy, const T* dh, T*
 // Backward for rows too long for registers: one block per row, statistics in two
 // passes, then Σg and Σg·x̂ (adding dγ/dβ into this block's zero-initialized partial
 // row, which only this thread touches at these columns), then dx.
-template <typename T, bool CENTER, int V, bool ADD>
-__device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* partial_dw,
+template <typename T, typename W, bool CENTER, int V, bool ADD>
+__device__ void row_bwd_multi(const T* x, const W* w, const T* dy, const T* dh, T* dx, float* partial_dw,
                               float* partial_db, int M, int N, float eps) {
     __shared__ float smem[32];
     const int nitems = N / V;
@@ -297,7 +299,7 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, 
             float wv[V];
             load<T, V>(x + off + it * V, xv);
             load<T, V>(dy + off + it * V, gv);
-            params_or<T, V>(w, it * V, 1.f, wv);
+            params_or<W, V>(w, it * V, 1.f, wv);
 #pragma unroll
             for (int i = 0; i < V; i++) {
                 const int j = it * V + i;
@@ -315,7 +317,7 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, 
             float wv[V];
             load<T, V>(x + off + it * V, xv);
             load<T, V>(dy + off + it * V, gv);
-            params_or<T, V>(w, it * V, 1.f, wv);
+            params_or<W, V>(w, it * V, 1.f, wv);
 #pragma unroll
             for (int i = 0; i < V; i++) {
                 const float xh = (xv[i] - mean) * rstd;
@@ -328,58 +330,62 @@ __device__ void row_bwd_multi(const T* x, const T* w, const T* dy, const T* dh, 
 }
 
 // The backward of one path, as row_fwd.
-template <typename T, bool CENTER, bool ADD, Path PATH, bool VEC>
-__device__ __forceinline__ void row_bwd(const T* x, const T* w, const T* dy, const T* dh, T* dx, float* partial_dw,
+template <typename T, typename W, bool CENTER, bool ADD, Path PATH, bool VEC>
+__device__ __forceinline__ void row_bwd(const T* x, const W* w, const T* dy, const T* dh, T* dx, float* partial_dw,
                                         float* partial_db, int M, int N, float eps) {
     constexpr int V = VEC ? pack_of<T>() : 1;
     if constexpr (PATH == Path::Multi) {
-        row_bwd_multi<T, CENTER, V, ADD>(x, w, dy, dh, dx, partial_dw, partial_db, M, N, eps);
+        row_bwd_multi<T, W, CENTER, V, ADD>(x, w, dy, dh, dx, partial_dw, partial_db, M, N, eps);
     } else {
         constexpr int REG = VEC ? ROW_REG_BWD : ROW_REG_BWD_SCALAR;
-        row_bwd_reg<T, CENTER, V, REG, PATH == Path::Warp, ADD>(x, w, dy, dh, dx, partial_dw, partial_db, M, N, eps);
+        row_bwd_reg<T, W, CENTER, V, REG, PATH == Path::Warp, ADD>(x, w, dy, dh, dx, partial_dw, partial_db, M, N, eps);
     }
 }
 
 // The entry bodies of one row norm, as CN_ROW_NORM instantiates them: LayerNorm when
-// CENTER, RMSNorm (no mean, no bias) otherwise. Each reads its tensors from its
-// kernel's arguments (params.h).
+// CENTER, RMSNorm (no mean, no bias) otherwise, for elements of T and parameters of W.
+// Each reads its tensors from its kernel's arguments (params.h).
 template <bool CENTER> struct RowNorm {
-    template <typename T, Path P, bool VEC> static __device__ __forceinline__ void fwd(const RowFwdArgs& a) {
-        row_fwd<T, CENTER, false, P, VEC>(in<T>(a.x), nullptr, in<T>(a.weight), in<T>(a.bias), nullptr, out<T>(a.y),
-                                          a.rows, a.len, a.eps);
+    template <typename T, typename W, Path P, bool VEC> static __device__ __forceinline__ void fwd(const RowFwdArgs& a) {
+        row_fwd<T, W, CENTER, false, P, VEC>(in<T>(a.x), nullptr, in<W>(a.weight), in<W>(a.bias), nullptr,
+                                             out<T>(a.y), a.rows, a.len, a.eps);
     }
-    template <typename T, Path P, bool VEC> static __device__ __forceinline__ void bwd(const RowBwdArgs& a) {
-        row_bwd<T, CENTER, false, P, VEC>(in<T>(a.x), in<T>(a.weight), in<T>(a.dy), nullptr, out<T>(a.dx),
-                                          out<float>(a.partial_dw), out<float>(a.partial_db), a.rows, a.len, a.eps);
+    template <typename T, typename W, Path P, bool VEC> static __device__ __forceinline__ void bwd(const RowBwdArgs& a) {
+        row_bwd<T, W, CENTER, false, P, VEC>(in<T>(a.x), in<W>(a.weight), in<T>(a.dy), nullptr, out<T>(a.dx),
+                                             out<float>(a.partial_dw), out<float>(a.partial_db), a.rows, a.len, a.eps);
     }
-    template <typename T, Path P, bool VEC> static __device__ __forceinline__ void add_fwd(const AddFwdArgs& a) {
-        row_fwd<T, CENTER, true, P, VEC>(in<T>(a.x), in<T>(a.residual), in<T>(a.weight), in<T>(a.bias), out<T>(a.h),
-                                         out<T>(a.y), a.rows, a.len, a.eps);
+    template <typename T, typename W, Path P, bool VEC>
+    static __device__ __forceinline__ void add_fwd(const AddFwdArgs& a) {
+        row_fwd<T, W, CENTER, true, P, VEC>(in<T>(a.x), in<T>(a.residual), in<W>(a.weight), in<W>(a.bias),
+                                            out<T>(a.h), out<T>(a.y), a.rows, a.len, a.eps);
     }
-    template <typename T, Path P, bool VEC> static __device__ __forceinline__ void add_bwd(const AddBwdArgs& a) {
-        row_bwd<T, CENTER, true, P, VEC>(in<T>(a.h), in<T>(a.weight), in<T>(a.dy), in<T>(a.dh), out<T>(a.dx),
-                                         out<float>(a.partial_dw), out<float>(a.partial_db), a.rows, a.len, a.eps);
+    template <typename T, typename W, Path P, bool VEC>
+    static __device__ __forceinline__ void add_bwd(const AddBwdArgs& a) {
+        row_bwd<T, W, CENTER, true, P, VEC>(in<T>(a.h), in<W>(a.weight), in<T>(a.dy), in<T>(a.dh), out<T>(a.dx),
+                                            out<float>(a.partial_dw), out<float>(a.partial_db), a.rows, a.len, a.eps);
     }
 };
 
 }  // namespace cn
 
-// One entry point NAME_PATH_WIDTH_{f32,f16,bf16} per dtype, each taking the fields of
-// its kernel's argument struct ARGS as parameters (params.h) and calling
-// BODY<T, P, VEC> with them as one struct, under __launch_bounds__(THREADS, MIN_BLOCKS).
-#define CN_ROW_DTYPES(NAME, BODY, ARGS, PATH, P, THREADS, MIN_BLOCKS, WIDTH, VEC)                                 \
-    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                     \
-        NAME##_##PATH##_##WIDTH##_f32(CN_PARAMS_##ARGS(float)) {                                           \
-        BODY<float, P, VEC>(CN_ARGS_##ARGS);                                                                        \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                     \
-        NAME##_##PATH##_##WIDTH##_f16(CN_PARAMS_##ARGS(__half)) {                                           \
-        BODY<__half, P, VEC>(CN_ARGS_##ARGS);                                                                       \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                     \
-        NAME##_##PATH##_##WIDTH##_bf16(CN_PARAMS_##ARGS(__nv_bfloat16)) {                                          \
-        BODY<__nv_bfloat16, P, VEC>(CN_ARGS_##ARGS);                                                                \
+// One entry point NAME_PATH_WIDTH_SUFFIX for elements of T and parameters of W, taking
+// the fields of its kernel's argument struct ARGS as parameters (params.h) and calling
+// BODY<T, W, P, VEC> with them as one struct, under __launch_bounds__(THREADS,
+// MIN_BLOCKS).
+#define CN_ROW_ENTRY(NAME, BODY, ARGS, PATH, P, THREADS, MIN_BLOCKS, WIDTH, VEC, SUFFIX, T, W)   \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                               \
+        NAME##_##PATH##_##WIDTH##_##SUFFIX(CN_PARAMS_##ARGS(T, W)) {                                \
+        BODY<T, W, P, VEC>(CN_ARGS_##ARGS);                                                         \
     }
+
+// The entries of one path and width: parameters of the elements' dtype (f32, f16,
+// bf16), and f32 parameters with f16 and bf16 elements (f16_f32, bf16_f32).
+#define CN_ROW_DTYPES(NAME, BODY, ARGS, ...)                                  \
+    CN_ROW_ENTRY(NAME, BODY, ARGS, __VA_ARGS__, f32, float, float)            \
+    CN_ROW_ENTRY(NAME, BODY, ARGS, __VA_ARGS__, f16, __half, __half)          \
+    CN_ROW_ENTRY(NAME, BODY, ARGS, __VA_ARGS__, bf16, __nv_bfloat16, __nv_bfloat16) \
+    CN_ROW_ENTRY(NAME, BODY, ARGS, __VA_ARGS__, f16_f32, __half, float)       \
+    CN_ROW_ENTRY(NAME, BODY, ARGS, __VA_ARGS__, bf16_f32, __nv_bfloat16, float)
 
 // Every (path, width, dtype) entry of a row kernel: warp teams in blocks of BLOCK
 // threads; a block per row in at most MAX_THREADS. The multi-pass path needs few

@@ -11,12 +11,13 @@ use crate::spec::{Affine, Spec};
 use candle_core::{DType, Layout, Result, Tensor};
 
 /// Whether the CUDA kernels (on a GPU or on the emulator) take a call on x of dtype
-/// `x` with parameters of dtype `params`: f32, f16 and bf16, parameters of x's dtype.
-/// The CPU's fused path takes every call; the others run the generic backend on a
+/// `x` with parameters of dtype `params`: f32, f16 and bf16, with parameters of x's
+/// dtype or f32 (mixed precision), as `cuda::plan::Dtypes` names their entries. The
+/// CPU's fused path takes every call; the others (f64) run the generic backend on a
 /// GPU, the CPU path on the emulator.
 #[cfg_attr(not(any(feature = "cuda", feature = "cuda-emulator")), allow(dead_code))]
 pub(crate) fn cuda_kernels_take(x: DType, params: DType) -> bool {
-    matches!(x, DType::F32 | DType::F16 | DType::BF16) && params == x
+    matches!(x, DType::F32 | DType::F16 | DType::BF16) && (params == x || params == DType::F32)
 }
 
 /// A storage and its layout, as candle hands them to a custom op.
@@ -53,18 +54,17 @@ impl<T> Slots<T> {
         }
     }
 
-    /// References to the slots' values.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn as_ref(&self) -> Slots<&T> {
-        Slots {
-            x: &self.x,
-            residual: self.residual.as_ref(),
-            weight: self.weight.as_ref(),
-            bias: self.bias.as_ref(),
-            dy: self.dy.as_ref(),
-            dh: self.dh.as_ref(),
-            running: self.running.as_ref().map(|[m, v]| [m, v]),
-        }
+    /// The first parameter present (weight, bias, running mean), whose dtype is the
+    /// parameters'.
+    pub(crate) fn first_param(&self) -> Option<&T> {
+        [
+            self.weight.as_ref(),
+            self.bias.as_ref(),
+            self.running.as_ref().map(|[m, _]| m),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
     }
 
     /// The same slots, each mapped by `f`.
@@ -102,14 +102,14 @@ pub(crate) struct Grads {
 
 /// A device's fused kernels, one implementation per storage type. Every input is
 /// contiguous; parameter slots hold `spec.params()` elements, all of one dtype: x's,
-/// or on the CPU f32 for f16 and bf16 x (mixed precision; `ops::fused` sends the
-/// calls a backend cannot take to the generic backend).
+/// or f32 for f16 and bf16 x (mixed precision; `ops::fused` sends the calls a backend
+/// cannot take to the generic backend).
 pub(crate) trait Backend {
     type Storage;
 
     /// The forward: y, laid out as x, then h with a residual, as one storage; and in
     /// BatchNorm's training (no running statistics), each channel's batch mean then
-    /// biased variance (2·C elements of x's dtype).
+    /// biased variance (2·C elements of the parameters' dtype).
     fn forward(
         &self,
         spec: &Spec,

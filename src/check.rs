@@ -73,6 +73,12 @@ pub(crate) fn param(op: &str, x: &Tensor, p: Option<&Tensor>, name: &str, len: u
             x.dims()
         )
     }
+    param_dtype(op, x, p, name)
+}
+
+/// Checks the dtype and device of a parameter `p` of x (`name` names it): x's dtype, or
+/// f32 for f16 and bf16 x (mixed precision), and x's device.
+pub(crate) fn param_dtype(op: &str, x: &Tensor, p: &Tensor, name: &str) -> Result<()> {
     let mixed = p.dtype() == DType::F32 && matches!(x.dtype(), DType::F16 | DType::BF16);
     if p.dtype() != x.dtype() && !mixed {
         bail!(

@@ -216,12 +216,59 @@ pub(crate) fn forward(spec: &Spec, ins: Slots<&Tensor>) -> Result<Outputs> {
         y = y.broadcast_add(&param(&g, b, acc)?)?;
     }
     let y = y.to_dtype(dtype)?.reshape(x.shape())?;
-    let stat = |s: Tensor| -> Result<Tensor> { Ok(s.to_dtype(dtype)?.reshape(spec.param_blocks)?.detach()) };
+    // BatchNorm's batch statistics, in the parameters' dtype (x's without any).
+    let pdtype = ins.first_param().map_or(dtype, |p| p.dtype());
+    let stat = |s: Tensor| -> Result<Tensor> { Ok(s.to_dtype(pdtype)?.reshape(spec.param_blocks)?.detach()) };
     let stats = match (spec.kind, ins.running, n.mean) {
         (Kind::Batch, None, Some(mean)) => Some([stat(mean)?, stat(n.var)?]),
         _ => None,
     };
     Ok(Outputs { y, h, stats })
+}
+
+/// `v` through the Jacobian of x̂ with respect to x, which is symmetric, so that this is
+/// both the backward's dx from g = γ·dy and the forward-mode ẋ̂ from ẋ: ρ·(v − mean(v)
+/// − x̂·mean(v·x̂)) over each reduction with batch statistics (no mean(v) for RMSNorm),
+/// ρ·v with running ones (`eval`: the statistics are constants).
+fn through_xhat(spec: &Spec, g: &Geometry, n: &Normalized, v: &Tensor, eval: bool) -> Result<Tensor> {
+    if eval {
+        return v.broadcast_mul(&n.rstd);
+    }
+    let stat_dims = g.stat_dims.as_slice();
+    let mean_vx = mean_keepdim(&v.mul(&n.xhat)?, stat_dims)?;
+    let mut inner = v.broadcast_sub(&n.xhat.broadcast_mul(&mean_vx)?)?;
+    if spec.center() {
+        inner = inner.broadcast_sub(&mean_keepdim(v, stat_dims)?)?;
+    }
+    inner.broadcast_mul(&n.rstd)
+}
+
+/// The forward-mode derivative ẏ of the norm at `ins` along the tangents `[ẋ, γ̇, β̇]`
+/// (absent: zero), in x's shape and dtype: ẏ = ẋ̂·γ + x̂·γ̇ + β̇ with ẋ̂ from
+/// [`through_xhat`], in the accumulation dtype, rounded once.
+pub(crate) fn tangent(spec: &Spec, ins: &Slots<&Tensor>, [tx, tw, tb]: [Option<&Tensor>; 3]) -> Result<Tensor> {
+    let dtype = ins.x.dtype();
+    let acc = acc_dtype(dtype);
+    let g = Geometry::of(spec);
+    let n = normalize(spec, &g, ins.x, ins.running.map(|[m, v]| [m, v]))?;
+    let mut dy = match tx {
+        Some(tx) => {
+            let txa = tx.to_dtype(acc)?.reshape(g.view.as_slice())?;
+            let dxhat = through_xhat(spec, &g, &n, &txa, ins.running.is_some())?;
+            match ins.weight {
+                Some(w) => dxhat.broadcast_mul(&param(&g, w, acc)?)?,
+                None => dxhat,
+            }
+        }
+        None => n.xhat.zeros_like()?,
+    };
+    if let Some(tw) = tw {
+        dy = (dy + n.xhat.broadcast_mul(&param(&g, tw, acc)?)?)?;
+    }
+    if let Some(tb) = tb {
+        dy = dy.broadcast_add(&param(&g, tb, acc)?)?;
+    }
+    dy.to_dtype(dtype)?.reshape(ins.x.shape())
 }
 
 /// The backward from `ins.dy` (and `ins.dh`, added to dx; x is then h): dx, and dγ and
@@ -239,24 +286,13 @@ pub(crate) fn backward(spec: &Spec, affine: Affine, ins: Slots<&Tensor>) -> Resu
         Some(w) => dya.broadcast_mul(&param(&g, w, acc)?)?,
         None => dya.clone(),
     };
-    let stat_dims = g.stat_dims.as_slice();
-    let mut dx = if ins.running.is_some() {
-        // Eval: the statistics are constants.
-        gy.broadcast_mul(&n.rstd)?
-    } else {
-        let mean_gx = mean_keepdim(&gy.mul(&n.xhat)?, stat_dims)?;
-        let mut inner = gy.broadcast_sub(&n.xhat.broadcast_mul(&mean_gx)?)?;
-        if spec.center() {
-            inner = inner.broadcast_sub(&mean_keepdim(&gy, stat_dims)?)?;
-        }
-        inner.broadcast_mul(&n.rstd)?
-    };
+    let mut dx = through_xhat(spec, &g, &n, &gy, ins.running.is_some())?;
     if let Some(dh) = ins.dh {
         dx = (dx + dh.to_dtype(acc)?.reshape(g.view.as_slice())?)?;
     }
     let sum_dims = g.param_sum_dims();
     let np = spec.params();
-    let pdtype = ins.weight.or(ins.bias).map_or(dtype, Tensor::dtype);
+    let pdtype = ins.first_param().map_or(dtype, |p| p.dtype());
     let dweight = affine
         .weight
         .then(|| {

@@ -22,6 +22,9 @@
 //! - [`add_layer_norm`], [`add_rms_norm`]: the residual add of a pre-norm transformer
 //!   block fused with its norm, returning both the norm and the sum, with their
 //!   backward [`add_layer_norm_backward`], [`add_rms_norm_backward`];
+//! - [`normalize`]: mean and variance over any set of axes, with a broadcast affine;
+//! - [`layer_norm_jvp`] and the other `*_jvp` functions: forward-mode derivatives
+//!   `(y, ẏ)` along [`Tangents`] of the inputs;
 //! - [`nn`]: drop-in modules ([`LayerNorm`], [`RmsNorm`], [`GroupNorm`],
 //!   [`InstanceNorm`], [`BatchNorm`]) and their `VarBuilder` builders, loading
 //!   PyTorch/Hugging Face checkpoints;
@@ -59,8 +62,8 @@
 //! The same inputs give the same errors, naming the op and the shapes, on every device.
 //!
 //! Parameters (weight, bias, running statistics) have x's dtype or, with f16 and bf16
-//! x, f32 (mixed precision: dγ and dβ then come out in f32); on CUDA such calls run the
-//! generic backend.
+//! x, f32 (mixed precision: dγ, dβ and BatchNorm's batch statistics then come out in
+//! f32), fused on the CPU and in the CUDA kernels alike.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};

@@ -165,8 +165,36 @@ const KERNEL_CASES: &[(Norm, &[usize])] = &[
     (Norm::Batch, &[16, 2, 256, 256]),
 ];
 
+/// Mixed precision's shapes: each path and width of every kernel that reads parameters
+/// once. Rows: warp, block and multi-pass, scalar (odd N) and vector, forward and
+/// backward; GroupNorm and BatchNorm on the scalar and the vector path.
+const MIXED_CASES: &[(Norm, &[usize])] = &[
+    (Norm::Layer, &[3, 7]),
+    (Norm::Layer, &[64, 512]),
+    (Norm::Layer, &[7, 385]),
+    (Norm::Layer, &[8, 1032]),
+    (Norm::Layer, &[4, 4097]),
+    (Norm::Layer, &[3, 6145]),
+    (Norm::Layer, &[4, 8200]),
+    (Norm::Layer, &[3, 16392]),
+    (Norm::Group(2), &[2, 6, 5]),
+    (Norm::Group(4), &[2, 8, 4, 4]),
+    (Norm::GroupLast(3), &[2, 5, 6]),
+    (Norm::GroupLast(8), &[2, 7, 7, 64]),
+    (Norm::Instance, &[2, 3, 5, 7]),
+    (Norm::Instance, &[1, 32, 32, 32]),
+    (Norm::Batch, &[8, 16, 9, 9]),
+    (Norm::Batch, &[4, 8, 16, 16]),
+];
+
 /// The kernel shapes of `norm`: the row norms and their fused adds share the rows'.
 fn kernel_cases(norm: Norm) -> Vec<(Norm, &'static [usize])> {
+    shapes_of(KERNEL_CASES, norm)
+}
+
+/// The shapes of `norm` in `list`: the row norms and their fused adds share
+/// LayerNorm's, BatchNorm's eval its training's.
+fn shapes_of(list: &'static [(Norm, &'static [usize])], norm: Norm) -> Vec<(Norm, &'static [usize])> {
     let row = matches!(norm, Norm::Rms | Norm::AddLayer | Norm::AddRms);
     let batch = norm == Norm::BatchEval;
     let key = if row {
@@ -176,7 +204,7 @@ fn kernel_cases(norm: Norm) -> Vec<(Norm, &'static [usize])> {
     } else {
         norm
     };
-    cases_of(KERNEL_CASES, key)
+    cases_of(list, key)
         .into_iter()
         .map(|(n, s)| (if row || batch { norm } else { n }, s))
         .collect()
@@ -212,29 +240,41 @@ fn check(t: &Target, case: &Case, rng: &mut Rng) {
     }
 }
 
-/// A tensor of `t`'s shape, dtype and device holding `t`'s elements, in memory that
-/// starts one element past an aligned address (a view of a fresh tensor).
+/// A tensor of `t`'s shape, dtype and device holding `t`'s elements rotated by one, in
+/// memory that starts one element past an aligned address (a view of a fresh tensor).
 fn misaligned(t: &Tensor) -> Tensor {
     let flat = t.flatten_all().unwrap();
     let padded = Tensor::cat(&[&flat, &flat], 0).unwrap();
     padded.narrow(0, 1, t.elem_count()).unwrap().reshape(t.dims()).unwrap()
 }
 
-/// `case` on the target with x misaligned (see [`misaligned`]) against the CPU on the
-/// same values: the forward outputs, and the standalone backward with dy misaligned
-/// too, which takes the scalar paths.
-fn check_misaligned(t: &Target, case: &Case, rng: &mut Rng) {
+/// `case` on the target with x misaligned (see [`misaligned`]), or its weight and bias
+/// alone (`params`), against the CPU on the same values: the forward outputs, and the
+/// standalone backward with dy misaligned too (with x), which take the scalar paths.
+fn check_misaligned(t: &Target, case: &Case, rng: &mut Rng, params: bool) {
     let mut on = case.to_device(&t.device());
-    on.x = misaligned(&on.x);
-    let mut want = case.clone();
-    want.x = on.x.to_device(&Device::Cpu).unwrap();
+    if params {
+        on.w = on.w.as_ref().map(misaligned);
+        on.b = on.b.as_ref().map(misaligned);
+    } else {
+        on.x = misaligned(&on.x);
+    }
+    // The same values on the CPU (misaligned views hold the elements rotated by one).
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+    let want = Case {
+        x: cpu(&on.x),
+        w: on.w.as_ref().map(cpu),
+        b: on.b.as_ref().map(cpu),
+        ..case.clone()
+    };
     let dtype = case.x.dtype();
     let what = format!("{t:?} {} misaligned", case.what());
     let got = t.run(|| on.forward(Impl::Ours)).unwrap();
     for (i, (g, w)) in got.iter().zip(&want.forward(Impl::Ours).unwrap()).enumerate() {
         assert_close(&format!("{what} output {i}"), g, w, tol(dtype).fwd);
     }
-    let dy = misaligned(&t.on(&rng.tensor(case.x.dims(), dtype, 0.0, 1.0)));
+    let dy = t.on(&rng.tensor(case.x.dims(), dtype, 0.0, 1.0));
+    let dy = if params { dy } else { misaligned(&dy) };
     if let Some(cpu) = want.backward(&dy.to_device(&Device::Cpu).unwrap()) {
         let got = t.run(|| on.backward(&dy)).unwrap().unwrap();
         assert_grads_close(&format!("{what} standalone"), &got, &cpu.unwrap(), tol(dtype).bwd);
@@ -282,6 +322,7 @@ fn kernels(norm: Norm, dtype: DType, _: Backend) {
                     &t,
                     &Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5),
                     &mut rng,
+                    false,
                 );
             }
         }
@@ -314,6 +355,47 @@ fn kernels(norm: Norm, dtype: DType, _: Backend) {
 }
 
 grid!(kernels: every norm x [f32 = F32, f16 = F16, bf16 = BF16] x [cuda = Fused]);
+
+/// Mixed precision, f32 parameters with f16 or bf16 x: each path and width of every
+/// kernel that reads the parameters (MIXED_CASES), every affine case, against the
+/// CPU's mixed path; f32 parameters one element past an aligned address, with x
+/// aligned, take the scalar paths.
+fn mixed(norm: Norm, dtype: DType, _: Backend) {
+    let mut rng = Rng::new(44);
+    for t in targets() {
+        for (norm, shape) in shapes_of(MIXED_CASES, norm) {
+            for affine in AFFINES {
+                check(&t, &Case::mixed(&mut rng, norm, shape, dtype, affine, 1e-5), &mut rng);
+            }
+            let case = Case::mixed(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5);
+            check_misaligned(&t, &case, &mut rng, true);
+        }
+    }
+}
+
+grid!(mixed: every norm x [f16 = F16, bf16 = BF16] x [cuda = Fused]);
+
+/// The weight offset (`RowNorm::with_weight_offset`: γ' = offset + γ in f32, then the
+/// kernels with f32 parameters, mixed beside f16 and bf16 x): each path and width of
+/// the row kernels, with and without a bias, against the CPU.
+fn offset(norm: Norm, dtype: DType, _: Backend) {
+    let mut rng = Rng::new(45);
+    for t in targets() {
+        for (norm, shape) in shapes_of(MIXED_CASES, norm) {
+            for affine in [Affine::Weight, Affine::WeightBias] {
+                let case = Case::new(&mut rng, norm, shape, dtype, affine, 1e-5).with_offset(1.0);
+                check(&t, &case, &mut rng);
+            }
+        }
+    }
+}
+
+grid!(offset: [
+    layer = Norm::Layer,
+    rms = Norm::Rms,
+    add_layer = Norm::AddLayer,
+    add_rms = Norm::AddRms,
+] x [f32 = F32, f16 = F16, bf16 = BF16] x [cuda = Fused]);
 
 #[test]
 fn hard_data_and_non_contiguous_inputs_match_cpu() {

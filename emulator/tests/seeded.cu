@@ -148,7 +148,7 @@ extern "C" __global__ void seeded_partial_output(float* y, int n) {
 
 // Write back the arguments they received, field by field, as 64-bit words into their
 // output: the launch code's structs arrive as the kernels read them.
-extern "C" __global__ void probe_row_bwd_args(CN_PARAMS_RowBwdArgs(float)) {
+extern "C" __global__ void probe_row_bwd_args(CN_PARAMS_RowBwdArgs(float, float)) {
     const cn::RowBwdArgs a = CN_ARGS_RowBwdArgs;
     if (threadIdx.x) return;
     uint64_t* o = static_cast<uint64_t*>(a.dx);
@@ -162,7 +162,7 @@ extern "C" __global__ void probe_row_bwd_args(CN_PARAMS_RowBwdArgs(float)) {
     o[7] = __float_as_uint(a.eps);
 }
 
-extern "C" __global__ void probe_group_last_dx_args(CN_PARAMS_GroupLastDxArgs(__half)) {
+extern "C" __global__ void probe_group_last_dx_args(CN_PARAMS_GroupLastDxArgs(__half, float)) {
     const cn::GroupLastDxArgs a = CN_ARGS_GroupLastDxArgs;
     if (threadIdx.x) return;
     uint64_t* o = static_cast<uint64_t*>(a.dx);

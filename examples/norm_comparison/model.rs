@@ -1,12 +1,14 @@
-//! The small CNN every variant trains: two 3×3 convolutions (16 and 32 channels), each
-//! followed by the variant's norm, ReLU and 2×2 max pooling, then a linear classifier.
-//! Only the norm (and, for the weight-side norms, the convolution) changes.
+//! The small CNN every variant of the CNN comparison trains: two 3×3 convolutions (16
+//! and 32 channels), each followed by the variant's norm, ReLU and 2×2 max pooling,
+//! then a linear classifier. Only the norm (and, for the weight-side norms, the
+//! convolution) changes.
 
+use crate::train::Classifier;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, Module, VarBuilder};
 use candle_norm::nn::{
-    batch_norm, group_norm, instance_norm, weight_norm_conv2d, ws_conv2d, BatchNorm, GroupNorm, InstanceNorm,
-    InstanceNormConfig, WeightNorm, WsConv2d,
+    batch_norm, group_norm, instance_norm, pytorch, weight_norm_conv2d, ws_conv2d, BatchNorm, GroupNorm, InstanceNorm,
+    InstanceNormConfig, RmsNorm, WeightNorm, WsConv2d,
 };
 
 const CHANNELS: [usize; 2] = [16, 32];
@@ -25,6 +27,9 @@ pub enum Variant {
     Group,
     /// LayerNorm over (C, H, W) of each image: GroupNorm with one group.
     Layer,
+    /// RMSNorm over (C, H, W) of each image, as `nn.RMSNorm([C, H, W])` (a weight per
+    /// element).
+    Rms,
     /// InstanceNorm, affine.
     Instance,
     /// Weight-standardized convolutions followed by GroupNorm.
@@ -34,11 +39,12 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 8] = [
         Variant::None,
         Variant::Batch,
         Variant::Group,
         Variant::Layer,
+        Variant::Rms,
         Variant::Instance,
         Variant::WsGroup,
         Variant::WeightNorm,
@@ -50,6 +56,7 @@ impl Variant {
             Variant::Batch => "batch",
             Variant::Group => "group",
             Variant::Layer => "layer",
+            Variant::Rms => "rms",
             Variant::Instance => "instance",
             Variant::WsGroup => "ws+group",
             Variant::WeightNorm => "weight-norm",
@@ -68,6 +75,7 @@ enum Norm {
     Batch(BatchNorm),
     Group(GroupNorm),
     Instance(InstanceNorm),
+    Rms(RmsNorm),
 }
 
 impl Conv {
@@ -87,6 +95,7 @@ impl Norm {
             Norm::Batch(n) => n.forward_t(x, train),
             Norm::Group(n) => n.forward(x),
             Norm::Instance(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
         }
     }
 }
@@ -105,7 +114,7 @@ impl Net {
             ..Default::default()
         };
         let mut layers = Vec::new();
-        let mut c_in = 1;
+        let (mut c_in, mut side) = (1, super::data::SIDE);
         for (i, &c) in CHANNELS.iter().enumerate() {
             let (cv, nv) = (vb.pp(format!("conv{}", i + 1)), vb.pp(format!("norm{}", i + 1)));
             let conv = match variant {
@@ -118,21 +127,28 @@ impl Net {
                 Variant::Batch => Norm::Batch(batch_norm(c, EPS, nv)?),
                 Variant::Group | Variant::WsGroup => Norm::Group(group_norm(GROUPS, c, EPS, nv)?),
                 Variant::Layer => Norm::Group(group_norm(1, c, EPS, nv)?),
+                Variant::Rms => Norm::Rms(pytorch::rms_norm(
+                    &[c, side, side],
+                    pytorch::RmsNormConfig {
+                        eps: Some(EPS),
+                        ..Default::default()
+                    },
+                    nv,
+                )?),
                 Variant::Instance => {
                     Norm::Instance(instance_norm(c, InstanceNormConfig { eps: EPS, affine: true }, nv)?)
                 }
             };
             layers.push((conv, norm));
-            c_in = c;
+            (c_in, side) = (c, side / 2);
         }
-        let side = super::data::SIDE / 4;
         let head = linear(c_in * side * side, 10, vb.pp("head"))?;
         Ok(Self { layers, head })
     }
+}
 
-    /// Logits `[B, 10]` for images `[B, 1, 28, 28]`; `train` selects BatchNorm's batch
-    /// statistics (and updates its running ones).
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl Classifier for Net {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for (conv, norm) in &self.layers {
             x = norm.forward_t(&conv.forward(&x)?, train)?.relu()?.max_pool2d(2)?;

@@ -1,26 +1,44 @@
-//! Training one variant at one batch size, from a seeded initialization and data order
-//! shared by every variant, and measuring test accuracy.
+//! Training a classifier (the CNN or an MLP) at one batch size, from a seeded
+//! initialization and data order shared by every variant, and measuring test accuracy.
 
 use crate::common::Rng;
 use crate::data::{Data, Split};
-use crate::model::{Net, Variant};
 use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap, SGD};
 use std::time::Instant;
+
+/// A network that classifies images `[B, 1, 28, 28]` into 10 logits; `train` selects
+/// BatchNorm's batch statistics (and updates its running ones).
+pub trait Classifier {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+}
+
+/// The optimizer and its learning rate.
+#[derive(Clone, Copy, Debug)]
+pub enum Opt {
+    /// AdamW without weight decay (the CNN comparison).
+    AdamW(f64),
+    /// Plain SGD (the MLP experiments, as the classic papers ran them).
+    Sgd(f64),
+}
 
 /// What one run trains.
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
-    pub variant: Variant,
     pub batch: usize,
-    /// Training images seen in all (the batch size changes the number of steps).
+    /// Training images seen in all (the batch size changes the number of steps) ...
     pub images: usize,
+    /// ... drawn from the first this many of the training set.
+    pub train_images: usize,
     /// Test accuracy is measured every this many images seen ...
     pub eval_every: usize,
-    /// ... on this many test images.
+    /// ... on this many test images; the final accuracy on `test_images`.
     pub eval_images: usize,
-    pub lr: f64,
+    pub test_images: usize,
+    pub opt: Opt,
     pub seed: u64,
+    /// The network has BatchNorm: its accuracy in train mode is measured too.
+    pub batch_norm: bool,
 }
 
 /// What one run measured.
@@ -30,7 +48,7 @@ pub struct Record {
     pub evals: Vec<(usize, f32)>,
     /// Mean training loss over the last tenth of the steps.
     pub final_loss: f32,
-    /// Accuracy on the whole test set, eval mode.
+    /// Accuracy on the first `test_images` test images, eval mode.
     pub test_accuracy: f32,
     /// BatchNorm only: the same with each test batch of `batch` images normalized by its
     /// own statistics (train mode).
@@ -95,7 +113,7 @@ pub fn init(varmap: &VarMap, seed: u64) -> Result<()> {
 
 /// Fraction of `n` images of `split` classified right, in batches of `batch`; `train`
 /// runs the network in train mode (BatchNorm with each batch's statistics).
-pub fn accuracy(net: &Net, split: &Split, n: usize, batch: usize, train: bool, dev: &Device) -> Result<f32> {
+pub fn accuracy(net: &dyn Classifier, split: &Split, n: usize, batch: usize, train: bool, dev: &Device) -> Result<f32> {
     let mut right = 0usize;
     let idx: Vec<usize> = (0..n.min(split.len())).collect();
     for chunk in idx.chunks(batch) {
@@ -106,55 +124,66 @@ pub fn accuracy(net: &Net, split: &Split, n: usize, batch: usize, train: bool, d
     Ok(right as f32 / idx.len() as f32)
 }
 
-/// Trains `cfg.variant` at `cfg.batch` on the images of [`order`], calling
-/// `progress(images)` after each step, and saves the trained variables to
-/// `checkpoint` (before the train-mode evaluation, which moves BatchNorm's running
-/// statistics). Returns what it measured.
+/// Trains `net` (initialized, its variables in `varmap`) at `cfg.batch` on the images
+/// of [`order`], calling `progress(images)` after each step, and saves the trained
+/// variables to `checkpoint` (before the train-mode evaluation, which moves BatchNorm's
+/// running statistics). Returns what it measured.
 pub fn train(
+    net: &dyn Classifier,
+    varmap: &VarMap,
     cfg: &TrainConfig,
     data: &Data,
     dev: &Device,
     checkpoint: Option<&std::path::Path>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Record> {
-    let varmap = VarMap::new();
-    let net = Net::new(cfg.variant, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
-    init(&varmap, cfg.seed)?;
-    let params = ParamsAdamW {
-        lr: cfg.lr,
-        weight_decay: 0.0,
-        ..Default::default()
+    enum Step {
+        AdamW(AdamW),
+        Sgd(SGD),
+    }
+    let mut opt = match cfg.opt {
+        Opt::AdamW(lr) => Step::AdamW(AdamW::new(
+            varmap.all_vars(),
+            ParamsAdamW {
+                lr,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?),
+        Opt::Sgd(lr) => Step::Sgd(SGD::new(varmap.all_vars(), lr)?),
     };
-    let mut opt = AdamW::new(varmap.all_vars(), params)?;
-    let order = order(data.train.len(), cfg.images, cfg.seed);
+    let order = order(cfg.train_images.min(data.train.len()), cfg.images, cfg.seed);
     let start = Instant::now();
     let mut record = Record::default();
     let mut losses = Vec::new();
     let eval_batch = 500;
     record
         .evals
-        .push((0, accuracy(&net, &data.test, cfg.eval_images, eval_batch, false, dev)?));
+        .push((0, accuracy(net, &data.test, cfg.eval_images, eval_batch, false, dev)?));
     for (step, idx) in order.chunks(cfg.batch).enumerate() {
         let (x, y) = data.train.batch(idx, dev)?;
         let loss = candle_nn::loss::cross_entropy(&net.forward_t(&x, true)?, &y)?;
-        opt.backward_step(&loss)?;
+        match &mut opt {
+            Step::AdamW(o) => o.backward_step(&loss)?,
+            Step::Sgd(o) => o.backward_step(&loss)?,
+        }
         losses.push(loss.to_scalar::<f32>()?);
         let seen = (step * cfg.batch + idx.len()).min(cfg.images);
         if seen % cfg.eval_every < cfg.batch || seen == cfg.images {
-            let acc = accuracy(&net, &data.test, cfg.eval_images, eval_batch, false, dev)?;
+            let acc = accuracy(net, &data.test, cfg.eval_images, eval_batch, false, dev)?;
             record.evals.push((seen, acc));
         }
         progress(seen);
     }
     let tail = &losses[losses.len() - losses.len().div_ceil(10)..];
     record.final_loss = tail.iter().sum::<f32>() / tail.len() as f32;
-    record.test_accuracy = accuracy(&net, &data.test, data.test.len(), eval_batch, false, dev)?;
+    record.test_accuracy = accuracy(net, &data.test, cfg.test_images, eval_batch, false, dev)?;
     record.seconds = start.elapsed().as_secs_f64();
     if let Some(path) = checkpoint {
         varmap.save(path)?;
     }
-    if cfg.variant == Variant::Batch {
-        let acc = accuracy(&net, &data.test, data.test.len(), cfg.batch, true, dev)?;
+    if cfg.batch_norm {
+        let acc = accuracy(net, &data.test, cfg.test_images, cfg.batch, true, dev)?;
         record.train_mode_accuracy = Some(acc);
     }
     Ok(record)

@@ -63,15 +63,15 @@ fn running<P: Elem>(spec: &Spec, mean: &[P], var: &[P]) -> Vec<(P::Acc, P::Acc)>
 }
 
 /// Forward: y, laid out as x, and (training) each channel's batch mean, then its biased
-/// variance, C elements each, from the same moments that normalized it (empty in eval).
-/// x has more than one element per channel in training.
+/// variance, C elements each of the parameters' type, from the same moments that
+/// normalized it (empty in eval). x has more than one element per channel in training.
 pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     x: &[T],
     w: Option<&[P]>,
     b: Option<&[P]>,
     source: Source<P>,
-) -> (Vec<T>, Vec<T>) {
+) -> (Vec<T>, Vec<P>) {
     let c = spec.param_blocks;
     let batch = matches!(source, Source::Batch);
     let (w, b) = affine_params(spec, w, b);
@@ -95,11 +95,11 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
         Source::Running(mean, var) => (running(spec, mean, var), Vec::new()),
     };
     let out = normalized(spec, x, || (), |_, r| stats[r % c], (&w, &b));
-    let mut stats = vec![T::zero(); if batch { 2 * c } else { 0 }];
+    let mut stats = vec![P::zero(); if batch { 2 * c } else { 0 }];
     if batch {
         let (mean, var): (Vec<_>, Vec<_>) = moments.iter().map(|m| (m.mean, m.m2 / m.n)).unzip();
-        T::store(&mean, &mut stats[..c]);
-        T::store(&var, &mut stats[c..]);
+        P::store(&mean, &mut stats[..c]);
+        P::store(&var, &mut stats[c..]);
     }
     (out, stats)
 }

@@ -87,12 +87,7 @@ fn typed<'a, T: Elem, P: Elem>(spec: &Spec, ins: &Slots<Arg<'a, CpuStorage>>) ->
 /// The dtypes of x and of the parameters (x's when there are none).
 fn dtypes(ins: &Slots<Arg<'_, CpuStorage>>) -> (DType, DType) {
     let x = ins.x.0.dtype();
-    let p = [ins.weight, ins.bias, ins.running.map(|[m, _]| m)]
-        .into_iter()
-        .flatten()
-        .next()
-        .map_or(x, |(s, _)| s.dtype());
-    (x, p)
+    (x, ins.first_param().map_or(x, |(s, _)| s.dtype()))
 }
 
 /// The statistics BatchNorm runs with: the batch's, or the running mean and variance.
@@ -142,7 +137,7 @@ impl Backend for Cpu {
                 Kind::GroupLast => (channels_last::forward(spec, x, s.weight, s.bias), None),
                 _ => (forward::forward(spec, x, s.big.residual, s.weight, s.bias), None),
             };
-            Ok((T::to_cpu_storage_owned(y), stats.map(T::to_cpu_storage_owned)))
+            Ok((T::to_cpu_storage_owned(y), stats.map(P::to_cpu_storage_owned)))
         }
         dispatch!(spec, ins, run(spec, ins))
     }

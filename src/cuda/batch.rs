@@ -5,10 +5,10 @@
 use super::group::slice_len;
 use super::launch::{BLOCK, BVEC};
 use super::params::{BatchDxArgs, BatchFwdArgs, BatchShape, BatchStatsArgs, BatchSumsArgs};
-use super::plan::{entry, int, Executor, Launch};
+use super::plan::{entry, int, Dtypes, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
 use crate::spec::Spec;
-use candle_core::{DType, Result};
+use candle_core::Result;
 
 /// A launch: the shape the kernels read, the vector flag, and the grid (C, splits).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -48,11 +48,12 @@ impl BatchLaunch {
     }
 }
 
-/// The kernel of `stage`, eval's variant with running statistics.
-fn stage(spec: &Spec, dtype: DType, eval: bool, stage: &str) -> Result<String> {
+/// The kernel of `stage`, eval's variant with running statistics: every one after the
+/// statistics kernel has parameter fields (`Dtypes::params_suffix`).
+fn stage(spec: &Spec, d: Dtypes, eval: bool, stage: &str) -> String {
     match eval {
-        true => entry(spec, &format!("eval_{stage}"), dtype),
-        false => entry(spec, stage, dtype),
+        true => entry(spec, &format!("eval_{stage}"), d.params_suffix),
+        false => entry(spec, stage, d.params_suffix),
     }
 }
 
@@ -62,12 +63,12 @@ fn stage(spec: &Spec, dtype: DType, eval: bool, stage: &str) -> Result<String> {
 fn prepare(
     ex: &mut impl Executor,
     spec: &Spec,
-    dtype: DType,
+    d: Dtypes,
     x: u64,
     aligned: bool,
     eval: bool,
 ) -> Result<(BatchLaunch, u64)> {
-    let l = BatchLaunch::new(spec, dtype.size_in_bytes(), aligned, ex.profile().sm_count()?)?;
+    let l = BatchLaunch::new(spec, d.x.size_in_bytes(), aligned, ex.profile().sm_count()?)?;
     if eval {
         return Ok((l, 0));
     }
@@ -80,7 +81,7 @@ fn prepare(
     };
     ex.launch(&Launch::new(
         spec,
-        entry(spec, "stats", dtype)?,
+        entry(spec, "stats", d.x_suffix),
         l.grid,
         BLOCK,
         0,
@@ -90,14 +91,14 @@ fn prepare(
 }
 
 /// The forward: y for every element of x, and in training each channel's batch mean
-/// then biased variance at `p.stats` (2·C elements).
-pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
+/// then biased variance at `p.stats` (2·C elements of the parameters' dtype).
+pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -> Result<()> {
     let stats = p.stats;
     let eval = p.running.is_some();
     // The kernels read γ and β one at a time: only x's alignment matters.
-    let (l, moments) = prepare(ex, spec, dtype, p.x, p.x.is_multiple_of(16), eval)?;
+    let (l, moments) = prepare(ex, spec, d, p.x, p.x.is_multiple_of(16), eval)?;
     let [running_mean, running_var] = p.running.unwrap_or_default();
-    let c = (spec.param_blocks * dtype.size_in_bytes()) as u64;
+    let c = (spec.param_blocks * d.params.size_in_bytes()) as u64;
     let args = BatchFwdArgs {
         x: p.x,
         weight: p.w.unwrap_or(0),
@@ -112,22 +113,15 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd
         eps: spec.eps as f32,
         flags: l.flags,
     };
-    ex.launch(&Launch::new(
-        spec,
-        stage(spec, dtype, eval, "fwd")?,
-        l.grid,
-        BLOCK,
-        0,
-        args,
-    )?)
+    ex.launch(&Launch::new(spec, stage(spec, d, eval, "fwd"), l.grid, BLOCK, 0, args)?)
 }
 
 /// The backward: dx, and the per-slice sums Σ dy·x̂ and Σ dy of each channel, which
 /// are the dγ/dβ partials (`[splits, C]`). Training needs the sums for dx; eval's dx
 /// does not, so there they are computed only when `sums` asks for dγ or dβ.
-pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bwd, sums: bool) -> Result<Partials> {
+pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd, sums: bool) -> Result<Partials> {
     let eval = p.running.is_some();
-    let (l, moments) = prepare(ex, spec, dtype, p.x, p.aligned(), eval)?;
+    let (l, moments) = prepare(ex, spec, d, p.x, p.aligned(), eval)?;
     let [running_mean, running_var] = p.running.unwrap_or_default();
     let len = l.grid.0 * l.grid.1 * 4;
     let (partial_dw, partial_db) = (
@@ -150,7 +144,7 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bw
         };
         ex.launch(&Launch::new(
             spec,
-            stage(spec, dtype, eval, "bwd_sums")?,
+            stage(spec, d, eval, "bwd_sums"),
             l.grid,
             BLOCK,
             0,
@@ -173,7 +167,7 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bw
     };
     ex.launch(&Launch::new(
         spec,
-        stage(spec, dtype, eval, "bwd_dx")?,
+        stage(spec, d, eval, "bwd_dx"),
         l.grid,
         BLOCK,
         0,

@@ -5,13 +5,14 @@
 
 use super::module::{function, sm_count};
 use super::plan::{Executor, Launch, Profile};
+use super::Dtypes;
 use super::{run_backward, run_forward, Bwd, Fwd};
 use crate::backend::{Arg, Backend, Slots};
-use crate::check::{self, dispatch_dtype};
+use crate::check::{self, dispatch_dtype, dispatch_dtypes};
 use crate::spec::{Affine, Kind, Spec};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
     ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
@@ -111,34 +112,60 @@ impl Executor for Driver<'_> {
 /// The CUDA kernels on a GPU, on the stream of the tensors' candle device.
 pub(crate) struct Cuda;
 
-/// The view of a contiguous input.
-fn view<'a, T: CudaElem>(spec: &Spec, (s, l): Arg<'a, CudaStorage>) -> Result<CudaView<'a, T>> {
-    let range = check::contiguous_range(spec.name(), l)?;
-    Ok(s.as_cuda_slice::<T>()?.slice(range))
-}
-
-/// Device addresses of the slots' views, with the guards that order the stream's later
-/// work after the reads (kept until the launches are on the stream).
-fn addrs<'a, T>(
-    views: &'a Slots<CudaView<'_, T>>,
+/// The device address of a contiguous input (of any dtype with kernels), with the
+/// guard that orders the stream's later work after its reads, kept in `guards` until
+/// the launches are on the stream.
+fn addr<'a>(
+    spec: &Spec,
+    (s, l): Arg<'a, CudaStorage>,
     stream: &'a CudaStream,
     guards: &mut Vec<SyncOnDrop<'a>>,
-) -> Result<Slots<u64>> {
-    views.as_ref().try_map(|v| {
-        let (p, g) = v.device_ptr(stream);
-        guards.push(g);
-        Ok(p)
-    })
+) -> Result<u64> {
+    fn at<'a, T: CudaElem>(s: &'a CudaStorage, stream: &'a CudaStream) -> Result<(u64, SyncOnDrop<'a>)> {
+        Ok(s.as_cuda_slice::<T>()?.device_ptr(stream))
+    }
+    let range = check::contiguous_range(spec.name(), l)?;
+    let (p, g) =
+        dispatch_dtype!(spec.name(), s.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], at(s, stream))?;
+    guards.push(g);
+    Ok(p + (range.start * s.dtype().size_in_bytes()) as u64)
+}
+
+/// A kernel's output as candle storage on `dev`.
+fn wrap<E: CudaElem>(s: CudaSlice<E>, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(s, dev.clone())
+}
+
+/// Calls `$run::<T, W>(args)` for the kernels' pairs of x's and the parameters' dtypes.
+macro_rules! with_dtypes {
+    ($spec:expr, $d:expr, $run:ident $args:tt) => {
+        dispatch_dtypes!(
+            $spec.name(),
+            ($d.x, $d.params),
+            "CUDA",
+            [(F32, F32) => (f32, f32), (F16, F16) => (f16, f16), (BF16, BF16) => (bf16, bf16), (F16, F32) => (f16, f32), (BF16, F32) => (bf16, f32)],
+            $run $args
+        )
+    };
+}
+
+/// The kernels' dtypes for the inputs: x's, and the parameters' (x's without any).
+fn dtypes(spec: &Spec, ins: &Slots<Arg<'_, CudaStorage>>) -> Result<Dtypes> {
+    let x = ins.x.0.dtype();
+    Dtypes::new(spec, x, ins.first_param().map_or(x, |(s, _)| s.dtype()))
 }
 
 impl Backend for Cuda {
     type Storage = CudaStorage;
 
     fn forward(&self, spec: &Spec, ins: &Slots<Arg<'_, CudaStorage>>) -> Result<(CudaStorage, Option<CudaStorage>)> {
-        fn run<T: CudaElem>(spec: &Spec, ins: &Slots<Arg<CudaStorage>>) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        fn run<T: CudaElem, W: CudaElem>(
+            spec: &Spec,
+            d: Dtypes,
+            ins: &Slots<Arg<CudaStorage>>,
+        ) -> Result<(CudaStorage, Option<CudaStorage>)> {
             let dev = &ins.x.0.device;
             let stream = dev.cuda_stream();
-            let views = ins.try_map(|a| view::<T>(spec, a))?;
             let n = spec.rows * spec.len;
             // SAFETY: every element of y (and h) is written by the kernels, which the
             // emulator's test of every path checks.
@@ -146,12 +173,12 @@ impl Backend for Cuda {
             // Training BatchNorm's statistics, written by the kernels, which an empty x
             // (eval only: training needs two values a channel) does not run.
             let mut stats = match (spec.kind, ins.running) {
-                (Kind::Batch, None) => Some(dev.alloc_zeros::<T>(2 * spec.param_blocks)?),
+                (Kind::Batch, None) => Some(dev.alloc_zeros::<W>(2 * spec.param_blocks)?),
                 _ => None,
             };
             {
                 let mut guards = Vec::new();
-                let p = addrs(&views, &stream, &mut guards)?;
+                let p = ins.try_map(|a| addr(spec, a, &stream, &mut guards))?;
                 let (y, _out) = out.device_ptr_mut(&stream);
                 let stats = stats.as_mut().map(|s| s.device_ptr_mut(&stream));
                 let f = Fwd {
@@ -164,12 +191,12 @@ impl Backend for Cuda {
                     h: p.residual.map(|_| y + (n * std::mem::size_of::<T>()) as u64),
                     stats: stats.as_ref().map(|s| s.0),
                 };
-                run_forward(&mut Driver::new(dev), spec, T::DTYPE, &f)?;
+                run_forward(&mut Driver::new(dev), spec, d, &f)?;
             }
-            let wrap = |s| CudaStorage::wrap_cuda_slice(s, dev.clone());
-            Ok((wrap(out), stats.map(wrap)))
+            Ok((wrap(out, dev), stats.map(|s| wrap(s, dev))))
         }
-        dispatch_dtype!(spec.name(), ins.x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, ins))
+        let d = dtypes(spec, ins)?;
+        with_dtypes!(spec, d, run(spec, d, ins))
     }
 
     fn backward(
@@ -178,28 +205,27 @@ impl Backend for Cuda {
         affine: Affine,
         ins: &Slots<Arg<'_, CudaStorage>>,
     ) -> Result<(CudaStorage, Option<CudaStorage>)> {
-        fn run<T: CudaElem>(
+        fn run<T: CudaElem, W: CudaElem>(
             spec: &Spec,
+            d: Dtypes,
             affine: Affine,
             ins: &Slots<Arg<CudaStorage>>,
         ) -> Result<(CudaStorage, Option<CudaStorage>)> {
             let dev = &ins.x.0.device;
             let stream = dev.cuda_stream();
-            let views = ins.try_map(|a| view::<T>(spec, a))?;
             let (len, np) = (spec.rows * spec.len, spec.param_grads(affine));
-            let wrap = |s| CudaStorage::wrap_cuda_slice(s, dev.clone());
             if len == 0 {
                 // dγ/dβ of an empty input are zeros.
-                let params = (np > 0).then(|| dev.alloc_zeros::<T>(np)).transpose()?;
-                return Ok((wrap(dev.alloc_zeros::<T>(0)?), params.map(wrap)));
+                let params = (np > 0).then(|| dev.alloc_zeros::<W>(np)).transpose()?;
+                return Ok((wrap(dev.alloc_zeros::<T>(0)?, dev), params.map(|p| wrap(p, dev))));
             }
             // SAFETY: dx is written by the backward kernels, and dγ/dβ, allocated only when
             // wanted, by the dparams kernel, launched whenever one of them is.
             let (mut out, mut params) =
-                unsafe { (dev.alloc::<T>(len)?, (np > 0).then(|| dev.alloc::<T>(np)).transpose()?) };
+                unsafe { (dev.alloc::<T>(len)?, (np > 0).then(|| dev.alloc::<W>(np)).transpose()?) };
             {
                 let mut guards = Vec::new();
-                let p = addrs(&views, &stream, &mut guards)?;
+                let p = ins.try_map(|a| addr(spec, a, &stream, &mut guards))?;
                 let Some(dy) = p.dy else {
                     candle_core::bail!("{}: internal error: a backward without dy", spec.name())
                 };
@@ -213,10 +239,11 @@ impl Backend for Cuda {
                     dx,
                 };
                 let at = params.as_mut().map_or(0, |p| p.device_ptr_mut(&stream).0);
-                run_backward(&mut Driver::new(dev), spec, T::DTYPE, affine, &b, at)?;
+                run_backward(&mut Driver::new(dev), spec, d, affine, &b, at)?;
             }
-            Ok((wrap(out), params.map(wrap)))
+            Ok((wrap(out, dev), params.map(|p| wrap(p, dev))))
         }
-        dispatch_dtype!(spec.name(), ins.x.0.dtype(), "CUDA", [F32 => f32, F16 => f16, BF16 => bf16], run(spec, affine, ins))
+        let d = dtypes(spec, ins)?;
+        with_dtypes!(spec, d, run(spec, d, affine, ins))
     }
 }

@@ -6,10 +6,10 @@ use super::launch::{BLOCK, GVEC};
 use super::params::{
     GroupDxArgs, GroupFwdArgs, GroupLastDxArgs, GroupLastSumsArgs, GroupShape, GroupStatsArgs, GroupSumsArgs,
 };
-use super::plan::{entry, int, Executor, Launch};
+use super::plan::{entry, int, Dtypes, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
 use crate::spec::{Kind, Spec};
-use candle_core::{DType, Result};
+use candle_core::Result;
 
 /// Elements a GroupNorm block should own at least when a group is split.
 const MIN_SLICE: usize = 2048;
@@ -67,12 +67,12 @@ pub(super) fn row_slices(spec: &Spec, sm: usize, b: usize) -> (usize, usize) {
 fn group_stats(
     ex: &mut impl Executor,
     spec: &Spec,
-    dtype: DType,
+    d: Dtypes,
     x: u64,
     aligned: bool,
 ) -> Result<(GroupShape, i32, u64)> {
     let sm = ex.profile().sm_count()?;
-    let (shape, flags) = group_shape(spec, dtype.size_in_bytes(), aligned, sm)?;
+    let (shape, flags) = group_shape(spec, d.x.size_in_bytes(), aligned, sm)?;
     let splits = shape.splits as usize;
     let moments = ex.scratch(spec.rows * splits * 3 * 4, true, "statistics partials")?;
     let args = GroupStatsArgs {
@@ -83,7 +83,7 @@ fn group_stats(
     };
     ex.launch(&Launch::new(
         spec,
-        entry(spec, "stats", dtype)?,
+        entry(spec, "stats", d.x_suffix),
         (spec.rows, splits),
         BLOCK,
         0,
@@ -93,8 +93,8 @@ fn group_stats(
 }
 
 /// The forward: y for every element of x.
-pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
-    let (shape, flags, moments) = group_stats(ex, spec, dtype, p.x, p.aligned())?;
+pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -> Result<()> {
+    let (shape, flags, moments) = group_stats(ex, spec, d, p.x, p.aligned())?;
     let args = GroupFwdArgs {
         x: p.x,
         weight: p.w.unwrap_or(0),
@@ -106,15 +106,22 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd
         flags,
     };
     let grid = (spec.rows, shape.splits as usize);
-    ex.launch(&Launch::new(spec, entry(spec, "fwd", dtype)?, grid, BLOCK, 0, args)?)
+    ex.launch(&Launch::new(
+        spec,
+        entry(spec, "fwd", d.params_suffix),
+        grid,
+        BLOCK,
+        0,
+        args,
+    )?)
 }
 
 /// The backward: per-(sample, channel) sums, then dx; the sums are the dγ/dβ partials,
 /// one row per sample (channels-first) or per slice of a sample's spatial rows
 /// (channels-last, whose sums kernel reads whole rows of channels).
-pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bwd) -> Result<Partials> {
+pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
-    let (shape, flags, moments) = group_stats(ex, spec, dtype, p.x, p.aligned())?;
+    let (shape, flags, moments) = group_stats(ex, spec, d, p.x, p.aligned())?;
     let b = spec.rows / spec.param_blocks;
     let last = spec.kind == Kind::GroupLast;
     let (r, rows) = if last {
@@ -126,7 +133,10 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bw
     let partial_db = ex.scratch(b * r * np * 4, true, "Σ dy partials")?;
     let (x, dy, weight, dx, eps) = (p.x, p.dy, p.w.unwrap_or(0), p.dx, spec.eps as f32);
     let grid = (spec.rows, shape.splits as usize);
-    let (sums, dx_entry) = (entry(spec, "bwd_sums", dtype)?, entry(spec, "bwd_dx", dtype)?);
+    let (sums, dx_entry) = (
+        entry(spec, "bwd_sums", d.x_suffix),
+        entry(spec, "bwd_dx", d.params_suffix),
+    );
     let slices = int(spec, "row slices", r)?;
     let [sums, dx] = if last {
         let sums_args = GroupLastSumsArgs {

@@ -54,10 +54,10 @@ mod row;
 pub(crate) use driver::Cuda;
 
 use crate::spec::{Affine, Kind, Spec};
-use candle_core::{bail, DType, Result};
+use candle_core::{bail, Result};
 use launch::DPARAMS_THREADS;
 use params::PartialsArgs;
-use plan::{entry, int, Executor, Launch};
+use plan::{entry, int, Dtypes, Executor, Launch};
 
 /// Whether every present pointer is 16-byte aligned, as the vector paths need.
 fn aligned(ptrs: &[Option<u64>]) -> bool {
@@ -112,39 +112,37 @@ struct Partials {
 }
 
 /// The forward of `spec`: y (and h with a residual, BatchNorm's batch statistics in
-/// training) at the addresses of `p`.
-pub(crate) fn run_forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
-    plan::suffix(spec, dtype)?;
+/// training, of the parameters' dtype) at the addresses of `p`.
+pub(crate) fn run_forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -> Result<()> {
     if spec.rows * spec.len == 0 {
         return Ok(());
     }
     match (spec.kind, p.residual) {
-        (Kind::Group | Kind::GroupLast, None) => group::forward(ex, spec, dtype, p),
-        (Kind::Layer | Kind::Rms, _) => row::forward(ex, spec, dtype, p),
-        (Kind::Batch, None) => batch::forward(ex, spec, dtype, p),
+        (Kind::Group | Kind::GroupLast, None) => group::forward(ex, spec, d, p),
+        (Kind::Layer | Kind::Rms, _) => row::forward(ex, spec, d, p),
+        (Kind::Batch, None) => batch::forward(ex, spec, d, p),
         _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
     }
 }
 
 /// The backward of `spec`: dx at `p.dx`, and the parameter gradients `affine` asks for
-/// at `params`, dγ (N elements) then dβ. An empty x writes nothing: its gradients are
-/// zeros, which the caller allocates.
+/// at `params`, dγ (N elements of the parameters' dtype) then dβ. An empty x writes
+/// nothing: its gradients are zeros, which the caller allocates.
 pub(crate) fn run_backward(
     ex: &mut impl Executor,
     spec: &Spec,
-    dtype: DType,
+    d: Dtypes,
     affine: Affine,
     p: &Bwd,
     params: u64,
 ) -> Result<()> {
-    plan::suffix(spec, dtype)?;
     if spec.rows * spec.len == 0 {
         return Ok(());
     }
     let partials = match (spec.kind, p.dh) {
-        (Kind::Group | Kind::GroupLast, None) => group::backward(ex, spec, dtype, p)?,
-        (Kind::Layer | Kind::Rms, _) => row::backward(ex, spec, dtype, p)?,
-        (Kind::Batch, None) => batch::backward(ex, spec, dtype, p, affine.weight || affine.bias)?,
+        (Kind::Group | Kind::GroupLast, None) => group::backward(ex, spec, d, p)?,
+        (Kind::Layer | Kind::Rms, _) => row::backward(ex, spec, d, p)?,
+        (Kind::Batch, None) => batch::backward(ex, spec, d, p, affine.weight || affine.bias)?,
         _ => bail!("{}: internal error: no CUDA kernel for this input", spec.name()),
     };
     if affine.weight || affine.bias {
@@ -152,8 +150,8 @@ pub(crate) fn run_backward(
         let dw = affine.weight.then_some(params);
         let db = affine
             .bias
-            .then(|| params + (usize::from(affine.weight) * np * dtype.size_in_bytes()) as u64);
-        reduce_params(ex, spec, dtype, &partials, dw, db)?;
+            .then(|| params + (usize::from(affine.weight) * np * d.params.size_in_bytes()) as u64);
+        reduce_params(ex, spec, d, &partials, dw, db)?;
     }
     Ok(())
 }
@@ -162,7 +160,7 @@ pub(crate) fn run_backward(
 fn reduce_params(
     ex: &mut impl Executor,
     spec: &Spec,
-    dtype: DType,
+    d: Dtypes,
     p: &Partials,
     dw: Option<u64>,
     db: Option<u64>,
@@ -179,7 +177,7 @@ fn reduce_params(
     let grid = (np.div_ceil(32), 1);
     ex.launch(&Launch::new(
         spec,
-        entry(spec, "dparams", dtype)?,
+        entry(spec, "dparams", d.dparams_suffix),
         grid,
         DPARAMS_THREADS,
         0,

@@ -4,17 +4,20 @@
 //! kernels' header `params.h`, with a `static_assert` on the size of each struct and
 //! the offset of each field as Rust lays them out (nvcc and the emulator's host
 //! compiler check them at every build), and for each struct the parameter list of its
-//! entries for element type T (`CN_PARAMS_RowFwdArgs(T)`: the fields in order, the
-//! tensors as `const T*` and `T*`) and the struct made of those parameters
+//! entries (the fields in order, typed) and the struct made of those parameters
 //! (`CN_ARGS_RowFwdArgs`). A launch passes the fields as the entry's parameters, the
 //! driver one pointer a field; the emulator checks their count and sizes against the
 //! kernel's. (Typed parameters, not one struct parameter nor `void*` ones: with
 //! either, nvcc keeps more values in registers, up to 21 more in the row kernels.)
 //!
-//! `In` and `Out` fields are device addresses of tensors of the kernel's dtype T that
-//! it reads or writes (`const void*` and `void*` in the structs, `const T*` and `T*`
-//! as parameters), `InF32` and `OutF32` of its f32 scratch; 0 is an absent optional
-//! tensor.
+//! `In` and `Out` fields are device addresses of tensors of the kernel's element type
+//! T that it reads or writes (`const void*` and `void*` in the structs, `const T*` and
+//! `T*` as parameters); `Param` and `OutParam` fields, of the affine parameters and
+//! per-channel statistics it reads or writes, of their type W (`const W*` and `W*`: T,
+//! or f32 with f16 and bf16 T for mixed precision); `InF32` and `OutF32`, of its f32
+//! scratch. 0 is an absent optional tensor. A struct's parameter list is
+//! `CN_PARAMS_RowFwdArgs(T, W)` when it has `Param` or `OutParam` fields, else
+//! `CN_PARAMS_GroupStatsArgs(T)`.
 //! `partial_dw` and `partial_db` are always f32 partial sums of dγ (Σ dy·x̂) and dβ
 //! (Σ dy), summed in a fixed order by the `*_dparams` kernels.
 
@@ -22,6 +25,12 @@
 pub(crate) type In = u64;
 /// The device address of elements of the kernel's dtype that it writes (and may read).
 pub(crate) type Out = u64;
+/// The device address of affine parameters (or running statistics) that the kernel
+/// reads, of the parameters' dtype.
+pub(crate) type Param = u64;
+/// The device address of per-channel statistics that the kernel writes, of the
+/// parameters' dtype.
+pub(crate) type OutParam = u64;
 /// The device address of f32 scratch the kernel reads.
 pub(crate) type InF32 = u64;
 /// The device address of f32 scratch the kernel writes (and may read).
@@ -34,9 +43,9 @@ kernel_params! {
         /// [rows, len].
         x: In,
         /// [len]: γ, or null for ones.
-        weight: In,
+        weight: Param,
         /// [len]: β, or null for zeros (always null for RMSNorm).
-        bias: In,
+        bias: Param,
         /// [rows, len].
         y: Out,
         rows: i32,
@@ -47,7 +56,7 @@ kernel_params! {
     /// Their backward: dx, and each block's partial sums over the rows it visits.
     struct RowBwdArgs {
         x: In,
-        weight: In,
+        weight: Param,
         dy: In,
         dx: Out,
         /// [blocks, len] f32.
@@ -62,8 +71,8 @@ kernel_params! {
     struct AddFwdArgs {
         x: In,
         residual: In,
-        weight: In,
-        bias: In,
+        weight: Param,
+        bias: Param,
         h: Out,
         y: Out,
         rows: i32,
@@ -74,7 +83,7 @@ kernel_params! {
     /// The fused residual add's backward from h: dx = dh + the norm's backward.
     struct AddBwdArgs {
         h: In,
-        weight: In,
+        weight: Param,
         dy: In,
         /// The gradient reaching h directly.
         dh: In,
@@ -129,9 +138,9 @@ kernel_params! {
     struct GroupFwdArgs {
         x: In,
         /// [C]: γ, or null for ones.
-        weight: In,
+        weight: Param,
         /// [C]: β, or null for zeros.
-        bias: In,
+        bias: Param,
         moments: InF32,
         y: Out,
         shape: GroupShape,
@@ -170,7 +179,7 @@ kernel_params! {
     /// GroupNorm's dx, channels-first.
     struct GroupDxArgs {
         x: In,
-        weight: In,
+        weight: Param,
         dy: In,
         moments: InF32,
         partial_dw: InF32,
@@ -184,7 +193,7 @@ kernel_params! {
     /// GroupNorm's dx, channels-last, from sums in `slices` slices a sample.
     struct GroupLastDxArgs {
         x: In,
-        weight: In,
+        weight: Param,
         dy: In,
         moments: InF32,
         partial_dw: InF32,
@@ -223,18 +232,18 @@ kernel_params! {
     struct BatchFwdArgs {
         x: In,
         /// [C]: γ, or null for ones.
-        weight: In,
+        weight: Param,
         /// [C]: β, or null for zeros.
-        bias: In,
+        bias: Param,
         moments: InF32,
         /// [C] (eval).
-        running_mean: In,
-        running_var: In,
+        running_mean: Param,
+        running_var: Param,
         y: Out,
-        /// [C]: the batch mean and biased variance, rounded to the element type
-        /// (training).
-        mean: Out,
-        var: Out,
+        /// [C]: the batch mean and biased variance, rounded to the parameters'
+        /// dtype (training).
+        mean: OutParam,
+        var: OutParam,
         shape: BatchShape,
         eps: f32,
         flags: i32,
@@ -245,8 +254,8 @@ kernel_params! {
         x: In,
         dy: In,
         moments: InF32,
-        running_mean: In,
-        running_var: In,
+        running_mean: Param,
+        running_var: Param,
         /// [splits, C] f32.
         partial_dw: OutF32,
         partial_db: OutF32,
@@ -258,11 +267,11 @@ kernel_params! {
     /// BatchNorm's dx (training reads the sums, eval neither them nor x).
     struct BatchDxArgs {
         x: In,
-        weight: In,
+        weight: Param,
         dy: In,
         moments: InF32,
-        running_mean: In,
-        running_var: In,
+        running_mean: Param,
+        running_var: Param,
         partial_dw: InF32,
         partial_db: InF32,
         dx: Out,

@@ -80,8 +80,49 @@ pub(crate) trait Executor {
     fn launch(&mut self, launch: &Launch) -> Result<()>;
 }
 
+/// The element types of an op's launches: x's (every tensor laid out as x has it), and
+/// the parameters' (γ, β, BatchNorm's running and batch statistics, dγ and dβ): x's,
+/// or f32 beside f16 and bf16 x (mixed precision); with the suffixes of their entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dtypes {
+    pub x: DType,
+    pub params: DType,
+    /// The entry suffix of a kernel that reads no parameters: x's dtype.
+    pub x_suffix: &'static str,
+    /// The entry suffix of a kernel that reads or writes parameters (its struct has
+    /// `Param` fields): x's dtype, then `_f32` for f32 parameters beside f16 or bf16 x.
+    pub params_suffix: &'static str,
+    /// The entry suffix of the `*_dparams` kernels, whose elements are dγ and dβ: the
+    /// parameters' dtype.
+    pub dparams_suffix: &'static str,
+}
+
+impl Dtypes {
+    /// The dtypes of x and of the parameters, or an error naming the op and the dtypes
+    /// unless the kernels take them (`backend::cuda_kernels_take`).
+    pub(crate) fn new(spec: &Spec, x: DType, params: DType) -> Result<Self> {
+        let x_suffix = suffix(spec, x)?;
+        let params_suffix = match (x, params) {
+            (_, p) if p == x => x_suffix,
+            (DType::F16, DType::F32) => "f16_f32",
+            (DType::BF16, DType::F32) => "bf16_f32",
+            _ => bail!(
+                "{}: the CUDA kernels take parameters of x's dtype, or f32 beside f16 and bf16 x, not {params:?} beside {x:?}",
+                spec.name()
+            ),
+        };
+        Ok(Self {
+            x,
+            params,
+            x_suffix,
+            params_suffix,
+            dparams_suffix: suffix(spec, params)?,
+        })
+    }
+}
+
 /// The suffix of the kernels of `dtype` (f32, f16, bf16); others have none.
-pub(crate) fn suffix(spec: &Spec, dtype: DType) -> Result<&'static str> {
+fn suffix(spec: &Spec, dtype: DType) -> Result<&'static str> {
     match dtype {
         DType::F32 => Ok("f32"),
         DType::F16 => Ok("f16"),
@@ -95,9 +136,9 @@ pub(crate) fn suffix(spec: &Spec, dtype: DType) -> Result<&'static str> {
     }
 }
 
-/// The entry point `{kind}_{stage}_{dtype}`.
-pub(crate) fn entry(spec: &Spec, stage: &str, dtype: DType) -> Result<String> {
-    Ok(format!("{}_{stage}_{}", spec.kind.name(), suffix(spec, dtype)?))
+/// The entry point `{kind}_{stage}_{suffix}`.
+pub(crate) fn entry(spec: &Spec, stage: &str, suffix: &str) -> String {
+    format!("{}_{stage}_{suffix}", spec.kind.name())
 }
 
 /// A size as the kernels' `int`, or an error naming the op.

@@ -180,7 +180,7 @@ mod tests {
                 for stage in ["bwd", "add_bwd"] {
                     for path in ["warp", "block", "multi"] {
                         for width in ["vec", "scalar"] {
-                            for dtype in ["f32", "f16", "bf16"] {
+                            for dtype in ["f32", "f16", "bf16", "f16_f32", "bf16_f32"] {
                                 let entry = format!("{norm}_{stage}_{path}_{width}_{dtype}");
                                 let key = (arch.name.to_owned(), entry);
                                 assert!(recorded().contains_key(&key), "{key:?} is not recorded");

@@ -3,10 +3,10 @@
 
 use super::launch::{BLOCK, MAX_THREADS, ROW_REG, ROW_REG_BWD, ROW_REG_BWD_SCALAR, ROW_REG_SCALAR};
 use super::params::{AddBwdArgs, AddFwdArgs, RowBwdArgs, RowFwdArgs};
-use super::plan::{int, suffix, Executor, Launch};
+use super::plan::{int, Dtypes, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
 use crate::spec::Spec;
-use candle_core::{DType, Result};
+use candle_core::Result;
 
 /// How a row kernel holds a row; each path is its own compiled entry point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,25 +63,22 @@ impl RowLaunch {
         }
     }
 
-    /// The entry point `{kind}_{stage}_{path}_{width}_{dtype}` of kernels/row_norm.cuh.
-    pub(super) fn entry(&self, spec: &Spec, stage: &str, dtype: DType) -> Result<String> {
+    /// The entry point `{kind}_{stage}_{path}_{width}_{dtypes}` of kernels/row_norm.cuh
+    /// (every row kernel reads γ).
+    pub(super) fn entry(&self, spec: &Spec, stage: &str, d: Dtypes) -> String {
         let path = match self.path {
             Path::Warp => "warp",
             Path::Block => "block",
             Path::Multi => "multi",
         };
         let width = if self.vec { "vec" } else { "scalar" };
-        Ok(format!(
-            "{}_{stage}_{path}_{width}_{}",
-            spec.kind.name(),
-            suffix(spec, dtype)?
-        ))
+        format!("{}_{stage}_{path}_{width}_{}", spec.kind.name(), d.params_suffix)
     }
 }
 
 /// The forward: y (and h, with a residual) for the `M·N` elements of x.
-pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd) -> Result<()> {
-    let l = RowLaunch::new(spec, dtype.size_in_bytes(), p.aligned(), false);
+pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -> Result<()> {
+    let l = RowLaunch::new(spec, d.x.size_in_bytes(), p.aligned(), false);
     let (rows, len, eps) = (
         int(spec, "rows", spec.rows)?,
         int(spec, "row length", spec.len)?,
@@ -102,7 +99,7 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd
                 len,
                 eps,
             };
-            Launch::new(spec, l.entry(spec, "add_fwd", dtype)?, grid, block, 0, args)?
+            Launch::new(spec, l.entry(spec, "add_fwd", d), grid, block, 0, args)?
         }
         _ => {
             let args = RowFwdArgs {
@@ -114,7 +111,7 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Fwd
                 len,
                 eps,
             };
-            Launch::new(spec, l.entry(spec, "fwd", dtype)?, grid, block, 0, args)?
+            Launch::new(spec, l.entry(spec, "fwd", d), grid, block, 0, args)?
         }
     };
     ex.launch(&launch)
@@ -131,11 +128,11 @@ fn warp_partial_bytes(spec: &Spec, l: &RowLaunch) -> usize {
 
 /// The backward: dx, and one dγ/dβ partial row per block of a persistent grid. With
 /// `dh` (the fused residual add), x is h and dh is added to dx.
-pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, dtype: DType, p: &Bwd) -> Result<Partials> {
+pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
-    let l = RowLaunch::new(spec, dtype.size_in_bytes(), p.aligned(), true);
+    let l = RowLaunch::new(spec, d.x.size_in_bytes(), p.aligned(), true);
     let smem = warp_partial_bytes(spec, &l);
-    let entry = l.entry(spec, if p.dh.is_some() { "add_bwd" } else { "bwd" }, dtype)?;
+    let entry = l.entry(spec, if p.dh.is_some() { "add_bwd" } else { "bwd" }, d);
     // Persistent: as many blocks as fit on the GPU at once, each adding its rows
     // into one partial row, so that the partials stay few and in L2.
     let profile = ex.profile();
@@ -237,13 +234,15 @@ mod tests {
     }
 
     #[test]
-    fn entries_name_path_width_and_dtype() {
+    fn entries_name_path_width_and_dtypes() {
+        use candle_core::DType::{BF16, F16, F32, F64};
         let spec = rows(2, 8);
         let l = RowLaunch::new(&spec, 2, true, true);
-        assert_eq!(
-            l.entry(&spec, "bwd", DType::F16).unwrap(),
-            "layer_norm_bwd_warp_vec_f16"
-        );
-        assert!(l.entry(&spec, "bwd", DType::F64).is_err());
+        let entry = |x, params| Dtypes::new(&spec, x, params).map(|d| l.entry(&spec, "bwd", d));
+        assert_eq!(entry(F16, F16).unwrap(), "layer_norm_bwd_warp_vec_f16");
+        assert_eq!(entry(BF16, F32).unwrap(), "layer_norm_bwd_warp_vec_bf16_f32");
+        assert!(entry(F64, F64).is_err());
+        assert!(entry(F32, F16).is_err());
+        assert!(entry(F16, BF16).is_err());
     }
 }

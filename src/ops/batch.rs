@@ -1,6 +1,6 @@
 //! BatchNorm: the public functions and their checks.
 
-use super::{affine, run_backward, run_forward, NormGrads};
+use super::{affine, run_backward, run_forward, NormGrads, Tangents};
 use crate::backend::Slots;
 use crate::check;
 use crate::spec::Spec;
@@ -27,7 +27,8 @@ pub fn batch_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
 }
 
 /// [`batch_norm`], returning `(y, mean, var)`: y, and each channel's batch mean and
-/// biased variance (shape `[C]`, `x`'s dtype) from the same pass that normalized it,
+/// biased variance (shape `[C]`, the dtype of `weight` and `bias`: f32 beside f16 or
+/// bf16 x in mixed precision, x's without them) from the same pass that normalized it,
 /// for updating running statistics without reading x again. The statistics are
 /// detached: no gradient flows through them.
 ///
@@ -104,6 +105,43 @@ pub fn batch_norm_backward(
         ..Slots::new(x)
     };
     Ok(run_backward(&spec, affine(weight, bias), slots)?.into())
+}
+
+/// The forward-mode derivative of [`batch_norm`] (training): `(y, ẏ)` along the
+/// tangents `t` of x, the weight and the bias, with the means of
+/// [`crate::layer_norm_jvp`]'s formula over each channel (the batch and the spatial
+/// dimensions).
+///
+/// # Errors
+/// Those of [`batch_norm`] and of [`crate::layer_norm_jvp`].
+pub fn batch_norm_jvp(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    t: Tangents,
+) -> Result<(Tensor, Tensor)> {
+    super::jvp(spec(x, weight, bias, eps, None)?, x, (weight, bias), None, t)
+}
+
+/// The forward-mode derivative of [`batch_norm_eval`]: `(y, ẏ)` along the tangents `t`
+/// of x, the weight and the bias. The running statistics are constants: ẏ =
+/// ẋ·γ/sqrt(running_var + eps) + x̂·γ̇ + β̇.
+///
+/// # Errors
+/// Those of [`batch_norm_eval`] and of [`crate::layer_norm_jvp`].
+pub fn batch_norm_eval_jvp(
+    x: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    t: Tangents,
+) -> Result<(Tensor, Tensor)> {
+    let spec = spec(x, weight, bias, eps, Some((running_mean, running_var)))?;
+    let running = [running_mean.detach(), running_var.detach()];
+    super::jvp(spec, x, (weight, bias), Some([&running[0], &running[1]]), t)
 }
 
 /// The checked [`Spec`]: running statistics given for eval, else training's rule of

@@ -1,6 +1,6 @@
 //! GroupNorm, channels-first and channels-last: the public functions and their checks.
 
-use super::NormGrads;
+use super::{NormGrads, Tangents};
 use crate::check;
 use crate::spec::{Kind, Spec};
 use candle_core::{Result, Tensor};
@@ -102,6 +102,40 @@ pub fn group_norm_backward(
         dy,
         None,
     )
+}
+
+/// The forward-mode derivative of [`group_norm`]: `(y, ẏ)` along the tangents `t` of x,
+/// the weight and the bias, with the means of [`crate::layer_norm_jvp`]'s formula over
+/// each (sample, group).
+///
+/// # Errors
+/// Those of [`group_norm`] and of [`crate::layer_norm_jvp`].
+pub fn group_norm_jvp(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    t: Tangents,
+) -> Result<(Tensor, Tensor)> {
+    let spec = spec(Kind::Group.name(), x, num_groups, weight, bias, eps)?;
+    super::jvp(spec, x, (weight, bias), None, t)
+}
+
+/// The forward-mode derivative of [`group_norm_channels_last`], as
+/// [`group_norm_jvp`].
+///
+/// # Errors
+/// Those of [`group_norm_channels_last`] and of [`crate::layer_norm_jvp`].
+pub fn group_norm_channels_last_jvp(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    t: Tangents,
+) -> Result<(Tensor, Tensor)> {
+    super::jvp(spec_last(x, num_groups, weight, bias, eps)?, x, (weight, bias), None, t)
 }
 
 /// The checked [`Spec`] of a GroupNorm of `x`, its errors naming `op`.

@@ -1,7 +1,7 @@
 //! InstanceNorm: GroupNorm with one group per channel, under its own name and
 //! PyTorch's rule that an instance needs more than one element.
 
-use super::NormGrads;
+use super::{NormGrads, Tangents};
 use candle_core::{bail, Result, Tensor};
 
 const OP: &str = "instance_norm";
@@ -40,6 +40,22 @@ pub fn instance_norm_backward(
     eps: f64,
 ) -> Result<NormGrads> {
     super::backward(spec(x, weight, bias, eps)?, x, weight, bias, dy, None)
+}
+
+/// The forward-mode derivative of [`instance_norm`]: `(y, ẏ)` along the tangents `t`
+/// of x, the weight and the bias, with the means of [`crate::layer_norm_jvp`]'s formula
+/// over each (sample, channel).
+///
+/// # Errors
+/// Those of [`instance_norm`] and of [`crate::layer_norm_jvp`].
+pub fn instance_norm_jvp(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    t: Tangents,
+) -> Result<(Tensor, Tensor)> {
+    super::jvp(spec(x, weight, bias, eps)?, x, (weight, bias), None, t)
 }
 
 fn spec(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<crate::spec::Spec> {

@@ -1,6 +1,6 @@
 //! LayerNorm: the public functions and their checks.
 
-use super::NormGrads;
+use super::{NormGrads, Tangents};
 use crate::check;
 use crate::spec::{Kind, Spec};
 use candle_core::{Result, Tensor};
@@ -38,6 +38,26 @@ pub fn layer_norm_backward(
     eps: f64,
 ) -> Result<NormGrads> {
     super::backward(spec(x, weight, bias, eps, false)?, x, weight, bias, dy, None)
+}
+
+/// The forward-mode derivative (Jacobian-vector product) of [`layer_norm`]: `(y, ẏ)`,
+/// y as [`layer_norm`] gives it and ẏ its derivative along the tangents `t` of x, the
+/// weight and the bias. With x̂ = (x − mean)·rstd and means over each row,
+/// ẋ̂ = rstd·(ẋ − mean(ẋ) − x̂·mean(ẋ·x̂)) and ẏ = ẋ̂·γ + x̂·γ̇ + β̇. ẏ is computed as
+/// candle tensor ops on every device (in f32, f64 for f64) and rounded to x's dtype
+/// once; the other norms' `*_jvp` are the same with their own statistics.
+///
+/// # Errors
+/// Those of [`layer_norm`], a tangent whose shape, dtype or device differ from its
+/// input's, and a tangent of a weight or a bias the call does not have.
+pub fn layer_norm_jvp(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    t: Tangents,
+) -> Result<(Tensor, Tensor)> {
+    super::jvp(spec(x, weight, bias, eps, false)?, x, (weight, bias), None, t)
 }
 
 /// The checked [`Spec`] of a LayerNorm of `x`, of `x + residual` when `residual`

@@ -11,16 +11,23 @@ mod batch;
 mod group;
 mod instance;
 mod layer;
+mod normalize;
 mod rms;
 mod row;
 mod weight;
 
 pub use add::{add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward};
-pub use batch::{batch_norm, batch_norm_backward, batch_norm_eval, batch_norm_train};
-pub use group::{group_norm, group_norm_backward, group_norm_channels_last, group_norm_channels_last_backward};
-pub use instance::{instance_norm, instance_norm_backward};
-pub use layer::{layer_norm, layer_norm_backward};
-pub use rms::{rms_norm, rms_norm_backward};
+pub use batch::{
+    batch_norm, batch_norm_backward, batch_norm_eval, batch_norm_eval_jvp, batch_norm_jvp, batch_norm_train,
+};
+pub use group::{
+    group_norm, group_norm_backward, group_norm_channels_last, group_norm_channels_last_backward,
+    group_norm_channels_last_jvp, group_norm_jvp,
+};
+pub use instance::{instance_norm, instance_norm_backward, instance_norm_jvp};
+pub use layer::{layer_norm, layer_norm_backward, layer_norm_jvp};
+pub use normalize::normalize;
+pub use rms::{rms_norm, rms_norm_backward, rms_norm_jvp};
 pub use row::RowNorm;
 pub use weight::{weight_norm, weight_standardization};
 
@@ -59,6 +66,52 @@ pub struct AddNormGrads {
     pub dbias: Option<Tensor>,
 }
 
+/// The tangents (directions of the derivative) of a norm's inputs for the `*_jvp`
+/// functions ([`layer_norm_jvp`] and the others): ẋ with the shape, dtype and device of
+/// `x`, γ̇ and β̇ with those of the weight and the bias. An absent tangent is zero; a
+/// tangent of a parameter the call does not have is an error.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tangents<'a> {
+    /// ẋ.
+    pub x: Option<&'a Tensor>,
+    /// γ̇.
+    pub weight: Option<&'a Tensor>,
+    /// β̇.
+    pub bias: Option<&'a Tensor>,
+}
+
+/// A forward-mode derivative on checked primal inputs: `(y, ẏ)`, y from the op's own
+/// forward (the same values [`run_forward`] gives the op), ẏ from the generic backend's
+/// composed ops on every device (`generic::tangent`).
+pub(crate) fn jvp(
+    spec: Spec,
+    x: &Tensor,
+    (weight, bias): (Option<&Tensor>, Option<&Tensor>),
+    running: Option<[&Tensor; 2]>,
+    t: Tangents,
+) -> Result<(Tensor, Tensor)> {
+    let slots = Slots {
+        weight,
+        bias,
+        running,
+        ..Slots::new(x)
+    };
+    let op = format!("{}_jvp", spec.name());
+    if let Some(tx) = t.x {
+        check::same(&op, tx, "the tangent of x", slots.x, "x")?;
+    }
+    for (name, p, tp) in [("weight", slots.weight, t.weight), ("bias", slots.bias, t.bias)] {
+        match (p, tp) {
+            (_, None) => {}
+            (None, Some(_)) => bail!("{op}: a tangent of the {name} was given without a {name}"),
+            (Some(p), Some(tp)) => check::same(&op, tp, &format!("the tangent of the {name}"), p, name)?,
+        }
+    }
+    let y = run_forward(&spec, slots)?.y;
+    let dy = generic::tangent(&spec, &slots, [t.x, t.weight, t.bias])?;
+    Ok((y, dy))
+}
+
 /// Checks `x` and `eps` of a norm over the last dimension.
 fn check_last_dim(op: &str, x: &Tensor, eps: f64) -> Result<()> {
     check::input(op, x, 1, "the last dimension is normalized")?;
@@ -91,18 +144,14 @@ pub(crate) fn with_generic<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether a call runs fused kernels: on the CPU always; on CUDA with the `cuda`
-/// feature, the calls the CUDA kernels take (`backend::cuda_kernels_take`: no f64, no
-/// mixed dtypes); other devices, the other CUDA calls, and every call within
+/// feature, the calls the CUDA kernels take (`backend::cuda_kernels_take`: no f64);
+/// other devices, the other CUDA calls, and every call within
 /// [`with_generic`], run the generic backend.
 fn fused(slots: &Slots<&Tensor>) -> bool {
     if GENERIC.with(Cell::get) {
         return false;
     }
-    let params = [slots.weight, slots.bias, slots.running.map(|[m, _]| m)]
-        .into_iter()
-        .flatten()
-        .next()
-        .map_or(slots.x.dtype(), |p| p.dtype());
+    let params = slots.first_param().map_or(slots.x.dtype(), |p| p.dtype());
     match slots.x.device() {
         Device::Cpu => true,
         Device::Cuda(_) => cfg!(feature = "cuda") && crate::backend::cuda_kernels_take(slots.x.dtype(), params),

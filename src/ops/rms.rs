@@ -1,6 +1,6 @@
 //! RMSNorm: the public functions and their checks.
 
-use super::NormGrads;
+use super::{NormGrads, Tangents};
 use crate::check;
 use crate::spec::{Kind, Spec};
 use candle_core::{Result, Tensor};
@@ -32,6 +32,17 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor>
 /// Those of [`rms_norm`], and a `dy` whose shape, dtype or device differ from `x`'s.
 pub fn rms_norm_backward(x: &Tensor, weight: Option<&Tensor>, dy: &Tensor, eps: f64) -> Result<NormGrads> {
     super::backward(spec(x, weight, eps, false)?, x, weight, None, dy, None)
+}
+
+/// The forward-mode derivative of [`rms_norm`]: `(y, ẏ)` along the tangents `t` of x
+/// and the weight (RMSNorm has no bias: a bias tangent is an error). With x̂ = x·rstd,
+/// ẋ̂ = rstd·(ẋ − x̂·mean(ẋ·x̂)) and ẏ = ẋ̂·γ + x̂·γ̇, as [`crate::layer_norm_jvp`]
+/// computes it.
+///
+/// # Errors
+/// Those of [`rms_norm`] and of [`crate::layer_norm_jvp`].
+pub fn rms_norm_jvp(x: &Tensor, weight: Option<&Tensor>, eps: f64, t: Tangents) -> Result<(Tensor, Tensor)> {
+    super::jvp(spec(x, weight, eps, false)?, x, (weight, None), None, t)
 }
 
 /// The checked [`Spec`] of an RMSNorm of `x`, of `x + residual` when `residual`

@@ -112,6 +112,17 @@ impl Case {
     pub fn new(rng: &mut Rng, norm: Norm, shape: &[usize], dtype: DType, affine: Affine, eps: f64) -> Self {
         Case::from(&mut |s, o, sc| rng.tensor(s, dtype, o, sc), norm, shape, affine, eps)
     }
+
+    /// Mixed precision: random f32 parameters (any f32 values, not only those of
+    /// `dtype`) with x and the residual in `dtype`.
+    pub fn mixed(rng: &mut Rng, norm: Norm, shape: &[usize], dtype: DType, affine: Affine, eps: f64) -> Self {
+        let wide = Case::new(rng, norm, shape, DType::F32, affine, eps);
+        Case {
+            x: wide.x.to_dtype(dtype).unwrap(),
+            r: wide.r.as_ref().map(|r| r.to_dtype(dtype).unwrap()),
+            ..wide
+        }
+    }
 }
 
 /// SplitMix64: reproducible data without a dependency.

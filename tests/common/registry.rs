@@ -279,6 +279,33 @@ impl Case {
         })
     }
 
+    /// `(y, ẏ)` of this crate's `*_jvp` along the tangents `[ẋ, γ̇, β̇]` (absent: zero),
+    /// or None for a norm without one (the fused residual adds, a weight offset).
+    pub fn jvp(&self, [tx, tw, tb]: [Option<&Tensor>; 3]) -> Option<Result<(Tensor, Tensor)>> {
+        let t = candle_norm::Tangents {
+            x: tx,
+            weight: tw,
+            bias: tb,
+        };
+        let (x, w, b, eps) = (&self.x, self.w.as_ref(), self.b.as_ref(), self.eps);
+        if self.offset != 0.0 {
+            return None;
+        }
+        Some(match self.norm {
+            Norm::Layer => candle_norm::layer_norm_jvp(x, w, b, eps, t),
+            Norm::Rms => candle_norm::rms_norm_jvp(x, w, eps, t),
+            Norm::Group(g) => candle_norm::group_norm_jvp(x, g, w, b, eps, t),
+            Norm::GroupLast(g) => candle_norm::group_norm_channels_last_jvp(x, g, w, b, eps, t),
+            Norm::Instance => candle_norm::instance_norm_jvp(x, w, b, eps, t),
+            Norm::Batch => candle_norm::batch_norm_jvp(x, w, b, eps, t),
+            Norm::BatchEval => {
+                let [m, v] = self.running.as_ref().expect("running statistics");
+                candle_norm::batch_norm_eval_jvp(x, m, v, w, b, eps, t)
+            }
+            Norm::AddLayer | Norm::AddRms => return None,
+        })
+    }
+
     /// Gradients of L = Σ y·dy through autograd of `imp`, in the case's dtype (dy is
     /// converted to it).
     pub fn grads(&self, dy: &Tensor, imp: Impl) -> Result<Grads> {

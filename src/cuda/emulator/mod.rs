@@ -31,7 +31,7 @@
 
 use super::plan::{Executor, Launch, Profile};
 pub use super::profile::Gpu;
-use super::{run_backward, run_forward, Bwd, Fwd};
+use super::{run_backward, run_forward, Bwd, Dtypes, Fwd};
 use crate::backend::{Arg, Backend, Slots};
 use crate::check;
 use crate::spec::{Affine, Spec};
@@ -351,10 +351,10 @@ fn named<T>(spec: &Spec, r: Result<T>) -> Result<T> {
 pub(crate) struct Emulated(pub Gpu);
 
 impl Emulated {
-    /// An emulated device holding the inputs, their addresses, and the dtype.
-    fn inputs(&self, spec: &Spec, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<(Emulator, Slots<u64>, DType)> {
-        let dtype = ins.x.0.dtype();
-        super::plan::suffix(spec, dtype)?;
+    /// An emulated device holding the inputs, their addresses, and the kernels' dtypes.
+    fn inputs(&self, spec: &Spec, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<(Emulator, Slots<u64>, Dtypes)> {
+        let x = ins.x.0.dtype();
+        let d = Dtypes::new(spec, x, ins.first_param().map_or(x, |(s, _)| s.dtype()))?;
         let mut e = Emulator::new(self.0);
         let x = if spec.residual && ins.dy.is_some() { "h" } else { "x" };
         let p = Slots {
@@ -369,7 +369,7 @@ impl Emulated {
                 None => None,
             },
         };
-        Ok((e, p, dtype))
+        Ok((e, p, d))
     }
 }
 
@@ -377,18 +377,19 @@ impl Backend for Emulated {
     type Storage = CpuStorage;
 
     fn forward(&self, spec: &Spec, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<(CpuStorage, Option<CpuStorage>)> {
-        let (mut e, p, dtype) = self.inputs(spec, ins)?;
-        let (n, size) = (spec.rows * spec.len, dtype.size_in_bytes());
+        let (mut e, p, d) = self.inputs(spec, ins)?;
+        let (n, size) = (spec.rows * spec.len, d.x.size_in_bytes());
         let out = e.dev.alloc(spec.outputs() * size, 0, false, false, "y")?;
         // Training BatchNorm's statistics; an empty x (eval only: training needs two
         // values a channel) writes nothing.
         let stats = match (spec.kind, p.running) {
-            (crate::spec::Kind::Batch, None) => {
-                Some(
-                    e.dev
-                        .alloc(2 * spec.param_blocks * size, 0, n == 0, false, "batch statistics")?,
-                )
-            }
+            (crate::spec::Kind::Batch, None) => Some(e.dev.alloc(
+                2 * spec.param_blocks * d.params.size_in_bytes(),
+                0,
+                n == 0,
+                false,
+                "batch statistics",
+            )?),
             _ => None,
         };
         let f = Fwd {
@@ -401,10 +402,10 @@ impl Backend for Emulated {
             h: p.residual.map(|_| out + (n * size) as u64),
             stats,
         };
-        named(spec, run_forward(&mut e, spec, dtype, &f))?;
-        let y = named(spec, e.download(out, spec.outputs(), dtype))?;
+        named(spec, run_forward(&mut e, spec, d, &f))?;
+        let y = named(spec, e.download(out, spec.outputs(), d.x))?;
         let stats = stats
-            .map(|s| named(spec, e.download(s, 2 * spec.param_blocks, dtype)))
+            .map(|s| named(spec, e.download(s, 2 * spec.param_blocks, d.params)))
             .transpose()?;
         Ok((y, stats))
     }
@@ -415,15 +416,18 @@ impl Backend for Emulated {
         affine: Affine,
         ins: &Slots<Arg<'_, CpuStorage>>,
     ) -> Result<(CpuStorage, Option<CpuStorage>)> {
-        let (mut e, p, dtype) = self.inputs(spec, ins)?;
+        let (mut e, p, d) = self.inputs(spec, ins)?;
         let Some(dy) = p.dy else {
             bail!("{}: internal error: a backward without dy", spec.name())
         };
-        let (len, np, size) = (spec.rows * spec.len, spec.param_grads(affine), dtype.size_in_bytes());
+        let (len, np, size) = (spec.rows * spec.len, spec.param_grads(affine), d.x.size_in_bytes());
         // dγ/dβ of an empty input are zeros; otherwise the kernels write every element.
         let out = e.dev.alloc(len * size, 0, false, false, "dx")?;
         let params = (np > 0)
-            .then(|| e.dev.alloc(np * size, 0, len == 0, false, "dweight and dbias"))
+            .then(|| {
+                e.dev
+                    .alloc(np * d.params.size_in_bytes(), 0, len == 0, false, "dweight and dbias")
+            })
             .transpose()?;
         let b = Bwd {
             x: p.x,
@@ -433,9 +437,9 @@ impl Backend for Emulated {
             running: p.running,
             dx: out,
         };
-        named(spec, run_backward(&mut e, spec, dtype, affine, &b, params.unwrap_or(0)))?;
-        let dx = named(spec, e.download(out, len, dtype))?;
-        let params = params.map(|p| named(spec, e.download(p, np, dtype))).transpose()?;
+        named(spec, run_backward(&mut e, spec, d, affine, &b, params.unwrap_or(0)))?;
+        let dx = named(spec, e.download(out, len, d.x))?;
+        let params = params.map(|p| named(spec, e.download(p, np, d.params))).transpose()?;
         Ok((dx, params))
     }
 }
