@@ -1,10 +1,12 @@
-//! Output memory, backed by huge pages where Linux allows it: either collected from
-//! pieces and written once, or zeroed by every thread for tasks that then write it in
-//! place. Either way fresh pages are faulted in on all cores, not on the calling thread.
+//! Output memory, backed by huge pages where Linux allows it: written once into a
+//! vector's uninitialized capacity by the tasks that compute it, collected from pieces
+//! and written once, or zeroed by every thread for tasks that then write it in place.
+//! Either way fresh pages are faulted in on all cores, not on the calling thread.
 
 use super::elem::Elem;
 use super::rows::TASK_ELEMS;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `n` zeros with room for `capacity` elements, in memory asked to be backed by huge
 /// pages, for outputs that tasks then write in place. Large outputs are zeroed by all
@@ -60,6 +62,31 @@ pub(super) fn collect<T: Elem, S>(
         out.shrink_to_fit();
     }
     out
+}
+
+/// An output of `n` elements written once into the vector's own uninitialized capacity,
+/// never zeroed nor copied: rayon's jobs fill consecutive pieces of [`PIECE`] elements,
+/// each by `fill(state, start, piece)` for the elements `start..start + piece.len()`,
+/// with `state` made by `init` once per job. `fill` must write every element of its
+/// piece.
+pub(super) fn filled<A: Copy + Send + Sync, S>(
+    n: usize,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [MaybeUninit<A>]) + Sync + Send,
+) -> Vec<A> {
+    let mut v = Vec::with_capacity(n);
+    advise_huge_pages(&v);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(PIECE)
+        .with_min_len(TASK_ELEMS / PIECE)
+        .enumerate()
+        .for_each_init(init, |s, (p, piece)| fill(s, p * PIECE, piece));
+    // SAFETY: the pieces cover the first n elements of the capacity, every `fill`
+    // writes each element of its piece (the callers' contract, which the forward
+    // tests check on every path: an element left unwritten would be garbage in y),
+    // and all of them have returned; a panic in one never reaches this line.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// Asks Linux to back the whole 2 MiB pages inside `v`'s allocation with transparent

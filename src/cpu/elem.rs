@@ -30,6 +30,26 @@ macro_rules! impl_acc {
 }
 impl_acc!(f32, f64);
 
+/// Where a pass writes an output value: an element of a buffer, or of an output
+/// vector's uninitialized capacity (`super::alloc::filled`), written once.
+pub(super) trait Slot<A> {
+    fn set(&mut self, v: A);
+}
+
+impl<A> Slot<A> for A {
+    #[inline(always)]
+    fn set(&mut self, v: A) {
+        *self = v;
+    }
+}
+
+impl<A> Slot<A> for std::mem::MaybeUninit<A> {
+    #[inline(always)]
+    fn set(&mut self, v: A) {
+        self.write(v);
+    }
+}
+
 /// An element type the CPU path accepts, with block conversion to and from its
 /// accumulator type.
 pub(super) trait Elem: candle_core::WithDType {
@@ -38,6 +58,8 @@ pub(super) trait Elem: candle_core::WithDType {
     fn store(src: &[Self::Acc], dst: &mut [Self]);
     /// The elements as accumulators when they already are (f32, f64): no conversion.
     fn as_acc(v: &[Self]) -> Option<&[Self::Acc]>;
+    /// A vector of accumulators as one of elements, when they are the same type.
+    fn from_acc_vec(v: Vec<Self::Acc>) -> Option<Vec<Self>>;
     fn as_acc_mut(v: &mut [Self]) -> Option<&mut [Self::Acc]>;
 }
 
@@ -59,6 +81,9 @@ macro_rules! impl_full_elem {
             }
             #[inline(always)]
             fn as_acc_mut(v: &mut [$t]) -> Option<&mut [$t]> {
+                Some(v)
+            }
+            fn from_acc_vec(v: Vec<$t>) -> Option<Vec<$t>> {
                 Some(v)
             }
         }
@@ -84,6 +109,9 @@ macro_rules! impl_half_elem {
             }
             #[inline(always)]
             fn as_acc_mut(_: &mut [$t]) -> Option<&mut [f32]> {
+                None
+            }
+            fn from_acc_vec(_: Vec<f32>) -> Option<Vec<$t>> {
                 None
             }
         }

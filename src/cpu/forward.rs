@@ -3,24 +3,25 @@
 //! row (or the chunk of a split row). The fused residual add writes h = x + residual
 //! first, in the same task, and normalizes it from cache.
 
-use super::alloc::{collect, output};
+use super::alloc::{collect, filled, output};
 use super::blocks::{as_acc, store_blocks, write_blocks, BLOCK};
-use super::elem::{Acc, Elem};
+use super::elem::{Acc, Elem, Slot};
 use super::reduce::{moments, Moments};
 use super::rows::{affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK};
 use super::simd::run;
 use crate::spec::Spec;
 use rayon::prelude::*;
 
-/// `y = (x - mean) * rstd * w + b` for elements `i0..` of `row`.
+/// `y = (x - mean) * rstd * w + b` for elements `i0..` of `row`, each element of `y`
+/// written once.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn apply_forward<A: Acc>(
+fn apply_forward<A: Acc, O: Slot<A>>(
     spec: &Spec,
     row: usize,
     i0: usize,
     x: &[A],
-    y: &mut [A],
+    y: &mut [O],
     (mean, rstd): (A, A),
     w: &[A],
     b: &[A],
@@ -29,7 +30,7 @@ fn apply_forward<A: Acc>(
         let p = spec.param_offset(row) + i0;
         let (w, b) = (&w[p..p + x.len()], &b[p..p + x.len()]);
         for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-            *y = (x - mean) * rstd * w + b;
+            y.set((x - mean) * rstd * w + b);
         }
     } else {
         for_segments(
@@ -41,7 +42,7 @@ fn apply_forward<A: Acc>(
             |p, r| {
                 let (scale, shift) = (rstd * w[p], b[p]);
                 for (y, &x) in y[r.clone()].iter_mut().zip(&x[r]) {
-                    *y = (x - mean) * scale + shift;
+                    y.set((x - mean) * scale + shift);
                 }
             },
         );
@@ -262,10 +263,26 @@ fn in_place<T: Elem>(spec: &Spec, x: &[T], residual: Option<&[T]>, wb: (&[T::Acc
     out
 }
 
+/// Calls `part(row, i0, at, n)` for each run of a piece of `piece` elements from
+/// `start` that lies in one row of `len`: `n` elements from `at`, element `i0` of `row`
+/// onwards.
+#[inline(always)]
+fn row_runs(len: usize, piece: usize, start: usize, mut part: impl FnMut(usize, usize, usize, usize)) {
+    let mut o = 0;
+    while o < piece {
+        let (r, i0) = ((start + o) / len, (start + o) % len);
+        let n = (len - i0).min(piece - o);
+        part(r, i0, start + o, n);
+        o += n;
+    }
+}
+
 /// Every row of `src` normalized with the (mean, rstd) that `stats(state, row)` gives,
-/// in a new vector written once, never zeroed (`super::alloc::collect`): a job asks
-/// for a row's statistics once per run of its elements, with the `state` that `init`
-/// made for the job.
+/// in a new vector written once, never zeroed: a job asks for a row's statistics once
+/// per run of its elements, with the `state` that `init` made for the job. f32 and f64
+/// are written straight into the vector's uninitialized capacity
+/// (`super::alloc::filled`); f16 and bf16, rounded from blocks of f32, are collected
+/// (`super::alloc::collect`).
 pub(super) fn normalized<T: Elem, S>(
     spec: &Spec,
     src: &[T],
@@ -274,18 +291,31 @@ pub(super) fn normalized<T: Elem, S>(
     wb: (&[T::Acc], &[T::Acc]),
 ) -> Vec<T> {
     let len = spec.len;
+    if let Some(xa) = T::as_acc(src) {
+        let y = filled(src.len(), &init, |state, start, y| {
+            run(
+                #[inline(always)]
+                || {
+                    row_runs(len, y.len(), start, |r, i0, s, n| {
+                        let st = stats(state, r);
+                        let (w, b) = wb;
+                        apply_forward(spec, r, i0, &xa[s..s + n], &mut y[s - start..s - start + n], st, w, b);
+                    })
+                },
+            )
+        });
+        if let Some(y) = T::from_acc_vec(y) {
+            return y;
+        }
+    }
     collect(src.len(), init, |state, start, y| {
         run(
             #[inline(always)]
             || {
-                let mut o = 0;
-                while o < y.len() {
-                    let (r, i0) = ((start + o) / len, (start + o) % len);
-                    let n = (len - i0).min(y.len() - o);
+                row_runs(len, y.len(), start, |r, i0, s, n| {
                     let st = stats(state, r);
-                    forward_part(spec, (r, i0), &src[start + o..start + o + n], &mut y[o..o + n], st, wb);
-                    o += n;
-                }
+                    forward_part(spec, (r, i0), &src[s..s + n], &mut y[s - start..s - start + n], st, wb);
+                })
             },
         )
     })
