@@ -164,12 +164,12 @@ fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut [T])>) -> 
 /// Forward: y for every element of `x`, laid out as `x`; with a `residual`, the norm is
 /// of `h = x + residual` and the output holds y, then h.
 ///
-/// f32 and f64 are bound by memory, so their plain forward collects y into memory
-/// written once (see [`normalized`]): each rayon job takes a row's moments at the first
-/// of its elements the job reaches and normalizes the rest of the row from cache.
-/// f16/bf16 are bound by their conversions, and the collect's copy of each piece
-/// costs them more than zeroing the output does (docs/perf-notes.md, c10): they, and
-/// the fused residual add, run [`in_place`].
+/// f32 and f64 are bound by memory, so their plain forward writes y once, straight into
+/// the output's uninitialized capacity (see [`normalized`]): each rayon job takes a
+/// row's moments at the first of its elements the job reaches and normalizes the rest
+/// of the row from cache. f16/bf16 are bound by their conversions and rounded block by
+/// block; they, and the fused residual add, run [`in_place`] (docs/perf-notes.md, c10
+/// and c15).
 pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     x: &[T],
