@@ -281,8 +281,8 @@ fn row_runs(len: usize, piece: usize, start: usize, mut part: impl FnMut(usize, 
 /// in a new vector written once, never zeroed: a job asks for a row's statistics once
 /// per run of its elements, with the `state` that `init` made for the job. f32 and f64
 /// are written straight into the vector's uninitialized capacity
-/// (`super::alloc::filled`); f16 and bf16, rounded from blocks of f32, are collected
-/// (`super::alloc::collect`).
+/// (`super::alloc::filled`); f16 and bf16 pieces are normalized in f32 and rounded
+/// once, then collected (`super::alloc::collect`).
 pub(super) fn normalized<T: Elem, S>(
     spec: &Spec,
     src: &[T],
@@ -308,14 +308,25 @@ pub(super) fn normalized<T: Elem, S>(
             return y;
         }
     }
-    collect(src.len(), init, |state, start, y| {
+    // f16/bf16: the piece widened once into the job's buffer, normalized there run by
+    // run, and rounded once. (Converting run by run costs a stack buffer per run, which
+    // for BatchNorm's rows of S = 49 was most of the time: docs/perf-notes.md, c16.)
+    let with_buffers = || (init(), Vec::new(), Vec::new());
+    collect(src.len(), with_buffers, |(state, xbuf, ybuf), start, y| {
         run(
             #[inline(always)]
             || {
-                row_runs(len, y.len(), start, |r, i0, s, n| {
+                let n = y.len();
+                xbuf.resize(n, T::Acc::ZERO);
+                ybuf.resize(n, T::Acc::ZERO);
+                T::load(&src[start..start + n], xbuf);
+                row_runs(len, n, start, |r, i0, s, m| {
                     let st = stats(state, r);
-                    forward_part(spec, (r, i0), &src[s..s + n], &mut y[s - start..s - start + n], st, wb);
-                })
+                    let (w, b) = wb;
+                    let at = s - start..s - start + m;
+                    apply_forward(spec, r, i0, &xbuf[at.clone()], &mut ybuf[at], st, w, b);
+                });
+                T::store(ybuf, y);
             },
         )
     })
