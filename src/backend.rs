@@ -85,6 +85,14 @@ impl<T> Slots<T> {
     }
 }
 
+impl<S: candle_core::backend::BackendStorage> Slots<Arg<'_, S>> {
+    /// The dtypes of x and of the parameters (x's when there are none).
+    pub(crate) fn dtypes(&self) -> (DType, DType) {
+        let x = self.x.0.dtype();
+        (x, self.first_param().map_or(x, |(s, _)| s.dtype()))
+    }
+}
+
 /// A forward's results: y, h with a residual, and in BatchNorm's training each
 /// channel's batch mean and biased variance (detached).
 pub(crate) struct Outputs {

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Result, Tensor};
 /// The norms and their ops, as the tests know them.
 #[allow(dead_code)]
 #[path = "../../tests/common/registry.rs"]
-mod registry;
+pub mod registry;
 use registry::Impl;
 pub use registry::Norm;
 
@@ -111,6 +111,19 @@ impl Case {
             eps: 1e-5,
             offset: 0.0,
         }
+    }
+
+    /// The registry's case of this norm and shape with random inputs in `dtype` on the
+    /// CPU: x standard normal, a weight and a bias (as the norm takes them), a residual
+    /// for the fused add, running statistics for BatchNorm's eval (the peer comparison's
+    /// inputs; the other benches make their own).
+    #[allow(dead_code)]
+    pub fn random(&self, dtype: DType) -> registry::Case {
+        let mut draw = |s: &[usize], offset: f64, scale: f64| {
+            let t = Tensor::randn(offset as f32, scale as f32, s, &Device::Cpu).unwrap();
+            t.to_dtype(dtype).unwrap()
+        };
+        registry::Case::from(&mut draw, self.norm, &self.shape, registry::Affine::WeightBias, 1e-5)
     }
 
     /// This crate's forward: y.

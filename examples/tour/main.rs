@@ -6,6 +6,9 @@
 //! cargo run --release --example tour
 //! ```
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use candle_core::{DType, Device, ModuleT, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use candle_norm::nn::{batch_norm, spectral_norm_linear};
@@ -21,23 +24,12 @@ fn check(name: &'static str, pass: bool, detail: String) -> Check {
     Check { name, pass, detail }
 }
 
-/// Standard normal values of `shape`, seeded (SplitMix64 and Box-Muller), times `scale`
-/// plus `offset`.
+/// Standard normal values of `shape`, seeded, times `scale` plus `offset`.
 fn randn(seed: u64, shape: &[usize], offset: f64, scale: f64) -> Result<Tensor> {
-    let mut s = seed;
-    let mut next = || {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng = common::Rng::new(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n)
-        .map(|_| {
-            let (u1, u2) = (1.0 - next(), next());
-            (offset + scale * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-        })
+        .map(|_| (offset + scale * f64::from(rng.normal())) as f32)
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu)
 }

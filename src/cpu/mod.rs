@@ -43,8 +43,7 @@ pub(crate) mod simd;
 use crate::backend::{Arg, Backend, Slots};
 use crate::check::{self, dispatch_dtypes};
 use crate::spec::{Affine, Kind, Spec};
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Result};
+use candle_core::{CpuStorage, Result};
 use elem::Elem;
 use half::{bf16, f16};
 
@@ -84,12 +83,6 @@ fn typed<'a, T: Elem, P: Elem>(spec: &Spec, ins: &Slots<Arg<'a, CpuStorage>>) ->
     })
 }
 
-/// The dtypes of x and of the parameters (x's when there are none).
-fn dtypes(ins: &Slots<Arg<'_, CpuStorage>>) -> (DType, DType) {
-    let x = ins.x.0.dtype();
-    (x, ins.first_param().map_or(x, |(s, _)| s.dtype()))
-}
-
 /// The statistics BatchNorm runs with: the batch's, or the running mean and variance.
 fn source<'a, T, P>(ins: &Typed<'a, T, P>) -> batch::Source<'a, P> {
     match ins.running {
@@ -104,7 +97,7 @@ macro_rules! dispatch {
     ($spec:expr, $ins:expr, $run:ident $args:tt) => {
         dispatch_dtypes!(
             $spec.name(),
-            dtypes($ins),
+            $ins.dtypes(),
             "the CPU",
             [
                 (F32, F32) => (f32, f32),

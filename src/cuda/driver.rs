@@ -149,12 +149,6 @@ macro_rules! with_dtypes {
     };
 }
 
-/// The kernels' dtypes for the inputs: x's, and the parameters' (x's without any).
-fn dtypes(spec: &Spec, ins: &Slots<Arg<'_, CudaStorage>>) -> Result<Dtypes> {
-    let x = ins.x.0.dtype();
-    Dtypes::new(spec, x, ins.first_param().map_or(x, |(s, _)| s.dtype()))
-}
-
 impl Backend for Cuda {
     type Storage = CudaStorage;
 
@@ -195,7 +189,8 @@ impl Backend for Cuda {
             }
             Ok((wrap(out, dev), stats.map(|s| wrap(s, dev))))
         }
-        let d = dtypes(spec, ins)?;
+        let (x, params) = ins.dtypes();
+        let d = Dtypes::new(spec, x, params)?;
         with_dtypes!(spec, d, run(spec, d, ins))
     }
 
@@ -243,7 +238,8 @@ impl Backend for Cuda {
             }
             Ok((wrap(out, dev), params.map(|p| wrap(p, dev))))
         }
-        let d = dtypes(spec, ins)?;
+        let (x, params) = ins.dtypes();
+        let d = Dtypes::new(spec, x, params)?;
         with_dtypes!(spec, d, run(spec, d, affine, ins))
     }
 }

@@ -353,8 +353,8 @@ pub(crate) struct Emulated(pub Gpu);
 impl Emulated {
     /// An emulated device holding the inputs, their addresses, and the kernels' dtypes.
     fn inputs(&self, spec: &Spec, ins: &Slots<Arg<'_, CpuStorage>>) -> Result<(Emulator, Slots<u64>, Dtypes)> {
-        let x = ins.x.0.dtype();
-        let d = Dtypes::new(spec, x, ins.first_param().map_or(x, |(s, _)| s.dtype()))?;
+        let (x, params) = ins.dtypes();
+        let d = Dtypes::new(spec, x, params)?;
         let mut e = Emulator::new(self.0);
         let x = if spec.residual && ins.dy.is_some() { "h" } else { "x" };
         let p = Slots {
