@@ -1,8 +1,9 @@
 """Joins the two sides of the CPU peer comparison (benches/peers/run.sh) into one
 markdown table: for each case, dtype and pass, PyTorch, XLA, candle-nn and ours (ms),
-and who leads by how much (ours against the faster of PyTorch and XLA).
+and who leads by how much (ours against the faster of PyTorch and XLA). Given several
+rounds of each side, every time is its best round's.
 
-    python benches/peers/combine.py PYTHON.csv RUST.csv
+    python benches/peers/combine.py CSV...
 """
 
 import csv
@@ -12,11 +13,12 @@ from collections import OrderedDict
 
 def main():
     times = OrderedDict()
-    for path in sys.argv[1:3]:
+    for path in sys.argv[1:]:
         with open(path) as fh:
             for row in csv.DictReader(fh):
-                key = (row["case"], row["dtype"])
-                times.setdefault(key, {})[row["impl"]] = float(row["ms"])
+                t = times.setdefault((row["case"], row["dtype"]), {})
+                ms = float(row["ms"])
+                t[row["impl"]] = min(ms, t.get(row["impl"], ms))
     fmt = lambda v: "—" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}")
     print("| case | dtype | pass | PyTorch | XLA | candle-nn | ours | ours, autograd (candle's share) | who leads |")
     print("|---|---|---|---|---|---|---|---|---|")

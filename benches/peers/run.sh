@@ -10,7 +10,12 @@
 # so that neither maps fresh memory on every call; PEERS_MALLOC=default keeps glibc's
 # defaults instead. An argument keeps the cases whose name contains it.
 #
-# Writes target/peers/python.csv, rust.csv and table.md, and prints the table.
+# The two sides take turns PEERS_ROUNDS times (3 unless set), and the table keeps each
+# time's best round: on a shared machine a neighbour's load comes and goes within
+# minutes, and one side timed only while it lasts would lose rows it would win.
+#
+# Writes target/peers/python.N.csv, rust.N.csv (N = 1..rounds) and table.md, and prints
+# the table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 filter=${1:-}
@@ -24,7 +29,11 @@ if [ "${PEERS_MALLOC:-kept}" != default ]; then
 fi
 out=target/peers
 mkdir -p "$out"
+rounds=${PEERS_ROUNDS:-3}
 cargo build --release --bench peers
-"$venv/bin/python" benches/peers/peers.py "$out/python.csv" "$filter"
-cargo bench --bench peers -- "$out/rust.csv" "$filter"
-"$venv/bin/python" benches/peers/combine.py "$out/python.csv" "$out/rust.csv" | tee "$out/table.md"
+rm -f "$out"/python.*.csv "$out"/rust.*.csv
+for n in $(seq "$rounds"); do
+  "$venv/bin/python" benches/peers/peers.py "$out/python.$n.csv" "$filter"
+  cargo bench --bench peers -- "$out/rust.$n.csv" "$filter"
+done
+"$venv/bin/python" benches/peers/combine.py "$out"/python.*.csv "$out"/rust.*.csv | tee "$out/table.md"

@@ -1,6 +1,7 @@
 //! Output memory, backed by huge pages where Linux allows it: written once into a
-//! vector's uninitialized capacity by the tasks that compute it, collected from pieces
-//! and written once, or zeroed by every thread for tasks that then write it in place.
+//! vector's uninitialized capacity by the tasks that compute it (split by rayon, or as
+//! the caller splits it), collected from pieces and written once, or zeroed by every
+//! thread for tasks that then write it in place.
 //! Either way fresh pages are faulted in on all cores, not on the calling thread.
 
 use super::elem::Elem;
@@ -87,6 +88,20 @@ pub(super) fn filled<A: Copy + Send + Sync, S>(
     // and all of them have returned; a panic in one never reaches this line.
     unsafe { v.set_len(n) };
     v
+}
+
+/// An output of `n` elements written once into the vector's own uninitialized
+/// capacity by `fill`, which splits it as it must (the backward's fixed task split) and
+/// returns what it computed beside it. `fill` must write every element.
+pub(super) fn written<T, R>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<T>]) -> R) -> (Vec<T>, R) {
+    let mut v = Vec::with_capacity(n);
+    advise_huge_pages(&v);
+    let r = fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `fill` has written each of the first n elements of the capacity (the
+    // callers' contract, which the backward tests check on every path: an element left
+    // unwritten would be garbage in dx) and has returned.
+    unsafe { v.set_len(n) };
+    (v, r)
 }
 
 /// Asks Linux to back the whole 2 MiB pages inside `v`'s allocation with transparent

@@ -6,10 +6,10 @@
 //! The fused residual add's backward is the same over h, with the gradient reaching h
 //! directly added to dx.
 
-use super::alloc::output;
-use super::blocks::{as_acc_all, store_blocks, BLOCK};
+use super::alloc::written;
+use super::blocks::{as_acc_all, BLOCK};
 use super::elem::{Acc, Elem};
-use super::reduce::{lane_dot, lane_sum, lane_sum2, Moments};
+use super::reduce::{lane_sum, lane_sum2, lane_sum3, Moments};
 use super::rows::{
     affine_params, chunk_of, chunks_mut, for_segments, param_grads_out, rows_per_task, split_rows, CHUNK, MAX_PARTIALS,
     TASK_ELEMS,
@@ -17,6 +17,7 @@ use super::rows::{
 use super::simd::run;
 use crate::spec::{Affine, Spec};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// dγ/dβ accumulators of one task or chunk, indexed by parameter − `p_base`. A
 /// gradient nobody asked for (no weight, no bias) has an empty vector and is never
@@ -63,63 +64,12 @@ fn sum_partials<A: Acc>(total: &mut [A], partials: &[&[A]]) {
     });
 }
 
-/// g = dy·w for the block at `i0..` of `row`, into `g`.
+/// g = dy·w for a block whose parameters change every element (`inner == 1`), from
+/// parameter `p` on, into `g`.
 #[inline(always)]
-fn dy_times_w<A: Acc>(spec: &Spec, (row, i0): (usize, usize), dy: &[A], w: &[A], g: &mut [A]) {
-    if spec.inner == 1 {
-        let p = spec.param_offset(row) + i0;
-        for ((g, &d), &w) in g.iter_mut().zip(dy).zip(&w[p..p + dy.len()]) {
-            *g = d * w;
-        }
-    } else {
-        for_segments(
-            spec,
-            row,
-            i0,
-            dy.len(),
-            #[inline(always)]
-            |p, r| {
-                for (g, &d) in g[r.clone()].iter_mut().zip(&dy[r]) {
-                    *g = d * w[p];
-                }
-            },
-        );
-    }
-}
-
-/// Adds dy·x̂ and dy of the block at `i0..` of `row` to the dγ/dβ partials.
-#[inline(always)]
-fn accumulate_params<A: Acc>(spec: &Spec, (row, i0): (usize, usize), xh: &[A], dy: &[A], acc: &mut ParamGrads<A>) {
-    let (dg, db, base) = (&mut acc.dg, &mut acc.db, acc.p_base);
-    if spec.inner == 1 {
-        let o = spec.param_offset(row) + i0 - base;
-        let n = dy.len();
-        if !dg.is_empty() {
-            for ((dg, &x), &d) in dg[o..o + n].iter_mut().zip(xh).zip(dy) {
-                *dg += d * x;
-            }
-        }
-        if !db.is_empty() {
-            for (db, &d) in db[o..o + n].iter_mut().zip(dy) {
-                *db += d;
-            }
-        }
-    } else {
-        for_segments(
-            spec,
-            row,
-            i0,
-            dy.len(),
-            #[inline(always)]
-            |p, r| {
-                if !dg.is_empty() {
-                    dg[p - base] += lane_dot(&xh[r.clone()], &dy[r.clone()]);
-                }
-                if !db.is_empty() {
-                    db[p - base] += lane_sum(&dy[r], |v| v);
-                }
-            },
-        );
+fn dy_times_w<A: Acc>(p: usize, dy: &[A], w: &[A], g: &mut [A]) {
+    for ((g, &d), &w) in g.iter_mut().zip(dy).zip(&w[p..p + dy.len()]) {
+        *g = d * w;
     }
 }
 
@@ -184,12 +134,11 @@ pub(super) enum RowGrads<'a, A> {
     PerChannel(&'a [RowGrad<A>]),
 }
 
-/// Block-sized buffers of the two backward passes (g = dy·w, x̂, and a block of dx
-/// before it is rounded), made once per task rather than once per row: zeroing them
+/// Block-sized buffers of the two backward passes (g = dy·w, and a block of dx
+/// before it is stored), made once per task rather than once per row: zeroing them
 /// for every call would cost more than a short row's arithmetic.
 struct Blocks<A> {
     g: [A; BLOCK],
-    xh: [A; BLOCK],
     dx: [A; BLOCK],
 }
 
@@ -206,7 +155,6 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         Self {
             blocks: Blocks {
                 g: [A::ZERO; BLOCK],
-                xh: [A::ZERO; BLOCK],
                 dx: [A::ZERO; BLOCK],
             },
             wide: std::array::from_fn(|_| Vec::new()),
@@ -234,7 +182,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         &mut self,
         spec: &Spec,
         at: (usize, usize),
-        (ins, dx): ([&[T]; K], &mut [T]),
+        (ins, dx): ([&[T]; K], &mut [MaybeUninit<T>]),
         (given, w): (Option<RowGrad<A>>, &[A]),
         acc: &mut ParamGrads<A>,
     ) {
@@ -259,52 +207,162 @@ fn backward_sums<A: Acc>(
 ) -> GradSums<A> {
     let mut sums = GradSums::EMPTY;
     for (k, (xa, da)) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)).enumerate() {
-        let g = &mut g[..xa.len()];
-        dy_times_w(spec, (at.0, at.1 + k * BLOCK), da, w, g);
-        let m = Moments::of(xa, spec.center());
-        let sg = lane_sum(g, |v| v);
-        let cgx = lane_sum2(g, xa, |g, x| g * (x - m.mean));
-        sums = sums.merge(GradSums { x: m, sg, cgx });
+        let (row, i0) = (at.0, at.1 + k * BLOCK);
+        let n = A::from_f64(xa.len() as f64);
+        let mean = if spec.center() {
+            lane_sum(xa, |v| v) / n
+        } else {
+            A::ZERO
+        };
+        let terms = |x: A, g: A| {
+            let c = x - mean;
+            [c * c, g, g * c]
+        };
+        let [m2, sg, cgx] = if spec.inner == 1 {
+            let g = &mut g[..xa.len()];
+            dy_times_w(spec.param_offset(row) + i0, da, w, g);
+            lane_sum3(xa, g, terms)
+        } else {
+            // One weight per run: Σg and Σg·(x − mean) are w times the run's sums of dy.
+            let mut s = [A::ZERO; 3];
+            for_segments(
+                spec,
+                row,
+                i0,
+                xa.len(),
+                #[inline(always)]
+                |p, r| {
+                    let [m2, sd, cdx] = lane_sum3(&xa[r.clone()], &da[r], terms);
+                    s = [s[0] + m2, s[1] + w[p] * sd, s[2] + w[p] * cdx];
+                },
+            );
+            s
+        };
+        sums = sums.merge(GradSums {
+            x: Moments { n, mean, m2 },
+            sg,
+            cgx,
+        });
     }
     sums
 }
 
 /// Second backward pass over the same elements, from cache: adds dy·x̂ and dy
-/// to `acc` and writes dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)). `ins` is
-/// `[x, dy]`, or `[h, dy, dh]` for the fused residual add, whose dh (the gradient
-/// reaching h directly) is added to dx before it is rounded.
+/// to `acc` and writes dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)) into memory not yet
+/// written, block by block. `ins` is `[x, dy]`, or `[h, dy, dh]` for the fused residual
+/// add, whose dh (the gradient reaching h directly) is added to dx before it is
+/// rounded.
 #[inline(always)]
 fn backward_dx<T: Elem, const K: usize>(
     spec: &Spec,
     at: (usize, usize),
     ins: [&[T::Acc]; K],
-    dx: &mut [T],
+    dx: &mut [MaybeUninit<T>],
     (r, w): (RowGrad<T::Acc>, &[T::Acc]),
     acc: &mut ParamGrads<T::Acc>,
     blocks: &mut Blocks<T::Acc>,
 ) {
-    let Blocks { g, xh, dx: dxb } = blocks;
-    store_blocks(
-        dx,
-        dxb,
+    let dxb = &mut blocks.dx;
+    for (k, dst) in dx.chunks_mut(BLOCK).enumerate() {
+        let (o, n) = (k * BLOCK, dst.len());
+        let out = &mut dxb[..n];
+        let (xa, da) = (&ins[0][o..o + n], &ins[1][o..o + n]);
+        let at = (at.0, at.1 + o);
+        if spec.inner == 1 {
+            let p = spec.param_offset(at.0) + at.1;
+            dx_rows_block(p, (xa, da, &w[p..p + n]), out, r, acc);
+        } else {
+            dx_segments(spec, at, (xa, da, w), out, r, acc);
+        }
+        if let Some(dh) = ins.get(2) {
+            for (d, &e) in out.iter_mut().zip(&dh[o..o + n]) {
+                *d += e;
+            }
+        }
+        T::store_uninit(out, dst);
+    }
+}
+
+/// The second pass over one block of a norm whose parameters change every element
+/// (`inner == 1`: LayerNorm, RMSNorm), in one loop: x̂, the dγ/dβ partials (those
+/// asked for) and dx, with `w` and the partials the block's own, from parameter `p`.
+#[inline(always)]
+fn dx_rows_block<A: Acc>(
+    p: usize,
+    (x, dy, w): (&[A], &[A], &[A]),
+    dx: &mut [A],
+    r: RowGrad<A>,
+    acc: &mut ParamGrads<A>,
+) {
+    let o = p - acc.p_base;
+    let n = dx.len();
+    let (x, dy, w) = (&x[..n], &dy[..n], &w[..n]);
+    let (dg, db) = (&mut acc.dg, &mut acc.db);
+    let dx_of = |xh: A, d: A, w: A| r.rstd * (d * w - r.mean_g - xh * r.mean_gx);
+    match (dg.is_empty(), db.is_empty()) {
+        (false, false) => {
+            let (dg, db) = (&mut dg[o..o + n], &mut db[o..o + n]);
+            for i in 0..n {
+                let xh = (x[i] - r.mean) * r.rstd;
+                dg[i] += dy[i] * xh;
+                db[i] += dy[i];
+                dx[i] = dx_of(xh, dy[i], w[i]);
+            }
+        }
+        (false, true) => {
+            let dg = &mut dg[o..o + n];
+            for i in 0..n {
+                let xh = (x[i] - r.mean) * r.rstd;
+                dg[i] += dy[i] * xh;
+                dx[i] = dx_of(xh, dy[i], w[i]);
+            }
+        }
+        (true, false) => {
+            let db = &mut db[o..o + n];
+            for i in 0..n {
+                db[i] += dy[i];
+                dx[i] = dx_of((x[i] - r.mean) * r.rstd, dy[i], w[i]);
+            }
+        }
+        (true, true) => {
+            for i in 0..n {
+                dx[i] = dx_of((x[i] - r.mean) * r.rstd, dy[i], w[i]);
+            }
+        }
+    }
+}
+
+/// The second pass over one block of a norm whose parameter changes every `inner`
+/// elements (GroupNorm, BatchNorm), one run of a parameter at a time: dx, then the
+/// run's Σdy·x̂ and Σdy added to its parameter's dγ/dβ partials (those asked for).
+#[inline(always)]
+fn dx_segments<A: Acc>(
+    spec: &Spec,
+    (row, i0): (usize, usize),
+    (x, dy, w): (&[A], &[A], &[A]),
+    dx: &mut [A],
+    r: RowGrad<A>,
+    acc: &mut ParamGrads<A>,
+) {
+    let (dg, db, base) = (&mut acc.dg, &mut acc.db, acc.p_base);
+    for_segments(
+        spec,
+        row,
+        i0,
+        dx.len(),
         #[inline(always)]
-        |o, out| {
-            let n = out.len();
-            let (xa, da) = (&ins[0][o..o + n], &ins[1][o..o + n]);
-            let at = (at.0, at.1 + o);
-            let (xh, g) = (&mut xh[..n], &mut g[..n]);
-            for (h, &x) in xh.iter_mut().zip(xa) {
-                *h = (x - r.mean) * r.rstd;
+        |p, at| {
+            let (x, dy) = (&x[at.clone()], &dy[at.clone()]);
+            let wp = w[p];
+            for ((d, &x), &g) in dx[at].iter_mut().zip(x).zip(dy) {
+                let xh = (x - r.mean) * r.rstd;
+                *d = r.rstd * (g * wp - r.mean_g - xh * r.mean_gx);
             }
-            accumulate_params(spec, at, xh, da, acc);
-            dy_times_w(spec, at, da, w, g);
-            for ((d, &g), &x) in out.iter_mut().zip(&*g).zip(&*xh) {
-                *d = r.rstd * (g - r.mean_g - x * r.mean_gx);
+            if !dg.is_empty() {
+                dg[p - base] += lane_sum2(x, dy, |x, d| d * ((x - r.mean) * r.rstd));
             }
-            if let Some(dh) = ins.get(2) {
-                for (d, &e) in out.iter_mut().zip(&dh[o..o + n]) {
-                    *d += e;
-                }
+            if !db.is_empty() {
+                db[p - base] += lane_sum(dy, |v| v);
             }
         },
     );
@@ -325,13 +383,12 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     grads: RowGrads<T::Acc>,
 ) -> (Vec<T>, Vec<P>) {
     let np = spec.params();
-    let mut out = output(x.len(), x.len());
     let (w, _) = affine_params(spec, w, None);
-    let acc = match dh {
+    let (out, acc) = written(x.len(), |dx| match dh {
         _ if x.is_empty() => ParamGrads::zeros(0, np, affine),
-        Some(dh) => backward_any(spec, affine, [x, dy, dh], &w, &mut out, grads),
-        None => backward_any(spec, affine, [x, dy], &w, &mut out, grads),
-    };
+        Some(dh) => backward_any(spec, affine, [x, dy, dh], &w, dx, grads),
+        None => backward_any(spec, affine, [x, dy], &w, dx, grads),
+    });
     let params = param_grads_out::<P>(affine, &acc.dg, &acc.db);
     (out, params)
 }
@@ -343,7 +400,7 @@ fn backward_any<T: Elem, const K: usize>(
     affine: Affine,
     ins: [&[T]; K],
     w: &[T::Acc],
-    dx: &mut [T],
+    dx: &mut [MaybeUninit<T>],
     grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     if split_rows(spec) {
@@ -360,7 +417,7 @@ fn backward_rows<T: Elem, const K: usize>(
     affine: Affine,
     ins: [&[T]; K],
     w: &[T::Acc],
-    dx: &mut [T],
+    dx: &mut [MaybeUninit<T>],
     grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     let (np, len) = (spec.params(), spec.len);
@@ -403,7 +460,7 @@ fn backward_split<T: Elem, const K: usize>(
     affine: Affine,
     ins: [&[T]; K],
     w: &[T::Acc],
-    dx: &mut [T],
+    dx: &mut [MaybeUninit<T>],
     grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     let rows = match grads {

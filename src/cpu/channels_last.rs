@@ -9,7 +9,7 @@
 
 use super::alloc::output;
 use super::backward::{GradSums, RowGrad};
-use super::blocks::write_blocks;
+use super::blocks::{as_acc, as_acc_all};
 use super::elem::{Acc, Elem};
 use super::reduce::Moments;
 use super::rows::{affine_params, param_grads_out, TASK_ELEMS};
@@ -83,20 +83,6 @@ impl Tiles {
 fn for_rows<A, const K: usize>(c: usize, tiles: [&[A]; K], mut f: impl FnMut([&[A]; K])) {
     for r in 0..tiles[0].len() / c {
         f(tiles.map(|t| &t[r * c..(r + 1) * c]));
-    }
-}
-
-/// A tile as accumulators: the tile itself for f32 and f64, else converted once into
-/// `buf` (made once per rayon job), so that the passes over the tile convert nothing.
-#[inline(always)]
-fn acc_tile<'a, T: Elem>(x: &'a [T], buf: &'a mut Vec<T::Acc>) -> &'a [T::Acc] {
-    match T::as_acc(x) {
-        Some(a) => a,
-        None => {
-            buf.resize(x.len(), T::Acc::ZERO);
-            T::load(x, buf);
-            buf
-        }
     }
 }
 
@@ -178,7 +164,7 @@ fn sum<A: Acc>(v: &[A]) -> A {
 #[inline(always)]
 fn tile_moments<T: Elem>(t: &Tiles, x: &[T], cols: &mut Cols<T::Acc>) -> Vec<Moments<T::Acc>> {
     let mut buf = std::mem::take(&mut cols.x);
-    let xa = acc_tile(x, &mut buf);
+    let xa = as_acc(x, &mut buf);
     let means = cols.group_means(t, xa);
     for_rows(
         t.c,
@@ -252,31 +238,62 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     // The mean and rstd·γ of each (sample, channel).
     let mean = per_channel(&t, &stats, |(mean, _), _| mean);
     let scale = per_channel(&t, &stats, |(_, rstd), c| rstd * w[c]);
-    t.tiles_mut(&mut out).for_each(|(k, yt)| {
+    t.tiles_mut(&mut out).for_each_init(TileBufs::new, |bufs, (k, yt)| {
         let at = k / t.per_sample * t.c;
         let (mean, scale) = (&mean[at..at + t.c], &scale[at..at + t.c]);
         let xt = t.tile_of(x, k);
         run(
             #[inline(always)]
             || {
-                for (yr, xr) in yt.chunks_mut(t.c).zip(xt.chunks(t.c)) {
-                    write_blocks(
-                        [xr],
-                        yr,
-                        #[inline(always)]
-                        |o, [xa], ya| {
-                            let n = xa.len();
-                            let (m, s, b) = (&mean[o..o + n], &scale[o..o + n], &b[o..o + n]);
-                            for ((((y, &x), &m), &s), &b) in ya.iter_mut().zip(xa).zip(m).zip(s).zip(b) {
+                bufs.fill(
+                    [xt],
+                    yt,
+                    #[inline(always)]
+                    |[xa], ya| {
+                        for (yr, xr) in ya.chunks_mut(t.c).zip(xa.chunks(t.c)) {
+                            for ((((y, &x), &m), &s), &b) in yr.iter_mut().zip(xr).zip(mean).zip(scale).zip(&b[..]) {
                                 *y = (x - m) * s + b;
                             }
-                        },
-                    );
-                }
+                        }
+                    },
+                )
             },
         )
     });
     out
+}
+
+/// A rayon job's buffers for the passes that write a tile: f16/bf16 input tiles
+/// widened once and the output tile rounded once, so that no row of C elements pays
+/// for converting, or for initializing block buffers, on its own.
+struct TileBufs<A, const K: usize> {
+    ins: [Vec<A>; K],
+    out: Vec<A>,
+}
+
+impl<A: Acc, const K: usize> TileBufs<A, K> {
+    fn new() -> Self {
+        Self {
+            ins: std::array::from_fn(|_| Vec::new()),
+            out: Vec::new(),
+        }
+    }
+
+    /// Calls `f(inputs, output)` on the `K` input tiles and the output tile as
+    /// accumulators: the tiles themselves for f32 and f64, else this job's buffers,
+    /// the output then rounded into `out`.
+    #[inline(always)]
+    fn fill<T: Elem<Acc = A>>(&mut self, ins: [&[T]; K], out: &mut [T], f: impl FnOnce([&[A]; K], &mut [A])) {
+        let wide = as_acc_all(ins, &mut self.ins);
+        match T::as_acc_mut(out) {
+            Some(o) => f(wide, o),
+            None => {
+                self.out.resize(out.len(), A::ZERO);
+                f(wide, &mut self.out);
+                T::store(&self.out, out);
+            }
+        }
+    }
 }
 
 /// What the first backward pass learns from a tile: each group's [`GradSums`], and per
@@ -292,7 +309,7 @@ struct TileGrads<A> {
 #[inline(always)]
 fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mut Cols<T::Acc>) -> TileGrads<T::Acc> {
     let (mut xbuf, mut dybuf) = (std::mem::take(&mut cols.x), std::mem::take(&mut cols.dy));
-    let (xa, da) = (acc_tile(x, &mut xbuf), acc_tile(dy, &mut dybuf));
+    let (xa, da) = (as_acc(x, &mut xbuf), as_acc(dy, &mut dybuf));
     let means = cols.group_means(t, xa);
     let (mut sdy, mut sdyx) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
     let Cols { mean, m2, .. } = cols;
@@ -371,30 +388,29 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
             field(|r| r.mean_gx),
         ];
         let dx = &mut out[..x.len()];
-        t.tiles_mut(dx).for_each(|(k, dxt)| {
+        t.tiles_mut(dx).for_each_init(TileBufs::new, |bufs, (k, dxt)| {
             let at = k / t.per_sample * t.c;
-            let [mean, rstd, mean_g, mean_gx] = [&mean, &rstd, &mean_g, &mean_gx].map(|v| &v[at..at + t.c]);
+            let [m, r, mg, mgx] = [&mean, &rstd, &mean_g, &mean_gx].map(|v| &v[at..at + t.c]);
+            let g = &gamma[..t.c];
             let (xt, dyt) = (t.tile_of(x, k), t.tile_of(dy, k));
             run(
                 #[inline(always)]
                 || {
-                    for ((dr, xr), dyr) in dxt.chunks_mut(t.c).zip(xt.chunks(t.c)).zip(dyt.chunks(t.c)) {
-                        write_blocks(
-                            [xr, dyr],
-                            dr,
-                            #[inline(always)]
-                            |o, [xa, da], dxa| {
-                                let n = xa.len();
-                                let [m, r, mg, mgx, g] =
-                                    [mean, rstd, mean_g, mean_gx, &gamma[..]].map(|v| &v[o..o + n]);
-                                let (da, dxa) = (&da[..n], &mut dxa[..n]);
-                                for i in 0..n {
-                                    let xh = (xa[i] - m[i]) * r[i];
-                                    dxa[i] = r[i] * (da[i] * g[i] - mg[i] - xh * mgx[i]);
+                    bufs.fill(
+                        [xt, dyt],
+                        dxt,
+                        #[inline(always)]
+                        |[xa, da], dxa| {
+                            let rows = dxa.chunks_mut(t.c).zip(xa.chunks(t.c)).zip(da.chunks(t.c));
+                            for ((dxr, xr), dr) in rows {
+                                let (xr, dr) = (&xr[..dxr.len()], &dr[..dxr.len()]);
+                                for i in 0..dxr.len() {
+                                    let xh = (xr[i] - m[i]) * r[i];
+                                    dxr[i] = r[i] * (dr[i] * g[i] - mg[i] - xh * mgx[i]);
                                 }
-                            },
-                        );
-                    }
+                            }
+                        },
+                    )
                 },
             )
         });

@@ -2,6 +2,7 @@
 
 use super::convert;
 use half::{bf16, f16};
+use std::mem::MaybeUninit;
 use std::ops::{Add, AddAssign, Div, Mul, Sub};
 
 /// The accumulation type: f32 for f32/f16/bf16 inputs, f64 for f64.
@@ -43,7 +44,7 @@ impl<A> Slot<A> for A {
     }
 }
 
-impl<A> Slot<A> for std::mem::MaybeUninit<A> {
+impl<A> Slot<A> for MaybeUninit<A> {
     #[inline(always)]
     fn set(&mut self, v: A) {
         self.write(v);
@@ -56,6 +57,9 @@ pub(super) trait Elem: candle_core::WithDType {
     type Acc: Acc;
     fn load(src: &[Self], dst: &mut [Self::Acc]);
     fn store(src: &[Self::Acc], dst: &mut [Self]);
+    /// [`Self::store`] into memory not yet written (an output's uninitialized
+    /// capacity): every element of `dst` is written.
+    fn store_uninit(src: &[Self::Acc], dst: &mut [MaybeUninit<Self>]);
     /// The elements as accumulators when they already are (f32, f64): no conversion.
     fn as_acc(v: &[Self]) -> Option<&[Self::Acc]>;
     /// A vector of accumulators as one of elements, when they are the same type.
@@ -74,6 +78,12 @@ macro_rules! impl_full_elem {
             #[inline(always)]
             fn store(src: &[$t], dst: &mut [$t]) {
                 dst.copy_from_slice(src)
+            }
+            #[inline(always)]
+            fn store_uninit(src: &[$t], dst: &mut [MaybeUninit<$t>]) {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    d.write(s);
+                }
             }
             #[inline(always)]
             fn as_acc(v: &[$t]) -> Option<&[$t]> {
@@ -102,6 +112,20 @@ macro_rules! impl_half_elem {
             #[inline(always)]
             fn store(src: &[f32], dst: &mut [$t]) {
                 $store(src, dst)
+            }
+            /// Rounded through a stack buffer of a block (the passes that call it
+            /// store one block at a time).
+            #[inline(always)]
+            fn store_uninit(src: &[f32], dst: &mut [MaybeUninit<$t>]) {
+                const STEP: usize = super::blocks::BLOCK;
+                let mut buf = [<$t>::ZERO; STEP];
+                for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(STEP)) {
+                    let b = &mut buf[..s.len()];
+                    $store(s, b);
+                    for (d, &v) in d.iter_mut().zip(&*b) {
+                        d.write(v);
+                    }
+                }
             }
             #[inline(always)]
             fn as_acc(_: &[$t]) -> Option<&[f32]> {

@@ -17,7 +17,7 @@
 //! collect y into memory written once; f16/bf16 and the fused residual add write it
 //! in place into an output zeroed by every thread (`alloc`). The backward
 //! (`backward`) makes two passes too, the first reading x and dy from memory, the
-//! second from cache.
+//! second from cache, and writes dx once into the output's uninitialized capacity.
 //!
 //! Channels-last GroupNorm, whose groups are column blocks rather than rows, has its
 //! own passes over tiles of rows (`channels_last`); BatchNorm gathers its statistics

@@ -49,16 +49,63 @@ pub(super) fn lane_sum2<A: Acc>(x: &[A], y: &[A], f: impl Fn(A, A) -> A) -> A {
     a0[0] + xt.iter().zip(yt).fold(A::ZERO, |s, (&a, &b)| s + f(a, b))
 }
 
+/// `a[k][l] += f(x[l], y[l])[k]` for one group of lanes of three sums.
+#[inline(always)]
+fn add_lanes3<A: Acc>(a: &mut [[A; LANES]; 3], x: &[A], y: &[A], f: &impl Fn(A, A) -> [A; 3]) {
+    for l in 0..LANES {
+        let v = f(x[l], y[l]);
+        a[0][l] += v[0];
+        a[1][l] += v[1];
+        a[2][l] += v[2];
+    }
+}
+
+/// The three sums of `f(x[i], y[i])` in one pass, each in a fixed order: over two
+/// groups of [`LANES`] accumulators per sum (four, as [`lane_sum2`] keeps, would not
+/// fit AVX2's sixteen registers three times over), then the first group for what is
+/// left, then the last few elements one by one; the groups are added lane by lane and
+/// the lanes halved.
+#[inline(always)]
+pub(super) fn lane_sum3<A: Acc>(x: &[A], y: &[A], f: impl Fn(A, A) -> [A; 3]) -> [A; 3] {
+    let (mut a0, mut a1) = ([[A::ZERO; LANES]; 3], [[A::ZERO; LANES]; 3]);
+    let (xw, yw) = (x.chunks_exact(2 * LANES), y.chunks_exact(2 * LANES));
+    let (xr, yr) = (xw.remainder().chunks_exact(LANES), yw.remainder().chunks_exact(LANES));
+    let (xt, yt) = (xr.remainder(), yr.remainder());
+    for (a, b) in xw.zip(yw) {
+        add_lanes3(&mut a0, a, b, &f);
+        add_lanes3(&mut a1, &a[LANES..], &b[LANES..], &f);
+    }
+    for (a, b) in xr.zip(yr) {
+        add_lanes3(&mut a0, a, b, &f);
+    }
+    let mut out = [A::ZERO; 3];
+    for k in 0..3 {
+        let s = &mut a0[k];
+        for l in 0..LANES {
+            s[l] += a1[k][l];
+        }
+        let mut width = LANES;
+        while width > 1 {
+            width /= 2;
+            for l in 0..width {
+                s[l] += s[l + width];
+            }
+        }
+        out[k] = s[0];
+    }
+    for (&a, &b) in xt.iter().zip(yt) {
+        let v = f(a, b);
+        for k in 0..3 {
+            out[k] += v[k];
+        }
+    }
+    out
+}
+
 /// Sum of `f(x[i])`, accumulated as in [`lane_sum2`].
 #[inline(always)]
 pub(super) fn lane_sum<A: Acc>(x: &[A], f: impl Fn(A) -> A) -> A {
     lane_sum2(x, x, |v, _| f(v))
-}
-
-/// Sum of `x[i] * y[i]`, accumulated as in [`lane_sum2`].
-#[inline(always)]
-pub(super) fn lane_dot<A: Acc>(x: &[A], y: &[A]) -> A {
-    lane_sum2(x, y, |a, b| a * b)
 }
 
 /// Count, mean and sum of squared deviations of a block (mean 0 and plain sum of
