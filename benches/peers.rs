@@ -63,6 +63,8 @@ fn rows() -> Vec<Case> {
     }
     v.extend([&[1, 320, 64, 64][..], &[8, 128, 32, 32]].map(|s| row(Norm::Group(32), s)));
     v.extend([&[1, 64, 64, 320][..], &[8, 32, 32, 128]].map(|s| row(Norm::GroupLast(32), s)));
+    v.push(row(Norm::GroupSilu(32), &[1, 320, 64, 64]));
+    v.push(row(Norm::GroupLastSilu(32), &[1, 64, 64, 320]));
     for norm in [Norm::Batch, Norm::BatchEval] {
         v.extend([&[32, 64, 56, 56][..], &[256, 512, 7, 7]].map(|s| row(norm, s)));
     }

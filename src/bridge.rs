@@ -204,7 +204,7 @@ impl FusedOp {
                 .last()
                 .filter(|_| p.weight || p.bias || p.running)
                 .map(|(s, _)| s.dtype());
-            if x.is_some_and(|x| crate::backend::cuda_kernels_take(x, params.unwrap_or(x))) {
+            if x.is_some_and(|x| crate::backend::cuda_kernels_take(&self.spec, x, params.unwrap_or(x))) {
                 return self.run(&crate::cuda::emulator::Emulated(gpu), ins, Storage::Cpu);
             }
         }

@@ -17,9 +17,11 @@
 //!
 //! Every norm is one shape of the same computation ([`Geometry`]): x viewed so that its
 //! statistics reduce over some dimensions and its parameters broadcast along others.
+//! GroupNorm + SiLU is candle's `silu` after the affine step, and in the standalone
+//! backward dy times SiLU's derivative at the recomputed x̂·γ + β.
 
 use crate::backend::{Grads, Outputs, Slots};
-use crate::spec::{Affine, Kind, Spec};
+use crate::spec::{Activation, Affine, Kind, Spec};
 use candle_core::{bail, DType, Device, Result, Tensor};
 
 /// How x is viewed for a norm: the view's dimensions, those its statistics reduce
@@ -215,6 +217,9 @@ pub(crate) fn forward(spec: &Spec, ins: Slots<&Tensor>) -> Result<Outputs> {
     if let Some(b) = ins.bias {
         y = y.broadcast_add(&param(&g, b, acc)?)?;
     }
+    if spec.act == Activation::Silu {
+        y = y.silu()?;
+    }
     let y = y.to_dtype(dtype)?.reshape(x.shape())?;
     // BatchNorm's batch statistics, in the parameters' dtype (x's without any).
     let pdtype = ins.first_param().map_or(dtype, |p| p.dtype());
@@ -271,6 +276,21 @@ pub(crate) fn tangent(spec: &Spec, ins: &Slots<&Tensor>, [tx, tw, tb]: [Option<&
     dy.to_dtype(dtype)?.reshape(ins.x.shape())
 }
 
+/// SiLU's derivative at z = x̂·γ + β, recomputed: σ(z)·(1 + z·(1 − σ(z))).
+fn silu_grad(g: &Geometry, n: &Normalized, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
+    let acc = n.xhat.dtype();
+    let mut z = n.xhat.clone();
+    if let Some(w) = weight {
+        z = z.broadcast_mul(&param(g, w, acc)?)?;
+    }
+    if let Some(b) = bias {
+        z = z.broadcast_add(&param(g, b, acc)?)?;
+    }
+    let sig = z.neg()?.exp()?.affine(1.0, 1.0)?.recip()?;
+    let one_minus = sig.affine(-1.0, 1.0)?;
+    sig.mul(&z.mul(&one_minus)?.affine(1.0, 1.0)?)
+}
+
 /// The backward from `ins.dy` (and `ins.dh`, added to dx; x is then h): dx, and dγ and
 /// dβ as `affine` asks.
 pub(crate) fn backward(spec: &Spec, affine: Affine, ins: Slots<&Tensor>) -> Result<Grads> {
@@ -281,7 +301,10 @@ pub(crate) fn backward(spec: &Spec, affine: Affine, ins: Slots<&Tensor>) -> Resu
     let acc = acc_dtype(dtype);
     let g = Geometry::of(spec);
     let n = normalize(spec, &g, ins.x, ins.running.map(|[m, v]| [m, v]))?;
-    let dya = dy.to_dtype(acc)?.reshape(g.view.as_slice())?;
+    let mut dya = dy.to_dtype(acc)?.reshape(g.view.as_slice())?;
+    if spec.act == Activation::Silu {
+        dya = dya.mul(&silu_grad(&g, &n, ins.weight, ins.bias)?)?;
+    }
     let gy = match ins.weight {
         Some(w) => dya.broadcast_mul(&param(&g, w, acc)?)?,
         None => dya.clone(),

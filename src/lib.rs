@@ -19,6 +19,8 @@
 //!   channel, with PyTorch's checks;
 //! - [`group_norm_channels_last`] (and [`group_norm_channels_last_backward`]): GroupNorm
 //!   over `[B, *spatial, C]`, without moving the channels;
+//! - [`group_norm_silu`], [`group_norm_channels_last_silu`] (and their backward):
+//!   GroupNorm followed by SiLU in one op, a diffusion block's norm and activation;
 //! - [`add_layer_norm`], [`add_rms_norm`]: the residual add of a pre-norm transformer
 //!   block fused with its norm, returning both the norm and the sum, with their
 //!   backward [`add_layer_norm_backward`], [`add_rms_norm_backward`];

@@ -30,6 +30,16 @@ impl Kind {
     }
 }
 
+/// What follows the affine step, element by element, in the same pass: nothing, or
+/// SiLU (GroupNorm + SiLU, the block of every diffusion UNet and VAE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// y = z = x̂·γ + β.
+    Identity,
+    /// y = silu(z) = z·σ(z); the backward recomputes z from x, never storing it.
+    Silu,
+}
+
 /// Which affine parameters a call has. Either may be absent: a missing weight acts as
 /// ones and a missing bias as zeros, and neither gets a gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +72,8 @@ pub(crate) struct Spec {
     /// The norm is of `h = x + residual` (rounded to the element type), which the
     /// forward returns beside y; the backward adds the gradient reaching h directly.
     pub residual: bool,
+    /// Applied to x̂·γ + β before y is rounded.
+    pub act: Activation,
     /// The public function's name, used in custom-op names and errors.
     pub op: &'static str,
 }
@@ -79,6 +91,7 @@ impl Spec {
             param_blocks: 1,
             eps,
             residual: false,
+            act: Activation::Identity,
             op: kind.name(),
         }
     }
@@ -97,6 +110,7 @@ impl Spec {
             param_blocks: groups,
             eps,
             residual: false,
+            act: Activation::Identity,
             op: Kind::Group.name(),
         }
     }
@@ -123,6 +137,15 @@ impl Spec {
         };
         Self {
             residual: true,
+            op,
+            ..self
+        }
+    }
+
+    /// The same norm followed by SiLU, under the public name `op`.
+    pub(crate) fn with_silu(self, op: &'static str) -> Self {
+        Self {
+            act: Activation::Silu,
             op,
             ..self
         }
@@ -158,6 +181,7 @@ impl Spec {
             param_blocks: c,
             eps,
             residual: false,
+            act: Activation::Identity,
             op: Kind::Batch.name(),
         }
     }

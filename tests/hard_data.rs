@@ -37,5 +37,5 @@ fn hard_data(norm: Norm, dtype: DType, backend: Backend) {
 
 grid!(hard_data: [
     layer = Norm::Layer, rms = Norm::Rms, group = Norm::Group(0), group_last = Norm::GroupLast(0),
-    instance = Norm::Instance, batch = Norm::Batch, add_layer = Norm::AddLayer, add_rms = Norm::AddRms,
+    group_silu = Norm::GroupSilu(0), group_last_silu = Norm::GroupLastSilu(0), instance = Norm::Instance, batch = Norm::Batch, add_layer = Norm::AddLayer, add_rms = Norm::AddRms,
 ] x [f32 = F32, f16 = F16, bf16 = BF16] x [fused = Fused, generic = Generic]);

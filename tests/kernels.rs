@@ -354,7 +354,19 @@ fn kernels(norm: Norm, dtype: DType, _: Backend) {
     }
 }
 
-grid!(kernels: every norm x [f32 = F32, f16 = F16, bf16 = BF16] x [cuda = Fused]);
+/// Every norm the CUDA kernels take, as the `name = Norm` pairs of a grid: all but
+/// GroupNorm + SiLU, which has no kernels yet (on CUDA it runs the generic backend).
+macro_rules! every_kernel_norm {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)* [
+            layer = Norm::Layer, rms = Norm::Rms, group = Norm::Group(0), group_last = Norm::GroupLast(0),
+            instance = Norm::Instance, batch = Norm::Batch, batch_eval = Norm::BatchEval,
+            add_layer = Norm::AddLayer, add_rms = Norm::AddRms,
+        ]);
+    };
+}
+
+every_kernel_norm!(grid!(@every kernels, [f32 = F32, f16 = F16, bf16 = BF16], [cuda = Fused]));
 
 /// Mixed precision, f32 parameters with f16 or bf16 x: each path and width of every
 /// kernel that reads the parameters (MIXED_CASES), every affine case, against the
@@ -373,7 +385,7 @@ fn mixed(norm: Norm, dtype: DType, _: Backend) {
     }
 }
 
-grid!(mixed: every norm x [f16 = F16, bf16 = BF16] x [cuda = Fused]);
+every_kernel_norm!(grid!(@every mixed, [f16 = F16, bf16 = BF16], [cuda = Fused]));
 
 /// The weight offset (`RowNorm::with_weight_offset`: γ' = offset + γ in f32, then the
 /// kernels with f32 parameters, mixed beside f16 and bf16 x): each path and width of

@@ -41,14 +41,18 @@ pub fn cases(dev: &Device) -> Vec<Case> {
     for norm in [Norm::Layer, Norm::Rms] {
         v.extend(rows.iter().map(|s| Case { norm, shape: s.clone() }));
     }
-    v.extend(groups.iter().map(|s| Case {
-        norm: Norm::Group(32),
-        shape: s.to_vec(),
-    }));
-    v.extend(groups.iter().map(|&[b, c, h, w]| Case {
-        norm: Norm::GroupLast(32),
-        shape: vec![b, h, w, c],
-    }));
+    for norm in [Norm::Group(32), Norm::GroupSilu(32)] {
+        v.extend(groups.iter().map(|s| Case {
+            norm,
+            shape: s.to_vec(),
+        }));
+    }
+    for norm in [Norm::GroupLast(32), Norm::GroupLastSilu(32)] {
+        v.extend(groups.iter().map(|&[b, c, h, w]| Case {
+            norm,
+            shape: vec![b, h, w, c],
+        }));
+    }
     if !dev.is_cpu() {
         let batch = [[32usize, 64, 56, 56], [256, 512, 7, 7], [8, 256, 128, 128]];
         v.extend(batch.iter().map(|s| Case {

@@ -41,6 +41,8 @@ NORMS = [
     ("group_norm", (8, 128, 32, 32), 128),
     ("group_norm_channels_last", (1, 64, 64, 320), 320),
     ("group_norm_channels_last", (8, 32, 32, 128), 128),
+    ("group_norm_silu", (1, 320, 64, 64), 320),
+    ("group_norm_channels_last_silu", (1, 64, 64, 320), 320),
     ("batch_norm", (32, 64, 56, 56), 64),
     ("batch_norm", (256, 512, 7, 7), 512),
     ("batch_norm_eval", (32, 64, 56, 56), 64),
@@ -68,8 +70,11 @@ def timed(f):
 
 
 # The norms in PyTorch, channels-first unless the name says otherwise; `extra` holds
-# the running statistics (eval) or the residual (fused add).
+# the running statistics (eval) or the residual (fused add). A name ending in "_silu"
+# is the norm followed by SiLU, two ops.
 def torch_forward(name, x, w, b, extra):
+    if name.endswith("_silu"):
+        return F.silu(torch_forward(name.removesuffix("_silu"), x, w, b, extra))
     if name == "layer_norm":
         return F.layer_norm(x, (x.shape[-1],), w, b, EPS)
     if name == "rms_norm":
@@ -89,6 +94,10 @@ def torch_forward(name, x, w, b, extra):
 
 
 def jax_forward(name):
+    if name.endswith("_silu"):
+        norm = jax_forward(name.removesuffix("_silu"))
+        return lambda *args: jax.nn.silu(norm(*args))
+
     def stats_norm(x, axes, w, b, pshape):
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=axes, keepdims=True)
@@ -155,7 +164,7 @@ def rows(keep):
                 # RMSNorm has no bias: its gradient is not asked for.
                 ins = (xs, ws) if name == "rms_norm" else (xs, ws, bs)
                 y = torch_forward(name, xs, ws, bs, textra)
-                dy = tdy.permute(0, 3, 1, 2) if name == "group_norm_channels_last" else tdy
+                dy = tdy.permute(0, 3, 1, 2) if name.startswith("group_norm_channels_last") else tdy
                 yield case, dt, "PyTorch backward", timed(
                     lambda: torch.autograd.grad(y, ins, dy, retain_graph=True))
 

@@ -9,13 +9,14 @@
 use super::alloc::written;
 use super::blocks::{as_acc_all, BLOCK};
 use super::elem::{Acc, Elem};
+use super::forward::split_stats;
 use super::reduce::{lane_sum, lane_sum2, lane_sum3, Moments};
 use super::rows::{
     affine_params, chunk_of, chunks_mut, for_segments, param_grads_out, rows_per_task, split_rows, CHUNK, MAX_PARTIALS,
     TASK_ELEMS,
 };
 use super::simd::run;
-use crate::spec::{Affine, Spec};
+use crate::spec::{Activation, Affine, Spec};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -148,7 +149,12 @@ struct Blocks<A> {
 pub(super) struct Scratch<A, const K: usize> {
     blocks: Blocks<A>,
     wide: [Vec<A>; K],
+    /// GroupNorm + SiLU: the gradient reaching z = x̂·γ + β, dy·silu'(z), of the row.
+    dz: Vec<A>,
 }
+
+/// The weight and the bias as accumulators (ones and zeros where absent).
+pub(super) type Wb<'a, A> = (&'a [A], &'a [A]);
 
 impl<A: Acc, const K: usize> Scratch<A, K> {
     pub(super) fn new() -> Self {
@@ -158,21 +164,24 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
                 dx: [A::ZERO; BLOCK],
             },
             wide: std::array::from_fn(|_| Vec::new()),
+            dz: Vec::new(),
         }
     }
 
     /// The first backward pass over x and dy, elements `at = (row, i0)` on of a row:
-    /// their [`GradSums`].
+    /// their [`GradSums`]. With an activation, `stats` are the row's (mean, rstd).
     #[inline(always)]
     pub(super) fn sums<T: Elem<Acc = A>>(
         &mut self,
         spec: &Spec,
         at: (usize, usize),
         ins: [&[T]; K],
-        w: &[A],
+        wb: Wb<A>,
+        stats: Option<(A, A)>,
     ) -> GradSums<A> {
-        let wide = as_acc_all(ins, &mut self.wide);
-        backward_sums(spec, at, (wide[0], wide[1]), w, &mut self.blocks.g)
+        let Self { blocks, wide, dz } = self;
+        let [x, dy] = wide_ins(spec, at, as_acc_all(ins, wide), wb, stats, dz);
+        backward_sums(spec, at, (x, dy), wb.0, &mut blocks.g)
     }
 
     /// Both backward passes over a row, or the second alone when the row's
@@ -183,16 +192,57 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         spec: &Spec,
         at: (usize, usize),
         (ins, dx): ([&[T]; K], &mut [MaybeUninit<T>]),
-        (given, w): (Option<RowGrad<A>>, &[A]),
+        (given, wb): (Option<RowGrad<A>>, Wb<A>),
         acc: &mut ParamGrads<A>,
     ) {
-        let wide = as_acc_all(ins, &mut self.wide);
+        let Self { blocks, wide, dz } = self;
+        let mut wide = as_acc_all(ins, wide);
+        let stats = match (spec.act, given) {
+            (Activation::Identity, _) => None,
+            (Activation::Silu, Some(g)) => Some((g.mean, g.rstd)),
+            (Activation::Silu, None) => Some(Moments::of_blocks(wide[0], spec.center()).stats(A::from_f64(spec.eps))),
+        };
+        let [_, dy] = wide_ins(spec, at, [wide[0], wide[1]], wb, stats, dz);
+        wide[1] = dy;
         let stats = match given {
             Some(g) => g,
-            None => backward_sums(spec, at, (wide[0], wide[1]), w, &mut self.blocks.g).finish(spec),
+            None => backward_sums(spec, at, (wide[0], wide[1]), wb.0, &mut blocks.g).finish(spec),
         };
-        backward_dx(spec, at, wide, dx, (stats, w), acc, &mut self.blocks);
+        backward_dx(spec, at, wide, dx, (stats, wb.0), acc, blocks);
     }
+}
+
+/// x and the gradient the norm's backward takes: dy itself, or with SiLU after the
+/// norm (and the row's `stats` given), dy·silu'(z) at z = (x − mean)·rstd·γ + β,
+/// recomputed as the forward computes it, into `dz`.
+#[inline(always)]
+fn wide_ins<'a, A: Acc, const K: usize>(
+    spec: &Spec,
+    (row, i0): (usize, usize),
+    wide: [&'a [A]; K],
+    (w, b): Wb<A>,
+    stats: Option<(A, A)>,
+    dz: &'a mut Vec<A>,
+) -> [&'a [A]; 2] {
+    let (x, dy) = (wide[0], wide[1]);
+    let Some((mean, rstd)) = stats else {
+        return [x, dy];
+    };
+    dz.resize(x.len(), A::ZERO);
+    for_segments(
+        spec,
+        row,
+        i0,
+        x.len(),
+        #[inline(always)]
+        |p, r| {
+            let (scale, shift) = (rstd * w[p], b[p]);
+            for ((d, &x), &g) in dz[r.clone()].iter_mut().zip(&x[r.clone()]).zip(&dy[r]) {
+                *d = g * ((x - mean) * scale + shift).silu_grad();
+            }
+        },
+    );
+    [x, &dz[..]]
 }
 
 /// First backward pass over the elements of a row from `at = (row, i0)` on, the one
@@ -370,7 +420,10 @@ fn dx_segments<A: Acc>(
 
 /// The backward's inputs: x (or h), the weight (of the parameters' type `P`), dy, and
 /// dh for the fused residual add.
-pub(super) type BwdIns<'a, T, P> = (&'a [T], Option<&'a [P]>, &'a [T], Option<&'a [T]>);
+pub(super) type BwdIns<'a, T, P> = (&'a [T], Wp<'a, P>, &'a [T], Option<&'a [T]>);
+
+/// The weight and the bias, when given, of the parameters' type.
+pub(super) type Wp<'a, P> = (Option<&'a [P]>, Option<&'a [P]>);
 
 /// Backward: dx, and dγ then dβ as `affine` asks (of the parameters' type), from x,
 /// the weight and dy, recomputing the row statistics. With `dh` (the fused residual
@@ -379,15 +432,16 @@ pub(super) type BwdIns<'a, T, P> = (&'a [T], Option<&'a [P]>, &'a [T], Option<&'
 pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     affine: Affine,
-    (x, w, dy, dh): BwdIns<T, P>,
+    (x, (w, b), dy, dh): BwdIns<T, P>,
     grads: RowGrads<T::Acc>,
 ) -> (Vec<T>, Vec<P>) {
     let np = spec.params();
-    let (w, _) = affine_params(spec, w, None);
+    let (w, b) = affine_params(spec, w, b);
+    let wb = (&w[..], &b[..]);
     let (out, acc) = written(x.len(), |dx| match dh {
         _ if x.is_empty() => ParamGrads::zeros(0, np, affine),
-        Some(dh) => backward_any(spec, affine, [x, dy, dh], &w, dx, grads),
-        None => backward_any(spec, affine, [x, dy], &w, dx, grads),
+        Some(dh) => backward_any(spec, affine, [x, dy, dh], wb, dx, grads),
+        None => backward_any(spec, affine, [x, dy], wb, dx, grads),
     });
     let params = param_grads_out::<P>(affine, &acc.dg, &acc.db);
     (out, params)
@@ -399,14 +453,14 @@ fn backward_any<T: Elem, const K: usize>(
     spec: &Spec,
     affine: Affine,
     ins: [&[T]; K],
-    w: &[T::Acc],
+    wb: Wb<T::Acc>,
     dx: &mut [MaybeUninit<T>],
     grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     if split_rows(spec) {
-        backward_split(spec, affine, ins, w, dx, grads)
+        backward_split(spec, affine, ins, wb, dx, grads)
     } else {
-        backward_rows(spec, affine, ins, w, dx, grads)
+        backward_rows(spec, affine, ins, wb, dx, grads)
     }
 }
 
@@ -416,7 +470,7 @@ fn backward_rows<T: Elem, const K: usize>(
     spec: &Spec,
     affine: Affine,
     ins: [&[T]; K],
-    w: &[T::Acc],
+    wb: Wb<T::Acc>,
     dx: &mut [MaybeUninit<T>],
     grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
@@ -440,7 +494,7 @@ fn backward_rows<T: Elem, const K: usize>(
                             RowGrads::Computed => None,
                             RowGrads::PerChannel(g) => Some(g[row % spec.param_blocks]),
                         };
-                        scratch.row(spec, (row, 0), (ins, dxr), (given, w), &mut acc);
+                        scratch.row(spec, (row, 0), (ins, dxr), (given, wb), &mut acc);
                     }
                 },
             );
@@ -459,12 +513,12 @@ fn backward_split<T: Elem, const K: usize>(
     spec: &Spec,
     affine: Affine,
     ins: [&[T]; K],
-    w: &[T::Acc],
+    wb: Wb<T::Acc>,
     dx: &mut [MaybeUninit<T>],
     grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     let rows = match grads {
-        RowGrads::Computed => split_grads(spec, ins, w),
+        RowGrads::Computed => split_grads(spec, ins, wb),
         RowGrads::PerChannel(g) => (0..spec.rows).map(|r| g[r % spec.param_blocks]).collect(),
     };
     let parts: Vec<ParamGrads<T::Acc>> = chunks_mut(spec, dx)
@@ -475,7 +529,7 @@ fn backward_split<T: Elem, const K: usize>(
             let mut acc = ParamGrads::zeros(p_base, spec.param(r, i0 + dxc.len() - 1) - p_base + 1, affine);
             run(
                 #[inline(always)]
-                || scratch.row(spec, (r, i0), (ins, dxc), (Some(rows[r]), w), &mut acc),
+                || scratch.row(spec, (r, i0), (ins, dxc), (Some(rows[r]), wb), &mut acc),
             );
             acc
         })
@@ -488,9 +542,11 @@ fn backward_split<T: Elem, const K: usize>(
 }
 
 /// Per-row [`RowGrad`]s of split rows: per-chunk [`GradSums`] merged per row in chunk
-/// order.
-fn split_grads<T: Elem, const K: usize>(spec: &Spec, ins: [&[T]; K], w: &[T::Acc]) -> Vec<RowGrad<T::Acc>> {
+/// order. With an activation, the rows' statistics are gathered first (the forward's
+/// pass), for each chunk to recompute z.
+fn split_grads<T: Elem, const K: usize>(spec: &Spec, ins: [&[T]; K], wb: Wb<T::Acc>) -> Vec<RowGrad<T::Acc>> {
     let nck = spec.len.div_ceil(CHUNK);
+    let stats = (spec.act != Activation::Identity).then(|| split_stats(spec, ins[0], None));
     let sums: Vec<GradSums<T::Acc>> = (0..spec.rows * nck)
         .into_par_iter()
         .map_init(Scratch::new, |scratch, item| {
@@ -498,7 +554,7 @@ fn split_grads<T: Elem, const K: usize>(spec: &Spec, ins: [&[T]; K], w: &[T::Acc
             let (xc, dyc) = (chunk_of(spec, ins[0], r, k), chunk_of(spec, ins[1], r, k));
             run(
                 #[inline(always)]
-                || scratch.sums(spec, (r, k * CHUNK), [xc, dyc], w),
+                || scratch.sums(spec, (r, k * CHUNK), [xc, dyc], wb, stats.as_ref().map(|s| s[r])),
             )
         })
         .collect();

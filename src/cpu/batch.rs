@@ -117,12 +117,12 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     let grads: Vec<RowGrad<T::Acc>> = match source {
         Source::Batch if x.is_empty() => Vec::new(),
         Source::Batch => {
-            let (gamma, _) = affine_params(spec, w, None);
+            let (gamma, beta) = affine_params(spec, w, None);
             let pieces = per_piece(spec, Scratch::new, |scratch, r, k| {
                 let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
                 run(
                     #[inline(always)]
-                    || scratch.sums(spec, (r, k * CHUNK), [xc, dyc], &gamma),
+                    || scratch.sums(spec, (r, k * CHUNK), [xc, dyc], (&gamma, &beta), None),
                 )
             });
             per_channel(spec, &pieces, GradSums::EMPTY, GradSums::merge)
@@ -140,5 +140,5 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
             })
             .collect(),
     };
-    super::backward::backward(spec, affine, (x, w, dy, None), RowGrads::PerChannel(&grads))
+    super::backward::backward(spec, affine, (x, (w, None), dy, None), RowGrads::PerChannel(&grads))
 }

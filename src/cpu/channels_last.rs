@@ -8,13 +8,13 @@
 //! row.
 
 use super::alloc::output;
-use super::backward::{GradSums, RowGrad};
+use super::backward::{GradSums, RowGrad, Wp};
 use super::blocks::{as_acc, as_acc_all};
 use super::elem::{Acc, Elem};
 use super::reduce::Moments;
 use super::rows::{affine_params, param_grads_out, TASK_ELEMS};
 use super::simd::run;
-use crate::spec::{Affine, Spec};
+use crate::spec::{Activation, Affine, Spec};
 use rayon::prelude::*;
 
 /// Most rows in a tile: a column's sum over a tile is a plain sequential sum, so its
@@ -102,6 +102,7 @@ struct Cols<A> {
     m2: Vec<A>,
     x: Vec<A>,
     dy: Vec<A>,
+    dz: Vec<A>,
 }
 
 impl<A: Acc> Cols<A> {
@@ -112,6 +113,7 @@ impl<A: Acc> Cols<A> {
             m2: vec![A::ZERO; c],
             x: Vec::new(),
             dy: Vec::new(),
+            dz: Vec::new(),
         }
     }
 
@@ -216,24 +218,7 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
         return out;
     }
     let t = Tiles::of(spec);
-    let per_tile: Vec<Vec<Moments<T::Acc>>> = (0..t.count)
-        .into_par_iter()
-        .with_min_len(t.min_len())
-        .map_init(
-            || Cols::new(t.c),
-            |cols, k| {
-                run(
-                    #[inline(always)]
-                    || tile_moments(&t, t.tile_of(x, k), cols),
-                )
-            },
-        )
-        .collect();
-    let eps = T::Acc::from_f64(spec.eps);
-    let stats: Vec<(T::Acc, T::Acc)> = per_group(&t, &per_tile, |m| m, Moments::EMPTY, Moments::merge)
-        .into_iter()
-        .map(|m| m.stats(eps))
-        .collect();
+    let stats = group_stats(spec, &t, x);
     let (w, b) = affine_params(spec, w, b);
     // The mean and rstd·γ of each (sample, channel).
     let mean = per_channel(&t, &stats, |(mean, _), _| mean);
@@ -249,18 +234,50 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
                     [xt],
                     yt,
                     #[inline(always)]
-                    |[xa], ya| {
-                        for (yr, xr) in ya.chunks_mut(t.c).zip(xa.chunks(t.c)) {
-                            for ((((y, &x), &m), &s), &b) in yr.iter_mut().zip(xr).zip(mean).zip(scale).zip(&b[..]) {
-                                *y = (x - m) * s + b;
-                            }
-                        }
+                    |[xa], ya| match spec.act {
+                        Activation::Identity => normalize_rows::<_, false>(t.c, xa, ya, (mean, scale, &b)),
+                        Activation::Silu => normalize_rows::<_, true>(t.c, xa, ya, (mean, scale, &b)),
                     },
                 )
             },
         )
     });
     out
+}
+
+/// Each (sample, group)'s (mean, rstd): the moments of each tile, merged over the
+/// sample's tiles in order.
+fn group_stats<T: Elem>(spec: &Spec, t: &Tiles, x: &[T]) -> Vec<(T::Acc, T::Acc)> {
+    let per_tile: Vec<Vec<Moments<T::Acc>>> = (0..t.count)
+        .into_par_iter()
+        .with_min_len(t.min_len())
+        .map_init(
+            || Cols::new(t.c),
+            |cols, k| {
+                run(
+                    #[inline(always)]
+                    || tile_moments(t, t.tile_of(x, k), cols),
+                )
+            },
+        )
+        .collect();
+    let eps = T::Acc::from_f64(spec.eps);
+    per_group(t, &per_tile, |m| m, Moments::EMPTY, Moments::merge)
+        .into_iter()
+        .map(|m| m.stats(eps))
+        .collect()
+}
+
+/// y of a tile's rows of `c` channels: `(x − mean)·scale + shift` per channel, then
+/// SiLU when `SILU`.
+#[inline(always)]
+fn normalize_rows<A: Acc, const SILU: bool>(c: usize, x: &[A], y: &mut [A], (mean, scale, shift): (&[A], &[A], &[A])) {
+    for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
+        for ((((y, &x), &m), &s), &b) in yr.iter_mut().zip(xr).zip(mean).zip(scale).zip(shift) {
+            let z = (x - m) * s + b;
+            *y = if SILU { z.silu() } else { z };
+        }
+    }
 }
 
 /// A rayon job's buffers for the passes that write a tile: f16/bf16 input tiles
@@ -305,11 +322,26 @@ struct TileGrads<A> {
     dyx: Vec<A>,
 }
 
-/// The first backward pass over a tile of x and dy.
+/// The first backward pass over a tile of x and dy; with `z` (GroupNorm + SiLU), over
+/// x and dy·silu'(z).
 #[inline(always)]
-fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mut Cols<T::Acc>) -> TileGrads<T::Acc> {
+fn tile_grads<T: Elem>(
+    t: &Tiles,
+    (x, dy): (&[T], &[T]),
+    w: &[T::Acc],
+    z: Option<Z<T::Acc>>,
+    cols: &mut Cols<T::Acc>,
+) -> TileGrads<T::Acc> {
     let (mut xbuf, mut dybuf) = (std::mem::take(&mut cols.x), std::mem::take(&mut cols.dy));
-    let (xa, da) = (as_acc(x, &mut xbuf), as_acc(dy, &mut dybuf));
+    let (xa, mut da) = (as_acc(x, &mut xbuf), as_acc(dy, &mut dybuf));
+    let mut dzbuf = std::mem::take(&mut cols.dz);
+    if let Some(z) = z {
+        dzbuf.resize(da.len(), T::Acc::ZERO);
+        for ((dzr, xr), dr) in dzbuf.chunks_mut(t.c).zip(xa.chunks(t.c)).zip(da.chunks(t.c)) {
+            silu_dz(xr, dr, z, dzr);
+        }
+        da = &dzbuf;
+    }
     let means = cols.group_means(t, xa);
     let (mut sdy, mut sdyx) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
     let Cols { mean, m2, .. } = cols;
@@ -339,7 +371,7 @@ fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mu
             }
         })
         .collect();
-    (cols.x, cols.dy) = (xbuf, dybuf);
+    (cols.x, cols.dy, cols.dz) = (xbuf, dybuf, dzbuf);
     TileGrads {
         sums,
         dy: sdy,
@@ -353,13 +385,28 @@ fn tile_grads<T: Elem>(t: &Tiles, (x, dy): (&[T], &[T]), w: &[T::Acc], cols: &mu
 pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     affine: Affine,
-    (x, w, dy): (&[T], Option<&[P]>, &[T]),
+    (x, (w, b), dy): (&[T], Wp<P>, &[T]),
 ) -> (Vec<T>, Vec<P>) {
     let t = Tiles::of(spec);
     let mut out = output(x.len(), x.len());
-    let (gamma, _) = affine_params(spec, w, None);
+    let (gamma, beta) = affine_params(spec, w, b);
     let (mut dg, mut db) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
     if !x.is_empty() {
+        // GroupNorm + SiLU: each (sample, channel)'s mean and rstd·γ first, for both
+        // passes to recompute z from.
+        let zs = (spec.act == Activation::Silu).then(|| {
+            let stats = group_stats(spec, &t, x);
+            let mean = per_channel(&t, &stats, |(mean, _), _| mean);
+            (mean, per_channel(&t, &stats, |(_, rstd), c| rstd * gamma[c]))
+        });
+        let z_of = |k: usize| {
+            let at = k / t.per_sample * t.c;
+            zs.as_ref().map(|(m, s)| Z {
+                mean: &m[at..at + t.c],
+                scale: &s[at..at + t.c],
+                shift: &beta[..t.c],
+            })
+        };
         let tiles: Vec<TileGrads<T::Acc>> = (0..t.count)
             .into_par_iter()
             .with_min_len(t.min_len())
@@ -369,7 +416,7 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
                     let ins = (t.tile_of(x, k), t.tile_of(dy, k));
                     run(
                         #[inline(always)]
-                        || tile_grads(&t, ins, &gamma, cols),
+                        || tile_grads(&t, ins, &gamma, z_of(k), cols),
                     )
                 },
             )
@@ -400,16 +447,7 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
                         [xt, dyt],
                         dxt,
                         #[inline(always)]
-                        |[xa, da], dxa| {
-                            let rows = dxa.chunks_mut(t.c).zip(xa.chunks(t.c)).zip(da.chunks(t.c));
-                            for ((dxr, xr), dr) in rows {
-                                let (xr, dr) = (&xr[..dxr.len()], &dr[..dxr.len()]);
-                                for i in 0..dxr.len() {
-                                    let xh = (xr[i] - m[i]) * r[i];
-                                    dxr[i] = r[i] * (dr[i] * g[i] - mg[i] - xh * mgx[i]);
-                                }
-                            }
-                        },
+                        |[xa, da], dxa| dx_rows(t.c, (xa, da), dxa, [m, r, mg, mgx, g], z_of(k), &mut Vec::new()),
                     )
                 },
             )
@@ -417,6 +455,45 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     }
     let params = param_grads_out::<P>(affine, &dg, &db);
     (out, params)
+}
+
+/// Where z = x̂·γ + β of a (sample, channel) comes from, for GroupNorm + SiLU: the
+/// channel's mean, rstd·γ and β.
+#[derive(Clone, Copy)]
+struct Z<'a, A> {
+    mean: &'a [A],
+    scale: &'a [A],
+    shift: &'a [A],
+}
+
+/// dx of a tile's rows of `c` channels, from x, dy and each channel's (mean, rstd,
+/// mean(g), mean(g·x̂), γ); with SiLU (`z` given), dy·silu'(z) in dy's place, taken a
+/// row at a time into `dz`.
+#[inline(always)]
+fn dx_rows<A: Acc>(c: usize, (x, dy): (&[A], &[A]), dx: &mut [A], stats: [&[A]; 5], z: Option<Z<A>>, dz: &mut Vec<A>) {
+    for ((dxr, xr), dr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+        let n = dxr.len();
+        let (xr, mut dr) = (&xr[..n], &dr[..n]);
+        if let Some(z) = z {
+            dz.resize(n, A::ZERO);
+            silu_dz(xr, dr, z, dz);
+            dr = dz;
+        }
+        let [m, r, mg, mgx, g] = stats.map(|v| &v[..n]);
+        for i in 0..n {
+            let xh = (xr[i] - m[i]) * r[i];
+            dxr[i] = r[i] * (dr[i] * g[i] - mg[i] - xh * mgx[i]);
+        }
+    }
+}
+
+/// dz = dy·silu'(z) over one row of channels.
+#[inline(always)]
+fn silu_dz<A: Acc>(x: &[A], dy: &[A], z: Z<A>, dz: &mut [A]) {
+    let params = z.mean.iter().zip(z.scale).zip(z.shift);
+    for ((d, (&x, &g)), ((&m, &s), &b)) in dz.iter_mut().zip(x.iter().zip(dy)).zip(params) {
+        *d = g * ((x - m) * s + b).silu_grad();
+    }
 }
 
 /// dγ_c = Σ dy·x̂ and dβ_c = Σ dy over every row of every sample, from the tiles'

@@ -13,10 +13,60 @@ pub(super) trait Acc:
     const ONE: Self;
     fn from_f64(v: f64) -> Self;
     fn sqrt(self) -> Self;
+    /// e^self, in plain multiplies and adds for f32 ([`exp_f32`]), so that loops over
+    /// it vectorize.
+    fn exp(self) -> Self;
+
+    /// σ(z) = 1 / (1 + e^−z).
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        Self::ONE / (Self::ONE + (Self::ZERO - self).exp())
+    }
+
+    /// SiLU, z·σ(z).
+    #[inline(always)]
+    fn silu(self) -> Self {
+        self * self.sigmoid()
+    }
+
+    /// SiLU's derivative, σ(z)·(1 + z·(1 − σ(z))).
+    #[inline(always)]
+    fn silu_grad(self) -> Self {
+        let s = self.sigmoid();
+        s * (Self::ONE + self * (Self::ONE - s))
+    }
+}
+
+/// e^x in f32 from multiplies, adds and bit moves, which vectorize at every level where
+/// libm's `expf` is a call per element: x = n·ln 2 + r with |r| <= ln 2 / 2 (n rounded by
+/// adding and subtracting 1.5·2^23; ln 2 split in two so that n·ln 2 is nearly exact),
+/// e^r by Cephes' degree-7 polynomial, 2^n written into the exponent bits. About 2 ulp
+/// of relative error. x is clamped to [−87.3, 88], where e^x stays a normal f32
+/// (about 1.2e−38 to 1.7e38, for 0 and inf further out); a NaN stays NaN.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.0);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e = p * (r * r) + r + 1.0;
+    // t's low mantissa bits hold n: n + 127, shifted into the exponent field, is 2^n
+    // (the bits above shift out). No float-to-int conversion, which Rust saturates
+    // element by element.
+    e * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
 macro_rules! impl_acc {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $exp:path),*) => {$(
         impl Acc for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -26,10 +76,14 @@ macro_rules! impl_acc {
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
             }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                $exp(self)
+            }
         }
     )*};
 }
-impl_acc!(f32, f64);
+impl_acc!(f32 => exp_f32, f64 => f64::exp);
 
 /// Where a pass writes an output value: an element of a buffer, or of an output
 /// vector's uninitialized capacity (`super::alloc::filled`), written once.

@@ -9,14 +9,33 @@ use super::elem::{Acc, Elem, Slot};
 use super::reduce::{moments, Moments};
 use super::rows::{affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK};
 use super::simd::run;
-use crate::spec::Spec;
+use crate::spec::{Activation, Spec};
 use rayon::prelude::*;
 
-/// `y = (x - mean) * rstd * w + b` for elements `i0..` of `row`, each element of `y`
-/// written once.
+/// `y = (x - mean) * rstd * w + b`, then the spec's activation, for elements `i0..` of
+/// `row`, each element of `y` written once.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn apply_forward<A: Acc, O: Slot<A>>(
+    spec: &Spec,
+    row: usize,
+    i0: usize,
+    x: &[A],
+    y: &mut [O],
+    stats: (A, A),
+    w: &[A],
+    b: &[A],
+) {
+    match spec.act {
+        Activation::Identity => affine::<A, O, false>(spec, row, i0, x, y, stats, w, b),
+        Activation::Silu => affine::<A, O, true>(spec, row, i0, x, y, stats, w, b),
+    }
+}
+
+/// [`apply_forward`] with SiLU after the affine step when `SILU`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn affine<A: Acc, O: Slot<A>, const SILU: bool>(
     spec: &Spec,
     row: usize,
     i0: usize,
@@ -26,11 +45,12 @@ fn apply_forward<A: Acc, O: Slot<A>>(
     w: &[A],
     b: &[A],
 ) {
+    let act = |z: A| if SILU { z.silu() } else { z };
     if spec.inner == 1 {
         let p = spec.param_offset(row) + i0;
         let (w, b) = (&w[p..p + x.len()], &b[p..p + x.len()]);
         for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-            y.set((x - mean) * rstd * w + b);
+            y.set(act((x - mean) * rstd * w + b));
         }
     } else {
         for_segments(
@@ -42,7 +62,7 @@ fn apply_forward<A: Acc, O: Slot<A>>(
             |p, r| {
                 let (scale, shift) = (rstd * w[p], b[p]);
                 for (y, &x) in y[r.clone()].iter_mut().zip(&x[r]) {
-                    y.set((x - mean) * scale + shift);
+                    y.set(act((x - mean) * scale + shift));
                 }
             },
         );
@@ -127,7 +147,7 @@ fn forward_rows<T: Elem>(
 /// Per-row (mean, rstd) for split rows, from chunk moments merged in chunk order. With
 /// `add = (residual, h)`, the chunks of `h = x + residual` are written first and their
 /// moments taken from cache.
-fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut [T])>) -> Vec<(T::Acc, T::Acc)> {
+pub(super) fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut [T])>) -> Vec<(T::Acc, T::Acc)> {
     let eps = T::Acc::from_f64(spec.eps);
     let nck = spec.len.div_ceil(CHUNK);
     let center = spec.center();
@@ -296,11 +316,17 @@ pub(super) fn normalized<T: Elem, S>(
             run(
                 #[inline(always)]
                 || {
-                    row_runs(len, y.len(), start, |r, i0, s, n| {
-                        let st = stats(state, r);
-                        let (w, b) = wb;
-                        apply_forward(spec, r, i0, &xa[s..s + n], &mut y[s - start..s - start + n], st, w, b);
-                    })
+                    row_runs(
+                        len,
+                        y.len(),
+                        start,
+                        #[inline(always)]
+                        |r, i0, s, n| {
+                            let st = stats(state, r);
+                            let (w, b) = wb;
+                            apply_forward(spec, r, i0, &xa[s..s + n], &mut y[s - start..s - start + n], st, w, b);
+                        },
+                    )
                 },
             )
         });
@@ -320,12 +346,18 @@ pub(super) fn normalized<T: Elem, S>(
                 xbuf.resize(n, T::Acc::ZERO);
                 ybuf.resize(n, T::Acc::ZERO);
                 T::load(&src[start..start + n], xbuf);
-                row_runs(len, n, start, |r, i0, s, m| {
-                    let st = stats(state, r);
-                    let (w, b) = wb;
-                    let at = s - start..s - start + m;
-                    apply_forward(spec, r, i0, &xbuf[at.clone()], &mut ybuf[at], st, w, b);
-                });
+                row_runs(
+                    len,
+                    n,
+                    start,
+                    #[inline(always)]
+                    |r, i0, s, m| {
+                        let st = stats(state, r);
+                        let (w, b) = wb;
+                        let at = s - start..s - start + m;
+                        apply_forward(spec, r, i0, &xbuf[at.clone()], &mut ybuf[at], st, w, b);
+                    },
+                );
                 T::store(ybuf, y);
             },
         )

@@ -153,8 +153,13 @@ impl Backend for Cpu {
             };
             let (dx, params) = match spec.kind {
                 Kind::Batch => batch::backward(spec, affine, (x, s.weight, dy), source(&s)),
-                Kind::GroupLast => channels_last::backward(spec, affine, (x, s.weight, dy)),
-                _ => backward::backward(spec, affine, (x, s.weight, dy, dh), backward::RowGrads::Computed),
+                Kind::GroupLast => channels_last::backward(spec, affine, (x, (s.weight, s.bias), dy)),
+                _ => backward::backward(
+                    spec,
+                    affine,
+                    (x, (s.weight, s.bias), dy, dh),
+                    backward::RowGrads::Computed,
+                ),
             };
             let params = (affine.weight || affine.bias).then(|| P::to_cpu_storage_owned(params));
             Ok((T::to_cpu_storage_owned(dx), params))

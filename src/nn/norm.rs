@@ -361,7 +361,9 @@ pub fn rms_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
 
 /// GroupNorm over `[B, C, *spatial]` with an optional per-channel weight and bias;
 /// see [`crate::group_norm`]. With [`GroupNorm::with_channels_last`], over
-/// `[B, *spatial, C]` instead ([`crate::group_norm_channels_last`]).
+/// `[B, *spatial, C]` instead ([`crate::group_norm_channels_last`]); with
+/// [`GroupNorm::with_silu`], followed by SiLU in the same op
+/// ([`crate::group_norm_silu`]).
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
     weight: Option<Tensor>,
@@ -370,6 +372,7 @@ pub struct GroupNorm {
     num_channels: usize,
     num_groups: usize,
     channels_last: bool,
+    silu: bool,
 }
 
 impl GroupNorm {
@@ -402,6 +405,7 @@ impl GroupNorm {
             num_channels,
             num_groups,
             channels_last: false,
+            silu: false,
         })
     }
 
@@ -415,6 +419,18 @@ impl GroupNorm {
     /// Whether x is channels-last, `[B, *spatial, C]`.
     pub fn channels_last(&self) -> bool {
         self.channels_last
+    }
+
+    /// The same layer followed by SiLU when `silu` (`silu(group_norm(x))`, a diffusion
+    /// UNet's or VAE's `norm` then `nonlinearity`), in one fused op forward and
+    /// backward ([`crate::group_norm_silu`], [`crate::group_norm_channels_last_silu`]).
+    pub fn with_silu(self, silu: bool) -> Self {
+        Self { silu, ..self }
+    }
+
+    /// Whether SiLU follows the norm.
+    pub fn silu(&self) -> bool {
+        self.silu
     }
 
     /// The per-channel weight (γ), if the layer is affine.
@@ -445,15 +461,16 @@ impl GroupNorm {
 
 impl Module for GroupNorm {
     /// Normalizes `x` of shape `[B, C, *spatial]` (or `[B, *spatial, C]` when
-    /// channels-last). Errors as [`crate::group_norm`] does, and when C differs from
-    /// `num_channels`.
+    /// channels-last), then applies SiLU when the layer has it. Errors as
+    /// [`crate::group_norm`] does, and when C differs from `num_channels`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         crate::check::channels("GroupNorm", x, self.num_channels, self.channels_last)?;
-        let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
-        if self.channels_last {
-            crate::group_norm_channels_last(x, self.num_groups, w, b, self.eps)
-        } else {
-            crate::group_norm(x, self.num_groups, w, b, self.eps)
+        let (w, b, g, eps) = (self.weight.as_ref(), self.bias.as_ref(), self.num_groups, self.eps);
+        match (self.channels_last, self.silu) {
+            (false, false) => crate::group_norm(x, g, w, b, eps),
+            (true, false) => crate::group_norm_channels_last(x, g, w, b, eps),
+            (false, true) => crate::group_norm_silu(x, g, w, b, eps),
+            (true, true) => crate::group_norm_channels_last_silu(x, g, w, b, eps),
         }
     }
 }

@@ -57,7 +57,12 @@ pub fn group_norm_channels_last(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    super::forward(spec_last(x, num_groups, weight, bias, eps)?, x, weight, bias)
+    super::forward(
+        spec_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
+        x,
+        weight,
+        bias,
+    )
 }
 
 /// The backward of [`group_norm_channels_last`] on its own, outside autograd: given
@@ -75,7 +80,14 @@ pub fn group_norm_channels_last_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    super::backward(spec_last(x, num_groups, weight, bias, eps)?, x, weight, bias, dy, None)
+    super::backward(
+        spec_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
+        x,
+        weight,
+        bias,
+        dy,
+        None,
+    )
 }
 
 /// The backward of [`group_norm`] on its own, outside autograd: given the upstream
@@ -135,8 +147,91 @@ pub fn group_norm_channels_last_jvp(
     eps: f64,
     t: Tangents,
 ) -> Result<(Tensor, Tensor)> {
-    super::jvp(spec_last(x, num_groups, weight, bias, eps)?, x, (weight, bias), None, t)
+    super::jvp(
+        spec_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
+        x,
+        (weight, bias),
+        None,
+        t,
+    )
 }
+
+/// GroupNorm followed by SiLU, `silu(group_norm(x, ...))` in one pass: z = x̂·γ + β is
+/// never stored, and y = z·σ(z) is rounded once (the block that opens every residual
+/// block of a diffusion UNet or VAE). Inputs, dtypes and statistics as [`group_norm`];
+/// the op is differentiable, its fused backward applying SiLU's derivative to dy as it
+/// recomputes z from x.
+///
+/// Runs fused on the CPU; on CUDA and Metal it runs as composed candle ops (the
+/// GroupNorm statistics, then candle's `silu`), with the same semantics.
+///
+/// # Errors
+/// Those of [`group_norm`], naming `group_norm_silu`.
+pub fn group_norm_silu(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let spec = spec(SILU, x, num_groups, weight, bias, eps)?.with_silu(SILU);
+    super::forward(spec, x, weight, bias)
+}
+
+/// The backward of [`group_norm_silu`] on its own, outside autograd, as
+/// [`group_norm_backward`] is for [`group_norm`].
+///
+/// # Errors
+/// Those of [`group_norm_silu`], and a `dy` whose shape, dtype or device differ from
+/// `x`'s.
+pub fn group_norm_silu_backward(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<NormGrads> {
+    let spec = spec(SILU, x, num_groups, weight, bias, eps)?.with_silu(SILU);
+    super::backward(spec, x, weight, bias, dy, None)
+}
+
+/// [`group_norm_silu`] over channels-last input `[B, *spatial, C]`, as
+/// [`group_norm_channels_last`] is [`group_norm`] over it.
+///
+/// # Errors
+/// Those of [`group_norm_channels_last`], naming `group_norm_channels_last_silu`.
+pub fn group_norm_channels_last_silu(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let spec = spec_last(SILU_LAST, x, num_groups, weight, bias, eps)?.with_silu(SILU_LAST);
+    super::forward(spec, x, weight, bias)
+}
+
+/// The backward of [`group_norm_channels_last_silu`] on its own, outside autograd.
+///
+/// # Errors
+/// Those of [`group_norm_channels_last_silu`], and a `dy` whose shape, dtype or device
+/// differ from `x`'s.
+pub fn group_norm_channels_last_silu_backward(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<NormGrads> {
+    let spec = spec_last(SILU_LAST, x, num_groups, weight, bias, eps)?.with_silu(SILU_LAST);
+    super::backward(spec, x, weight, bias, dy, None)
+}
+
+/// The public names of GroupNorm + SiLU, channels-first and channels-last.
+const SILU: &str = "group_norm_silu";
+const SILU_LAST: &str = "group_norm_channels_last_silu";
 
 /// The checked [`Spec`] of a GroupNorm of `x`, its errors naming `op`.
 pub(super) fn spec(
@@ -152,12 +247,18 @@ pub(super) fn spec(
     Ok(Spec::group(x.dims(), num_groups, eps).named(op))
 }
 
-/// The checked [`Spec`] of a channels-last GroupNorm of `x`.
-fn spec_last(x: &Tensor, num_groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
-    let op = Kind::GroupLast.name();
+/// The checked [`Spec`] of a channels-last GroupNorm of `x`, its errors naming `op`.
+fn spec_last(
+    op: &'static str,
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Spec> {
     check::input(op, x, 2, "[B, *spatial, C]")?;
     check_params(op, x, x.dims()[x.rank() - 1], num_groups, (weight, bias), eps)?;
-    Ok(Spec::group_last(x.dims(), num_groups, eps))
+    Ok(Spec::group_last(x.dims(), num_groups, eps).named(op))
 }
 
 /// Checks eps, the groups of the `c` channels and the per-channel weight and bias.

@@ -22,7 +22,8 @@ pub use batch::{
 };
 pub use group::{
     group_norm, group_norm_backward, group_norm_channels_last, group_norm_channels_last_backward,
-    group_norm_channels_last_jvp, group_norm_jvp,
+    group_norm_channels_last_jvp, group_norm_channels_last_silu, group_norm_channels_last_silu_backward,
+    group_norm_jvp, group_norm_silu, group_norm_silu_backward,
 };
 pub use instance::{instance_norm, instance_norm_backward, instance_norm_jvp};
 pub use layer::{layer_norm, layer_norm_backward, layer_norm_jvp};
@@ -144,24 +145,24 @@ pub(crate) fn with_generic<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether a call runs fused kernels: on the CPU always; on CUDA with the `cuda`
-/// feature, the calls the CUDA kernels take (`backend::cuda_kernels_take`: no f64);
-/// other devices, the other CUDA calls, and every call within
+/// feature, the calls the CUDA kernels take (`backend::cuda_kernels_take`: no f64, no
+/// activation); other devices, the other CUDA calls, and every call within
 /// [`with_generic`], run the generic backend.
-fn fused(slots: &Slots<&Tensor>) -> bool {
+fn fused(spec: &Spec, slots: &Slots<&Tensor>) -> bool {
     if GENERIC.with(Cell::get) {
         return false;
     }
     let params = slots.first_param().map_or(slots.x.dtype(), |p| p.dtype());
     match slots.x.device() {
         Device::Cpu => true,
-        Device::Cuda(_) => cfg!(feature = "cuda") && crate::backend::cuda_kernels_take(slots.x.dtype(), params),
+        Device::Cuda(_) => cfg!(feature = "cuda") && crate::backend::cuda_kernels_take(spec, slots.x.dtype(), params),
         _ => false,
     }
 }
 
 /// Runs a forward on checked inputs, recorded for autograd.
 pub(crate) fn run_forward(spec: &Spec, slots: Slots<&Tensor>) -> Result<Outputs> {
-    if fused(&slots) {
+    if fused(spec, &slots) {
         bridge::forward(spec, slots)
     } else {
         generic::forward(spec, slots)
@@ -171,7 +172,7 @@ pub(crate) fn run_forward(spec: &Spec, slots: Slots<&Tensor>) -> Result<Outputs>
 /// Runs a backward on checked inputs, outside autograd: the gradients that
 /// `Tensor::backward` gives for the forward with the same inputs.
 pub(crate) fn run_backward(spec: &Spec, affine: Affine, slots: Slots<&Tensor>) -> Result<Grads> {
-    if fused(&slots) {
+    if fused(spec, &slots) {
         bridge::backward(spec, affine, slots)
     } else {
         generic::backward(spec, affine, slots)

@@ -16,6 +16,10 @@ pub enum Norm {
     Group(usize),
     /// GroupNorm over `[B, *spatial, C]`.
     GroupLast(usize),
+    /// GroupNorm followed by SiLU, channels-first.
+    GroupSilu(usize),
+    /// GroupNorm followed by SiLU, channels-last.
+    GroupLastSilu(usize),
     /// InstanceNorm: a group per channel.
     Instance,
     /// BatchNorm in training, with the batch's statistics.
@@ -36,6 +40,8 @@ impl Norm {
             Norm::Rms => "rms_norm",
             Norm::Group(_) => "group_norm",
             Norm::GroupLast(_) => "group_norm_channels_last",
+            Norm::GroupSilu(_) => "group_norm_silu",
+            Norm::GroupLastSilu(_) => "group_norm_channels_last_silu",
             Norm::Instance => "instance_norm",
             Norm::Batch => "batch_norm",
             Norm::BatchEval => "batch_norm_eval",
@@ -53,7 +59,7 @@ impl Norm {
     /// the channels of channels-first input.
     pub fn params(self, shape: &[usize]) -> usize {
         match self {
-            Norm::Group(_) | Norm::Instance | Norm::Batch | Norm::BatchEval => shape[1],
+            Norm::Group(_) | Norm::GroupSilu(_) | Norm::Instance | Norm::Batch | Norm::BatchEval => shape[1],
             _ => *shape.last().unwrap(),
         }
     }
@@ -61,6 +67,15 @@ impl Norm {
     /// Whether the norm takes a bias (RMSNorm has none).
     pub fn has_bias(self) -> bool {
         !matches!(self, Norm::Rms | Norm::AddRms)
+    }
+
+    /// The GroupNorm a norm with SiLU after it runs first.
+    pub fn without_silu(self) -> Norm {
+        match self {
+            Norm::GroupSilu(g) => Norm::Group(g),
+            Norm::GroupLastSilu(g) => Norm::GroupLast(g),
+            n => n,
+        }
     }
 
     /// The plain norm a fused residual add normalizes h with.
@@ -237,6 +252,8 @@ impl Case {
             (Impl::Ours, Norm::Rms) => vec![candle_norm::rms_norm(x, w, eps)?],
             (Impl::Ours, Norm::Group(g)) => vec![candle_norm::group_norm(x, g, w, b, eps)?],
             (Impl::Ours, Norm::GroupLast(g)) => vec![candle_norm::group_norm_channels_last(x, g, w, b, eps)?],
+            (Impl::Ours, Norm::GroupSilu(g)) => vec![candle_norm::group_norm_silu(x, g, w, b, eps)?],
+            (Impl::Ours, Norm::GroupLastSilu(g)) => vec![candle_norm::group_norm_channels_last_silu(x, g, w, b, eps)?],
             (Impl::Ours, Norm::Instance) => vec![candle_norm::instance_norm(x, w, b, eps)?],
             (Impl::Ours, Norm::Batch) => {
                 let (y, m, v) = candle_norm::batch_norm_train(x, w, b, eps)?;
@@ -258,6 +275,14 @@ impl Case {
             (Impl::Reference, Norm::Rms) => vec![reference::rms_norm(x, w, eps)?],
             (Impl::Reference, Norm::Group(g)) => vec![reference::group_norm(x, g, w, b, eps)?],
             (Impl::Reference, Norm::GroupLast(g)) => vec![reference::group_norm_channels_last(x, g, w, b, eps)?],
+            // candle's silu after the reference GroupNorm.
+            (Impl::Reference, Norm::GroupSilu(_) | Norm::GroupLastSilu(_)) => {
+                let plain = Case {
+                    norm: self.norm.without_silu(),
+                    ..self.clone()
+                };
+                vec![plain.forward_of(imp, x, w, b, r)?.swap_remove(0).silu()?]
+            }
             (Impl::Reference, Norm::Instance) => vec![reference::group_norm(x, c, w, b, eps)?],
             (Impl::Reference, Norm::Batch) => {
                 let (y, m, v) = reference::batch_norm_train(x, w, b, eps)?;
@@ -302,7 +327,7 @@ impl Case {
                 let [m, v] = self.running.as_ref().expect("running statistics");
                 candle_norm::batch_norm_eval_jvp(x, m, v, w, b, eps, t)
             }
-            Norm::AddLayer | Norm::AddRms => return None,
+            Norm::AddLayer | Norm::AddRms | Norm::GroupSilu(_) | Norm::GroupLastSilu(_) => return None,
         })
     }
 
@@ -358,6 +383,10 @@ impl Case {
             Norm::Rms => candle_norm::rms_norm_backward(x, w, dy, eps).map(plain),
             Norm::Group(g) => candle_norm::group_norm_backward(x, g, w, b, dy, eps).map(plain),
             Norm::GroupLast(g) => candle_norm::group_norm_channels_last_backward(x, g, w, b, dy, eps).map(plain),
+            Norm::GroupSilu(g) => candle_norm::group_norm_silu_backward(x, g, w, b, dy, eps).map(plain),
+            Norm::GroupLastSilu(g) => {
+                candle_norm::group_norm_channels_last_silu_backward(x, g, w, b, dy, eps).map(plain)
+            }
             Norm::Instance => candle_norm::instance_norm_backward(x, w, b, dy, eps).map(plain),
             Norm::Batch => candle_norm::batch_norm_backward(x, w, b, dy, eps).map(plain),
             Norm::BatchEval => return None,
@@ -477,6 +506,17 @@ pub const REFERENCE_CASES: &[(Norm, &[usize])] = &[
     (Norm::GroupLast(32), &[1, 16, 16, 64]),
     (Norm::GroupLast(3), &[2, 9999, 6]),
     (Norm::GroupLast(10), &[2, 7, 1000]),
+    (Norm::GroupSilu(3), &[2, 6]),
+    (Norm::GroupSilu(2), &[2, 6, 5]),
+    (Norm::GroupSilu(4), &[2, 8, 4, 4]),
+    (Norm::GroupSilu(1), &[1, 4, 100, 100]),
+    (Norm::GroupSilu(32), &[2, 64, 8, 8]),
+    (Norm::GroupSilu(3), &[2, 6, 9999]),
+    (Norm::GroupLastSilu(3), &[2, 6]),
+    (Norm::GroupLastSilu(2), &[2, 5, 6]),
+    (Norm::GroupLastSilu(1), &[1, 100, 100, 4]),
+    (Norm::GroupLastSilu(32), &[1, 16, 16, 64]),
+    (Norm::GroupLastSilu(10), &[2, 7, 1000]),
     (Norm::Instance, &[2, 3, 5, 7]),
     (Norm::Instance, &[1, 1, 9]),
     (Norm::Instance, &[3, 4, 2, 2, 2]),
@@ -523,6 +563,10 @@ pub const FINITE_DIFFERENCE_CASES: &[(Norm, &[usize])] = &[
     (Norm::GroupLast(2), &[2, 3, 4]),
     (Norm::GroupLast(1), &[1, 2, 2, 2]),
     (Norm::GroupLast(3), &[2, 3]),
+    (Norm::GroupSilu(2), &[2, 4, 3]),
+    (Norm::GroupSilu(3), &[2, 3]),
+    (Norm::GroupLastSilu(2), &[2, 3, 4]),
+    (Norm::GroupLastSilu(1), &[1, 2, 2, 2]),
     (Norm::Instance, &[2, 3, 4]),
     (Norm::Batch, &[3, 2, 4]),
     (Norm::Batch, &[2, 3]),
@@ -539,6 +583,8 @@ pub const HARD_CASES: &[(Norm, &[usize])] = &[
     (Norm::Rms, &[9, 1023]),
     (Norm::Group(2), &[3, 4, 257]),
     (Norm::GroupLast(2), &[3, 257, 4]),
+    (Norm::GroupSilu(2), &[3, 4, 257]),
+    (Norm::GroupLastSilu(2), &[3, 257, 4]),
     (Norm::Instance, &[3, 4, 257]),
     (Norm::Batch, &[9, 3, 257]),
     (Norm::AddLayer, &[9, 1023]),
@@ -561,6 +607,8 @@ pub const DETERMINISM_CASES: &[(Norm, &[usize])] = &[
     (Norm::Group(1), &[2, 8, 128, 64]),
     (Norm::GroupLast(4), &[2, 128, 64, 8]),
     (Norm::GroupLast(8), &[4, 96, 96, 64]),
+    (Norm::GroupSilu(1), &[2, 8, 128, 64]),
+    (Norm::GroupLastSilu(8), &[4, 96, 96, 64]),
     (Norm::Instance, &[2, 8, 64, 64]),
     (Norm::Batch, &[8, 16, 32, 32]),
     (Norm::BatchEval, &[8, 16, 32, 32]),
@@ -581,6 +629,10 @@ pub const CPU_LEVEL_CASES: &[(Norm, &[usize])] = &[
     (Norm::Group(4), &[2, 8, 5, 5]),
     (Norm::GroupLast(2), &[3, 37, 4]),
     (Norm::GroupLast(4), &[2, 5, 5, 1000]),
+    (Norm::GroupSilu(2), &[3, 4, 257]),
+    (Norm::GroupSilu(1), &[1, 4, 100, 100]),
+    (Norm::GroupLastSilu(2), &[3, 37, 4]),
+    (Norm::GroupLastSilu(4), &[2, 5, 5, 1000]),
     (Norm::Instance, &[2, 4, 5, 5]),
     (Norm::Batch, &[3, 4, 257]),
     (Norm::Batch, &[2, 8, 5, 5]),
@@ -607,6 +659,7 @@ macro_rules! every_norm {
     ($m:ident!($($args:tt)*)) => {
         $m!($($args)* [
             layer = Norm::Layer, rms = Norm::Rms, group = Norm::Group(0), group_last = Norm::GroupLast(0),
+            group_silu = Norm::GroupSilu(0), group_last_silu = Norm::GroupLastSilu(0),
             instance = Norm::Instance, batch = Norm::Batch, batch_eval = Norm::BatchEval,
             add_layer = Norm::AddLayer, add_rms = Norm::AddRms,
         ]);
