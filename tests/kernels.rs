@@ -354,18 +354,6 @@ fn kernels(norm: Norm, dtype: DType, _: Backend) {
     }
 }
 
-/// Every norm the CUDA kernels take, as the `name = Norm` pairs of a grid: all but
-/// GroupNorm + SiLU, which has no kernels yet (on CUDA it runs the generic backend).
-macro_rules! every_kernel_norm {
-    ($m:ident!($($args:tt)*)) => {
-        $m!($($args)* [
-            layer = Norm::Layer, rms = Norm::Rms, group = Norm::Group(0), group_last = Norm::GroupLast(0),
-            instance = Norm::Instance, batch = Norm::Batch, batch_eval = Norm::BatchEval,
-            add_layer = Norm::AddLayer, add_rms = Norm::AddRms,
-        ]);
-    };
-}
-
 every_kernel_norm!(grid!(@every kernels, [f32 = F32, f16 = F16, bf16 = BF16], [cuda = Fused]));
 
 /// Mixed precision, f32 parameters with f16 or bf16 x: each path and width of every
