@@ -11,14 +11,16 @@ use crate::spec::{Activation, Affine, Spec};
 use candle_core::{DType, Layout, Result, Tensor};
 
 /// Whether the CUDA kernels (on a GPU or on the emulator) take a call of `spec` on x
-/// of dtype `x` with parameters of dtype `params`: f32, f16 and bf16, with parameters
-/// of x's dtype or f32 (mixed precision), as `cuda::plan::Dtypes` names their entries,
-/// and no activation (GroupNorm + SiLU has no kernels yet). The CPU's fused path takes
+/// of dtype `x` with parameters of dtype `params`: a norm they implement
+/// (`Kind::has_cuda_kernels`), f32, f16 and bf16, with parameters of x's dtype or f32
+/// (mixed precision), as `cuda::plan::Dtypes` names their entries, and no activation
+/// (GroupNorm + SiLU has no kernels yet). The CPU's fused path takes
 /// every call; the others run the generic backend on a GPU, the CPU path on the
 /// emulator.
 #[cfg_attr(not(any(feature = "cuda", feature = "cuda-emulator")), allow(dead_code))]
 pub(crate) fn cuda_kernels_take(spec: &Spec, x: DType, params: DType) -> bool {
-    spec.act == Activation::Identity
+    spec.kind.has_cuda_kernels()
+        && spec.act == Activation::Identity
         && matches!(x, DType::F32 | DType::F16 | DType::BF16)
         && (params == x || params == DType::F32)
 }

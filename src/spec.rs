@@ -28,6 +28,14 @@ impl Kind {
             Kind::Batch => "batch_norm",
         }
     }
+
+    /// Whether the CUDA kernels implement this norm; on a GPU the others run the
+    /// generic backend (`crate::backend::cuda_kernels_take`).
+    pub(crate) fn has_cuda_kernels(self) -> bool {
+        match self {
+            Kind::Layer | Kind::Rms | Kind::Group | Kind::GroupLast | Kind::Batch => true,
+        }
+    }
 }
 
 /// What follows the affine step, element by element, in the same pass: nothing, or

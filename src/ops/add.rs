@@ -26,7 +26,7 @@ pub fn add_layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let spec = layer::spec(x, weight, bias, eps, true)?;
+    let spec = layer::checked(x, weight, bias, eps, true)?;
     super::forward_add(spec, x, residual, weight, bias)
 }
 
@@ -38,7 +38,7 @@ pub fn add_layer_norm(
 /// Those of [`rms_norm`](crate::rms_norm), and a `residual` whose shape, dtype or
 /// device differ from `x`'s.
 pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<(Tensor, Tensor)> {
-    let spec = rms::spec(x, weight, eps, true)?;
+    let spec = rms::checked(x, weight, eps, true)?;
     super::forward_add(spec, x, residual, weight, None)
 }
 
@@ -59,7 +59,7 @@ pub fn add_layer_norm_backward(
     dh: Option<&Tensor>,
     eps: f64,
 ) -> Result<AddNormGrads> {
-    let spec = layer::spec(h, weight, bias, eps, true)?;
+    let spec = layer::checked(h, weight, bias, eps, true)?;
     Ok(both(super::backward(spec, h, weight, bias, dy, dh)?))
 }
 
@@ -76,7 +76,7 @@ pub fn add_rms_norm_backward(
     dh: Option<&Tensor>,
     eps: f64,
 ) -> Result<AddNormGrads> {
-    let spec = rms::spec(h, weight, eps, true)?;
+    let spec = rms::checked(h, weight, eps, true)?;
     Ok(both(super::backward(spec, h, weight, None, dy, dh)?))
 }
 

@@ -30,7 +30,7 @@ pub fn group_norm(
     eps: f64,
 ) -> Result<Tensor> {
     super::forward(
-        spec(Kind::Group.name(), x, num_groups, weight, bias, eps)?,
+        checked(Kind::Group.name(), x, num_groups, weight, bias, eps)?,
         x,
         weight,
         bias,
@@ -58,7 +58,7 @@ pub fn group_norm_channels_last(
     eps: f64,
 ) -> Result<Tensor> {
     super::forward(
-        spec_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
+        checked_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
         x,
         weight,
         bias,
@@ -81,7 +81,7 @@ pub fn group_norm_channels_last_backward(
     eps: f64,
 ) -> Result<NormGrads> {
     super::backward(
-        spec_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
+        checked_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
         x,
         weight,
         bias,
@@ -107,7 +107,7 @@ pub fn group_norm_backward(
     eps: f64,
 ) -> Result<NormGrads> {
     super::backward(
-        spec(Kind::Group.name(), x, num_groups, weight, bias, eps)?,
+        checked(Kind::Group.name(), x, num_groups, weight, bias, eps)?,
         x,
         weight,
         bias,
@@ -130,7 +130,7 @@ pub fn group_norm_jvp(
     eps: f64,
     t: Tangents,
 ) -> Result<(Tensor, Tensor)> {
-    let spec = spec(Kind::Group.name(), x, num_groups, weight, bias, eps)?;
+    let spec = checked(Kind::Group.name(), x, num_groups, weight, bias, eps)?;
     super::jvp(spec, x, (weight, bias), None, t)
 }
 
@@ -148,7 +148,7 @@ pub fn group_norm_channels_last_jvp(
     t: Tangents,
 ) -> Result<(Tensor, Tensor)> {
     super::jvp(
-        spec_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
+        checked_last(Kind::GroupLast.name(), x, num_groups, weight, bias, eps)?,
         x,
         (weight, bias),
         None,
@@ -174,7 +174,7 @@ pub fn group_norm_silu(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    let spec = spec(SILU, x, num_groups, weight, bias, eps)?.with_silu(SILU);
+    let spec = checked(SILU, x, num_groups, weight, bias, eps)?.with_silu(SILU);
     super::forward(spec, x, weight, bias)
 }
 
@@ -192,7 +192,7 @@ pub fn group_norm_silu_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    let spec = spec(SILU, x, num_groups, weight, bias, eps)?.with_silu(SILU);
+    let spec = checked(SILU, x, num_groups, weight, bias, eps)?.with_silu(SILU);
     super::backward(spec, x, weight, bias, dy, None)
 }
 
@@ -208,7 +208,7 @@ pub fn group_norm_channels_last_silu(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    let spec = spec_last(SILU_LAST, x, num_groups, weight, bias, eps)?.with_silu(SILU_LAST);
+    let spec = checked_last(SILU_LAST, x, num_groups, weight, bias, eps)?.with_silu(SILU_LAST);
     super::forward(spec, x, weight, bias)
 }
 
@@ -225,7 +225,7 @@ pub fn group_norm_channels_last_silu_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    let spec = spec_last(SILU_LAST, x, num_groups, weight, bias, eps)?.with_silu(SILU_LAST);
+    let spec = checked_last(SILU_LAST, x, num_groups, weight, bias, eps)?.with_silu(SILU_LAST);
     super::backward(spec, x, weight, bias, dy, None)
 }
 
@@ -234,7 +234,7 @@ const SILU: &str = "group_norm_silu";
 const SILU_LAST: &str = "group_norm_channels_last_silu";
 
 /// The checked [`Spec`] of a GroupNorm of `x`, its errors naming `op`.
-pub(super) fn spec(
+pub(super) fn checked(
     op: &'static str,
     x: &Tensor,
     num_groups: usize,
@@ -248,7 +248,7 @@ pub(super) fn spec(
 }
 
 /// The checked [`Spec`] of a channels-last GroupNorm of `x`, its errors naming `op`.
-fn spec_last(
+fn checked_last(
     op: &'static str,
     x: &Tensor,
     num_groups: usize,

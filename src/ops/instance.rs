@@ -60,7 +60,7 @@ pub fn instance_norm_jvp(
 
 fn spec(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<crate::spec::Spec> {
     let channels = x.dims().get(1).copied().unwrap_or(0);
-    let spec = super::group::spec(OP, x, channels.max(1), weight, bias, eps)?;
+    let spec = super::group::checked(OP, x, channels.max(1), weight, bias, eps)?;
     if x.dims()[2..].iter().product::<usize>() == 1 {
         bail!(
             "{OP}: expected more than 1 spatial element per instance, got x of shape {:?}",

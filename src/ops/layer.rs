@@ -19,7 +19,7 @@ use candle_core::{Result, Tensor};
 /// A rank-0 `x`, an unsupported dtype, a `weight`/`bias` of another shape, dtype or
 /// device, or an `eps` that is negative or not finite.
 pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    super::forward(spec(x, weight, bias, eps, false)?, x, weight, bias)
+    super::forward(checked(x, weight, bias, eps, false)?, x, weight, bias)
 }
 
 /// The backward of [`layer_norm`] on its own, outside autograd: given the upstream
@@ -37,7 +37,7 @@ pub fn layer_norm_backward(
     dy: &Tensor,
     eps: f64,
 ) -> Result<NormGrads> {
-    super::backward(spec(x, weight, bias, eps, false)?, x, weight, bias, dy, None)
+    super::backward(checked(x, weight, bias, eps, false)?, x, weight, bias, dy, None)
 }
 
 /// The forward-mode derivative (Jacobian-vector product) of [`layer_norm`]: `(y, ẏ)`,
@@ -57,12 +57,12 @@ pub fn layer_norm_jvp(
     eps: f64,
     t: Tangents,
 ) -> Result<(Tensor, Tensor)> {
-    super::jvp(spec(x, weight, bias, eps, false)?, x, (weight, bias), None, t)
+    super::jvp(checked(x, weight, bias, eps, false)?, x, (weight, bias), None, t)
 }
 
 /// The checked [`Spec`] of a LayerNorm of `x`, of `x + residual` when `residual`
 /// (the errors then name `add_layer_norm`).
-pub(super) fn spec(
+pub(super) fn checked(
     x: &Tensor,
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,

@@ -5,6 +5,8 @@
 //!
 //! A public op checks its inputs (`crate::check`), describes the norm as a [`Spec`],
 //! and runs it through [`run_forward`] or [`run_backward`] with its inputs by name.
+//! Each family's public items are re-exported whole, so a new op is written in its
+//! family's file alone.
 
 mod add;
 mod batch;
@@ -16,21 +18,15 @@ mod rms;
 mod row;
 mod weight;
 
-pub use add::{add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward};
-pub use batch::{
-    batch_norm, batch_norm_backward, batch_norm_eval, batch_norm_eval_jvp, batch_norm_jvp, batch_norm_train,
-};
-pub use group::{
-    group_norm, group_norm_backward, group_norm_channels_last, group_norm_channels_last_backward,
-    group_norm_channels_last_jvp, group_norm_channels_last_silu, group_norm_channels_last_silu_backward,
-    group_norm_jvp, group_norm_silu, group_norm_silu_backward,
-};
-pub use instance::{instance_norm, instance_norm_backward, instance_norm_jvp};
-pub use layer::{layer_norm, layer_norm_backward, layer_norm_jvp};
-pub use normalize::normalize;
-pub use rms::{rms_norm, rms_norm_backward, rms_norm_jvp};
-pub use row::RowNorm;
-pub use weight::{weight_norm, weight_standardization};
+pub use add::*;
+pub use batch::*;
+pub use group::*;
+pub use instance::*;
+pub use layer::*;
+pub use normalize::*;
+pub use rms::*;
+pub use row::*;
+pub use weight::*;
 
 use crate::backend::{Grads, Outputs, Slots};
 use crate::spec::{Affine, Spec};

@@ -19,7 +19,7 @@ use candle_core::{Result, Tensor};
 /// A rank-0 `x`, an unsupported dtype, a `weight` of another shape, dtype or device, or
 /// an `eps` that is negative or not finite.
 pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    super::forward(spec(x, weight, eps, false)?, x, weight, None)
+    super::forward(checked(x, weight, eps, false)?, x, weight, None)
 }
 
 /// The backward of [`rms_norm`] on its own, outside autograd: given the upstream
@@ -31,7 +31,7 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor>
 /// # Errors
 /// Those of [`rms_norm`], and a `dy` whose shape, dtype or device differ from `x`'s.
 pub fn rms_norm_backward(x: &Tensor, weight: Option<&Tensor>, dy: &Tensor, eps: f64) -> Result<NormGrads> {
-    super::backward(spec(x, weight, eps, false)?, x, weight, None, dy, None)
+    super::backward(checked(x, weight, eps, false)?, x, weight, None, dy, None)
 }
 
 /// The forward-mode derivative of [`rms_norm`]: `(y, ẏ)` along the tangents `t` of x
@@ -42,12 +42,12 @@ pub fn rms_norm_backward(x: &Tensor, weight: Option<&Tensor>, dy: &Tensor, eps: 
 /// # Errors
 /// Those of [`rms_norm`] and of [`crate::layer_norm_jvp`].
 pub fn rms_norm_jvp(x: &Tensor, weight: Option<&Tensor>, eps: f64, t: Tangents) -> Result<(Tensor, Tensor)> {
-    super::jvp(spec(x, weight, eps, false)?, x, (weight, None), None, t)
+    super::jvp(checked(x, weight, eps, false)?, x, (weight, None), None, t)
 }
 
 /// The checked [`Spec`] of an RMSNorm of `x`, of `x + residual` when `residual`
 /// (the errors then name `add_rms_norm`).
-pub(super) fn spec(x: &Tensor, weight: Option<&Tensor>, eps: f64, residual: bool) -> Result<Spec> {
+pub(super) fn checked(x: &Tensor, weight: Option<&Tensor>, eps: f64, residual: bool) -> Result<Spec> {
     let spec = Spec::last_dim(Kind::Rms, x.dims(), eps);
     let spec = if residual { spec.with_residual() } else { spec };
     let op = spec.name();

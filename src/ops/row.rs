@@ -75,9 +75,9 @@ impl<'a> RowNorm<'a> {
     /// through the add, unchanged in form.
     fn prepare(&self, x: &Tensor, residual: bool) -> Result<(Spec, Params)> {
         let spec = if self.center {
-            layer::spec(x, self.weight, self.bias, self.eps, residual)?
+            layer::checked(x, self.weight, self.bias, self.eps, residual)?
         } else {
-            let spec = rms::spec(x, self.weight, self.eps, residual)?;
+            let spec = rms::checked(x, self.weight, self.eps, residual)?;
             if self.bias.is_some() {
                 bail!("{}: RMSNorm has no bias", spec.name())
             }
