@@ -105,15 +105,7 @@ fn jvp(norm: Norm, dtype: DType, backend: Backend) {
     }
 }
 
-grid!(jvp: [
-    layer = Norm::Layer,
-    rms = Norm::Rms,
-    group = Norm::Group(2),
-    group_last = Norm::GroupLast(2),
-    instance = Norm::Instance,
-    batch = Norm::Batch,
-    batch_eval = Norm::BatchEval,
-] x [f64 = F64, f32 = F32, f16 = F16, bf16 = BF16] x [fused = Fused, generic = Generic]);
+every_jvp_norm!(grid!(@every jvp, [f64 = F64, f32 = F32, f16 = F16, bf16 = BF16], [fused = Fused, generic = Generic]));
 
 #[test]
 fn tangents_are_checked() {
