@@ -41,6 +41,15 @@ impl Geometry {
                 stat_dims: vec![1],
                 param_shape: vec![1, len],
             },
+            // [B, C, *S] as [B, C, S].
+            Kind::LayerFirst => {
+                let s = spec.inner;
+                Self {
+                    view: vec![rows / s.max(1), len, s],
+                    stat_dims: vec![1],
+                    param_shape: vec![1, len, 1],
+                }
+            }
             // [B, C, *S] as [B, G, C/G, S].
             Kind::Group => {
                 let (g, per, s) = (spec.param_blocks, spec.params_per_row, spec.inner);
@@ -150,9 +159,27 @@ fn normalize(spec: &Spec, g: &Geometry, x: &Tensor, running: Option<[&Tensor; 2]
             Some(m.to_dtype(acc)?.reshape(stat.as_slice())?),
             v.to_dtype(acc)?.reshape(stat.as_slice())?,
         ),
+        // The mean of x − x₀ (x₀: the first element each statistic reduces over), then
+        // x₀ added back: with a large offset and a small spread the sums are of the
+        // small differences, which lose nothing to rounding where candle's running
+        // sums of the offset would (the fused CPU path does the same). x₀ is any constant
+        // to the statistics, and detached so that autograd has no path through it to
+        // cancel in rounding. Empty x has no x₀.
         None if spec.center() => {
-            let mean = mean_keepdim(&xa, &g.stat_dims)?;
-            let var = mean_keepdim(&xa.broadcast_sub(&mean)?.sqr()?, &g.stat_dims)?;
+            let first = (xa.elem_count() > 0)
+                .then(|| g.stat_dims.iter().try_fold(xa.clone(), |t, &d| t.narrow(d, 0, 1)))
+                .transpose()?
+                .map(|f| f.detach());
+            let xs = match &first {
+                Some(f) => xa.broadcast_sub(f)?,
+                None => xa.clone(),
+            };
+            let mean = mean_keepdim(&xs, &g.stat_dims)?;
+            let var = mean_keepdim(&xs.broadcast_sub(&mean)?.sqr()?, &g.stat_dims)?;
+            let mean = match first {
+                Some(f) => (mean + f)?,
+                None => mean,
+            };
             (Some(mean), var)
         }
         None => (None, mean_keepdim(&xa.sqr()?, &g.stat_dims)?),

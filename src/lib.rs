@@ -1,6 +1,6 @@
-//! Fused, differentiable LayerNorm, RMSNorm, GroupNorm (channels-first and
-//! channels-last), InstanceNorm and BatchNorm, and a fused residual add + norm, for
-//! [candle].
+//! Fused, differentiable LayerNorm (over the last dimension or the channels), RMSNorm,
+//! GroupNorm (channels-first and channels-last), InstanceNorm and BatchNorm, and a
+//! fused residual add + norm, for [candle].
 //!
 //! candle's own fused norms have no backward (their gradients are silently dropped)
 //! and candle has no fused GroupNorm, InstanceNorm or BatchNorm. This crate provides
@@ -19,6 +19,9 @@
 //!   channel, with PyTorch's checks;
 //! - [`group_norm_channels_last`] (and [`group_norm_channels_last_backward`]): GroupNorm
 //!   over `[B, *spatial, C]`, without moving the channels;
+//! - [`layer_norm_channels_first`] (and [`layer_norm_channels_first_backward`]):
+//!   LayerNorm over the channels of `[B, C, *spatial]` (ConvNeXt's and SAM's
+//!   `LayerNorm2d`);
 //! - [`group_norm_silu`], [`group_norm_channels_last_silu`] (and their backward):
 //!   GroupNorm followed by SiLU in one op, a diffusion block's norm and activation;
 //! - [`add_layer_norm`], [`add_rms_norm`]: the residual add of a pre-norm transformer

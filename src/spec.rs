@@ -10,6 +10,8 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Layer,
+    /// LayerNorm over the channels of channels-first input.
+    LayerFirst,
     Rms,
     Group,
     /// GroupNorm over channels-last input.
@@ -22,6 +24,7 @@ impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Layer => "layer_norm",
+            Kind::LayerFirst => "layer_norm_channels_first",
             Kind::Rms => "rms_norm",
             Kind::Group => "group_norm",
             Kind::GroupLast => "group_norm_channels_last",
@@ -34,6 +37,7 @@ impl Kind {
     pub(crate) fn has_cuda_kernels(self) -> bool {
         match self {
             Kind::Layer | Kind::Rms | Kind::Group | Kind::GroupLast | Kind::Batch => true,
+            Kind::LayerFirst => false,
         }
     }
 }
@@ -64,6 +68,8 @@ pub(crate) struct Affine {
 /// `param_blocks = G`.
 /// Channels-last GroupNorm over [B, *S, C]: the same numbers as channels-first (the
 /// rows are the (sample, group) pairs, though not contiguous).
+/// Channels-first LayerNorm over [B, C, *S]: `rows = B·S` columns of `len = C`
+/// elements S apart (`inner = S`, the stride), `params_per_row = C`, `param_blocks = 1`.
 /// BatchNorm over [B, C, *S]: `rows = B·C`, `len = S`, `inner = S`,
 /// `params_per_row = 1`, `param_blocks = C`, with statistics per channel, not per row.
 #[derive(Clone, Copy, Debug)]
@@ -136,12 +142,31 @@ impl Spec {
         }
     }
 
+    /// LayerNorm over the channels of channels-first `dims` = [B, C, *spatial]: each
+    /// of the B·S positions normalized over its C channels.
+    pub(crate) fn layer_first(dims: &[usize], eps: f64) -> Self {
+        let (b, c) = (dims[0], dims[1]);
+        let s: usize = dims[2..].iter().product();
+        Self {
+            kind: Kind::LayerFirst,
+            rows: b * s,
+            len: c,
+            inner: s,
+            params_per_row: c,
+            param_blocks: 1,
+            eps,
+            residual: false,
+            act: Activation::Identity,
+            op: Kind::LayerFirst.name(),
+        }
+    }
+
     /// The same norm of `x + residual`: the fused residual add.
     pub(crate) fn with_residual(self) -> Self {
         let op = match self.kind {
             Kind::Layer => "add_layer_norm",
             Kind::Rms => "add_rms_norm",
-            Kind::Group | Kind::GroupLast | Kind::Batch => self.op,
+            Kind::LayerFirst | Kind::Group | Kind::GroupLast | Kind::Batch => self.op,
         };
         Self {
             residual: true,

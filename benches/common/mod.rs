@@ -19,8 +19,8 @@ pub struct Case {
     pub shape: Vec<usize>,
 }
 
-/// The grid of a device: on the CPU LLM-style rows of medium size and two diffusion-style
-/// GroupNorm shapes; on a GPU rows of 2^27 elements from N = 256 to 262144, small M at
+/// The grid of a device: on the CPU LLM-style rows of medium size, two diffusion-style
+/// GroupNorm shapes and two channels-first LayerNorms of vision models; on a GPU rows of 2^27 elements from N = 256 to 262144, small M at
 /// N = 4096, three GroupNorm shapes of a diffusion UNet and a large [8, 512, 64, 64], and
 /// BatchNorm in training on two ResNet stages and one large activation (the CPU measures
 /// BatchNorm against candle-nn's module in its own group). The GroupNorm shapes run
@@ -51,6 +51,13 @@ pub fn cases(dev: &Device) -> Vec<Case> {
         v.extend(groups.iter().map(|&[b, c, h, w]| Case {
             norm,
             shape: vec![b, h, w, c],
+        }));
+    }
+    if dev.is_cpu() {
+        // ConvNeXt-T's first stage at batch 8, and SAM's image-encoder neck.
+        v.extend([[8usize, 96, 56, 56], [1, 256, 64, 64]].iter().map(|s| Case {
+            norm: Norm::LayerFirst,
+            shape: s.to_vec(),
         }));
     }
     if !dev.is_cpu() {

@@ -20,7 +20,8 @@
 //! second from cache, and writes dx once into the output's uninitialized capacity.
 //!
 //! Channels-last GroupNorm, whose groups are column blocks rather than rows, has its
-//! own passes over tiles of rows (`channels_last`); BatchNorm gathers its statistics
+//! own passes over tiles of rows (`channels_last`), and channels-first LayerNorm, which
+//! normalizes columns, over tiles of columns (`columns`); BatchNorm gathers its statistics
 //! per channel across rows (`batch`) and then runs the common passes.
 //!
 //! Each task runs through `simd::run`, compiled for AVX2 and AVX-512 as well as the
@@ -33,6 +34,7 @@ mod backward;
 mod batch;
 mod blocks;
 mod channels_last;
+mod columns;
 mod convert;
 mod elem;
 mod forward;
@@ -128,6 +130,7 @@ impl Backend for Cpu {
                     (y, s.running.is_none().then_some(stats))
                 }
                 Kind::GroupLast => (channels_last::forward(spec, x, s.weight, s.bias), None),
+                Kind::LayerFirst => (columns::forward(spec, x, s.weight, s.bias), None),
                 _ => (forward::forward(spec, x, s.big.residual, s.weight, s.bias), None),
             };
             Ok((T::to_cpu_storage_owned(y), stats.map(P::to_cpu_storage_owned)))
@@ -154,6 +157,7 @@ impl Backend for Cpu {
             let (dx, params) = match spec.kind {
                 Kind::Batch => batch::backward(spec, affine, (x, s.weight, dy), source(&s)),
                 Kind::GroupLast => channels_last::backward(spec, affine, (x, (s.weight, s.bias), dy)),
+                Kind::LayerFirst => columns::backward(spec, affine, (x, (s.weight, s.bias), dy)),
                 _ => backward::backward(
                     spec,
                     affine,

@@ -10,7 +10,8 @@ use candle_nn::LayerNormConfig;
 /// `normalized_shape` (the last one, as candle-nn's, unless built by
 /// [`pytorch::layer_norm`](super::pytorch::layer_norm)), with an optional weight and
 /// bias of that shape; see [`crate::layer_norm`]. Several trailing dimensions are
-/// normalized as one row of their product.
+/// normalized as one row of their product. With [`LayerNorm::with_channels_first`],
+/// over the channels of `[B, C, *spatial]` instead ([`crate::layer_norm_channels_first`]).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     weight: Option<Tensor>,
@@ -20,6 +21,7 @@ pub struct LayerNorm {
     /// None: PyTorch's `eps=None` of RMSNorm, the epsilon of the statistics' dtype.
     eps: Option<f64>,
     weight_offset: f64,
+    channels_first: bool,
 }
 
 impl LayerNorm {
@@ -64,6 +66,7 @@ impl LayerNorm {
             remove_mean,
             eps,
             weight_offset: 0.0,
+            channels_first: false,
         }
     }
 
@@ -115,6 +118,54 @@ impl LayerNorm {
     /// The constant added to every weight element (0 unless set).
     pub fn weight_offset(&self) -> f64 {
         self.weight_offset
+    }
+
+    /// The same layer over the channels of channels-first input `[B, C, *spatial]`
+    /// when `channels_first` (ConvNeXt's `LayerNorm(data_format="channels_first")`,
+    /// SAM's `LayerNorm2d`; the same `weight` and `bias` tensors of shape `[C]`), or
+    /// over the trailing dimensions (the default). Only a LayerNorm over one dimension
+    /// without a weight offset has this form: others fail in [`Module::forward`].
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Module, Tensor};
+    /// use candle_norm::nn::LayerNorm;
+    ///
+    /// let dev = Device::Cpu;
+    /// let x = Tensor::randn(0f32, 1., (2, 8, 4, 4), &dev)?;
+    /// let w = Tensor::randn(1f32, 0.1, 8, &dev)?;
+    /// let b = Tensor::randn(0f32, 0.1, 8, &dev)?;
+    /// let y = LayerNorm::new(w.clone(), b.clone(), 1e-6).with_channels_first(true).forward(&x)?;
+    /// // LayerNorm over the channels moved last, moved back.
+    /// let last = candle_norm::layer_norm(&x.permute((0, 2, 3, 1))?, Some(&w), Some(&b), 1e-6)?;
+    /// let diff = (y - last.permute((0, 3, 1, 2))?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    /// assert!(diff < 1e-5);
+    /// // RMSNorm has no channels-first form.
+    /// assert!(LayerNorm::rms_norm(w, 1e-6).with_channels_first(true).forward(&x).is_err());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_channels_first(self, channels_first: bool) -> Self {
+        Self { channels_first, ..self }
+    }
+
+    /// Whether the layer normalizes the channels of `[B, C, *spatial]`.
+    pub fn channels_first(&self) -> bool {
+        self.channels_first
+    }
+
+    /// The channels-first forward ([`Self::with_channels_first`]).
+    fn forward_channels_first(&self, x: &Tensor) -> Result<Tensor> {
+        let [c] = self.normalized_shape[..] else {
+            bail!(
+                "LayerNorm: channels-first input needs one normalized dimension, the layer has {:?}",
+                self.normalized_shape
+            )
+        };
+        if !self.remove_mean || self.weight_offset != 0.0 {
+            bail!("LayerNorm: channels-first input is for LayerNorm without a weight offset, not RMSNorm or an offset")
+        }
+        crate::check::channels("LayerNorm", x, c, false)?;
+        let eps = self.eps_for(x.dtype());
+        crate::layer_norm_channels_first(x, self.weight.as_ref(), self.bias.as_ref(), eps)
     }
 
     /// The op on x's rows, with the layer's options; an RMSNorm's bias is added after
@@ -172,9 +223,12 @@ impl LayerNorm {
     /// [`crate::add_rms_norm`]. Both outputs are differentiable.
     ///
     /// # Errors
-    /// As [`Module::forward`], and a `residual` whose shape, dtype or device differ
-    /// from `x`'s.
+    /// As [`Module::forward`], a `residual` whose shape, dtype or device differ from
+    /// `x`'s, and a channels-first layer.
     pub fn forward_with_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.channels_first {
+            bail!("LayerNorm: the fused residual add takes the trailing dimensions, not channels-first input")
+        }
         let Rows {
             x: x2,
             weight: w,
@@ -209,9 +263,14 @@ struct Rows {
 }
 
 impl Module for LayerNorm {
-    /// Normalizes `x` over its normalized (trailing) dimensions. Errors as
-    /// [`crate::layer_norm`] does, and when x does not end in the normalized shape.
+    /// Normalizes `x` over its normalized (trailing) dimensions, or over the channels
+    /// of `[B, C, *spatial]` when channels-first. Errors as [`crate::layer_norm`] (or
+    /// [`crate::layer_norm_channels_first`]) does, and when x does not end in the
+    /// normalized shape (has another number of channels).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.channels_first {
+            return self.forward_channels_first(x);
+        }
         let Rows {
             x: x2,
             weight: w,

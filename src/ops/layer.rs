@@ -1,4 +1,5 @@
-//! LayerNorm: the public functions and their checks.
+//! LayerNorm, over the last dimension and over the channels of channels-first input:
+//! the public functions and their checks.
 
 use super::{NormGrads, Tangents};
 use crate::check;
@@ -58,6 +59,74 @@ pub fn layer_norm_jvp(
     t: Tangents,
 ) -> Result<(Tensor, Tensor)> {
     super::jvp(checked(x, weight, bias, eps, false)?, x, (weight, bias), None, t)
+}
+
+/// LayerNorm over the channels of channels-first input `[B, C, *spatial]`: each of the
+/// B·prod(spatial) positions is normalized over its C channels, then scaled and shifted
+/// per channel — ConvNeXt's `LayerNorm(data_format="channels_first")` and SAM's
+/// `LayerNorm2d`, and [`layer_norm`] of the input moved to `[B, *spatial, C]`, without
+/// moving it.
+///
+/// `x` has rank >= 2 (zero or more spatial dimensions) and a float dtype (f32, f16,
+/// bf16, f64); `weight` and `bias`, when given, have shape `[C]`, `x`'s device and
+/// `x`'s dtype (or both f32 for f16 and bf16 `x`). Statistics are accumulated in f32
+/// (f64 for f64); the op is differentiable through one fused backward, as
+/// [`layer_norm`] is. CUDA has no kernels for it: on a GPU it runs the generic backend.
+///
+/// # Errors
+/// `x` of rank < 2, an unsupported dtype, a `weight`/`bias` of another shape, dtype or
+/// device, or an `eps` that is negative or not finite.
+pub fn layer_norm_channels_first(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    super::forward(checked_first(x, weight, bias, eps)?, x, weight, bias)
+}
+
+/// The backward of [`layer_norm_channels_first`] on its own, outside autograd: given
+/// `dy` (shape, dtype and device of `x`), the gradients of `x`, of `weight` when given
+/// and of `bias` when given, from the fused backward `Tensor::backward` runs.
+///
+/// # Errors
+/// Those of [`layer_norm_channels_first`], and a `dy` whose shape, dtype or device
+/// differ from `x`'s.
+pub fn layer_norm_channels_first_backward(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<NormGrads> {
+    super::backward(checked_first(x, weight, bias, eps)?, x, weight, bias, dy, None)
+}
+
+/// The forward-mode derivative of [`layer_norm_channels_first`], as [`layer_norm_jvp`]
+/// with the means over each position's channels.
+///
+/// # Errors
+/// Those of [`layer_norm_channels_first`] and of [`layer_norm_jvp`].
+pub fn layer_norm_channels_first_jvp(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+    t: Tangents,
+) -> Result<(Tensor, Tensor)> {
+    super::jvp(checked_first(x, weight, bias, eps)?, x, (weight, bias), None, t)
+}
+
+/// The checked [`Spec`] of a channels-first LayerNorm of `x`.
+fn checked_first(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Spec> {
+    let op = Kind::LayerFirst.name();
+    check::input(op, x, 2, "[B, C, *spatial]")?;
+    check::eps(op, eps)?;
+    let c = x.dims()[1];
+    check::param(op, x, weight, "weight", c, "the channel dimension")?;
+    check::param(op, x, bias, "bias", c, "the channel dimension")?;
+    check::one_param_dtype(op, &[("weight", weight), ("bias", bias)])?;
+    Ok(Spec::layer_first(x.dims(), eps))
 }
 
 /// The checked [`Spec`] of a LayerNorm of `x`, of `x + residual` when `residual`

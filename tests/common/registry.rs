@@ -12,6 +12,8 @@ use candle_norm::reference;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Norm {
     Layer,
+    /// LayerNorm over the channels of `[B, C, *spatial]`.
+    LayerFirst,
     Rms,
     /// GroupNorm over `[B, C, *spatial]`.
     Group(usize),
@@ -38,6 +40,7 @@ impl Norm {
     pub fn name(self) -> &'static str {
         match self {
             Norm::Layer => "layer_norm",
+            Norm::LayerFirst => "layer_norm_channels_first",
             Norm::Rms => "rms_norm",
             Norm::Group(_) => "group_norm",
             Norm::GroupLast(_) => "group_norm_channels_last",
@@ -60,7 +63,9 @@ impl Norm {
     /// the channels of channels-first input.
     pub fn params(self, shape: &[usize]) -> usize {
         match self {
-            Norm::Group(_) | Norm::GroupSilu(_) | Norm::Instance | Norm::Batch | Norm::BatchEval => shape[1],
+            Norm::LayerFirst | Norm::Group(_) | Norm::GroupSilu(_) | Norm::Instance | Norm::Batch | Norm::BatchEval => {
+                shape[1]
+            }
             _ => *shape.last().unwrap(),
         }
     }
@@ -250,6 +255,7 @@ impl Case {
         }
         Ok(match (imp, self.norm) {
             (Impl::Ours, Norm::Layer) => vec![candle_norm::layer_norm(x, w, b, eps)?],
+            (Impl::Ours, Norm::LayerFirst) => vec![candle_norm::layer_norm_channels_first(x, w, b, eps)?],
             (Impl::Ours, Norm::Rms) => vec![candle_norm::rms_norm(x, w, eps)?],
             (Impl::Ours, Norm::Group(g)) => vec![candle_norm::group_norm(x, g, w, b, eps)?],
             (Impl::Ours, Norm::GroupLast(g)) => vec![candle_norm::group_norm_channels_last(x, g, w, b, eps)?],
@@ -273,6 +279,14 @@ impl Case {
                 vec![y, h]
             }
             (Impl::Reference, Norm::Layer) => vec![reference::layer_norm(x, w, b, eps)?],
+            // The reference LayerNorm of x with its channels moved last, moved back.
+            (Impl::Reference, Norm::LayerFirst) => {
+                let r = x.rank();
+                let last: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+                let back: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+                let y = reference::layer_norm(&x.permute(last)?.contiguous()?, w, b, eps)?;
+                vec![y.permute(back)?.contiguous()?]
+            }
             (Impl::Reference, Norm::Rms) => vec![reference::rms_norm(x, w, eps)?],
             (Impl::Reference, Norm::Group(g)) => vec![reference::group_norm(x, g, w, b, eps)?],
             (Impl::Reference, Norm::GroupLast(g)) => vec![reference::group_norm_channels_last(x, g, w, b, eps)?],
@@ -319,6 +333,7 @@ impl Case {
         }
         Some(match self.norm {
             Norm::Layer => candle_norm::layer_norm_jvp(x, w, b, eps, t),
+            Norm::LayerFirst => candle_norm::layer_norm_channels_first_jvp(x, w, b, eps, t),
             Norm::Rms => candle_norm::rms_norm_jvp(x, w, eps, t),
             Norm::Group(g) => candle_norm::group_norm_jvp(x, g, w, b, eps, t),
             Norm::GroupLast(g) => candle_norm::group_norm_channels_last_jvp(x, g, w, b, eps, t),
@@ -381,6 +396,7 @@ impl Case {
         }
         Some(match self.norm {
             Norm::Layer => candle_norm::layer_norm_backward(x, w, b, dy, eps).map(plain),
+            Norm::LayerFirst => candle_norm::layer_norm_channels_first_backward(x, w, b, dy, eps).map(plain),
             Norm::Rms => candle_norm::rms_norm_backward(x, w, dy, eps).map(plain),
             Norm::Group(g) => candle_norm::group_norm_backward(x, g, w, b, dy, eps).map(plain),
             Norm::GroupLast(g) => candle_norm::group_norm_channels_last_backward(x, g, w, b, dy, eps).map(plain),
@@ -477,6 +493,16 @@ pub const REFERENCE_CASES: &[(Norm, &[usize])] = &[
     (Norm::Layer, &[3, 70001]),
     (Norm::Layer, &[1, 4095]),
     (Norm::Layer, &[4097, 1]),
+    (Norm::LayerFirst, &[1, 1]),
+    (Norm::LayerFirst, &[2, 3]),
+    (Norm::LayerFirst, &[3, 1, 9]),
+    (Norm::LayerFirst, &[2, 5, 7]),
+    (Norm::LayerFirst, &[2, 4, 3, 3, 3]),
+    (Norm::LayerFirst, &[2, 32, 9, 9]),
+    (Norm::LayerFirst, &[2, 64, 40, 40]),
+    (Norm::LayerFirst, &[1, 600, 5]),
+    (Norm::LayerFirst, &[1, 2000, 17]),
+    (Norm::LayerFirst, &[2, 96, 56, 56]),
     (Norm::Rms, &[1, 1]),
     (Norm::Rms, &[3, 1]),
     (Norm::Rms, &[7, 13]),
@@ -556,6 +582,9 @@ pub const FINITE_DIFFERENCE_CASES: &[(Norm, &[usize])] = &[
     (Norm::Layer, &[3, 7]),
     (Norm::Layer, &[1, 1]),
     (Norm::Layer, &[2, 2, 5]),
+    (Norm::LayerFirst, &[2, 3, 4]),
+    (Norm::LayerFirst, &[1, 2, 2, 2]),
+    (Norm::LayerFirst, &[3, 5]),
     (Norm::Rms, &[3, 7]),
     (Norm::Rms, &[1, 1]),
     (Norm::Group(2), &[2, 4, 3]),
@@ -582,6 +611,8 @@ pub const FINITE_DIFFERENCE_CASES: &[(Norm, &[usize])] = &[
 /// (Σdy·x̂ with x̂ near 1e4) stays within f16's range.
 pub const HARD_CASES: &[(Norm, &[usize])] = &[
     (Norm::Layer, &[9, 1023]),
+    (Norm::LayerFirst, &[3, 257, 9]),
+    (Norm::LayerFirst, &[2, 4, 257]),
     (Norm::Rms, &[9, 1023]),
     (Norm::Group(2), &[3, 4, 257]),
     (Norm::GroupLast(2), &[3, 257, 4]),
@@ -606,6 +637,7 @@ pub const HARD_DATA: [(&str, f64, f64); 3] = [
 pub const DETERMINISM_CASES: &[(Norm, &[usize])] = &[
     (Norm::Layer, &[300, 2048]),
     (Norm::Layer, &[4, 100000]),
+    (Norm::LayerFirst, &[4, 96, 56, 56]),
     (Norm::Rms, &[64, 4099]),
     (Norm::Group(1), &[2, 8, 128, 64]),
     (Norm::GroupLast(4), &[2, 128, 64, 8]),
@@ -626,6 +658,8 @@ pub const CPU_LEVEL_CASES: &[(Norm, &[usize])] = &[
     (Norm::Layer, &[5, 37]),
     (Norm::Layer, &[3, 4099]),
     (Norm::Layer, &[1, 40_000]),
+    (Norm::LayerFirst, &[3, 37, 4, 5]),
+    (Norm::LayerFirst, &[2, 300, 33]),
     (Norm::Rms, &[9, 1023]),
     (Norm::Rms, &[2, 70_001]),
     (Norm::Group(2), &[3, 4, 257]),
@@ -661,8 +695,8 @@ pub fn cases_of(list: &'static [(Norm, &'static [usize])], norm: Norm) -> Vec<(N
 macro_rules! every_norm {
     ($m:ident!($($args:tt)*)) => {
         $m!($($args)* [
-            layer = Norm::Layer, rms = Norm::Rms, group = Norm::Group(0), group_last = Norm::GroupLast(0),
-            group_silu = Norm::GroupSilu(0), group_last_silu = Norm::GroupLastSilu(0),
+            layer = Norm::Layer, layer_first = Norm::LayerFirst, rms = Norm::Rms, group = Norm::Group(0),
+            group_last = Norm::GroupLast(0), group_silu = Norm::GroupSilu(0), group_last_silu = Norm::GroupLastSilu(0),
             instance = Norm::Instance, batch = Norm::Batch, batch_eval = Norm::BatchEval,
             add_layer = Norm::AddLayer, add_rms = Norm::AddRms,
         ]);
@@ -675,8 +709,8 @@ macro_rules! every_norm {
 macro_rules! every_jvp_norm {
     ($m:ident!($($args:tt)*)) => {
         $m!($($args)* [
-            layer = Norm::Layer, rms = Norm::Rms, group = Norm::Group(2), group_last = Norm::GroupLast(2),
-            instance = Norm::Instance, batch = Norm::Batch, batch_eval = Norm::BatchEval,
+            layer = Norm::Layer, layer_first = Norm::LayerFirst, rms = Norm::Rms, group = Norm::Group(2),
+            group_last = Norm::GroupLast(2), instance = Norm::Instance, batch = Norm::Batch, batch_eval = Norm::BatchEval,
         ]);
     };
 }
