@@ -26,6 +26,12 @@
 // group_norm[_channels_last]_dparams_*: dγ_c = Σ partial_dw[p, c], dβ_c =
 //                       Σ partial_db[p, c] over the B (or B·R) partial rows, in order
 //
+// GroupNorm + SiLU (entries `group_norm[_channels_last]_silu_{fwd,bwd_sums,bwd_dx}_*`,
+// beside the statistics and dparams kernels above) is the same kernels with
+// y = silu(z), z = x̂·γ + β, in the forward, and dy·silu'(z) in dy's place in both
+// backward kernels, z recomputed from x, γ and β where dy is read: the pre-activation
+// is never stored.
+//
 // No atomics: results are the same bit for bit from run to run. 16-byte accesses when
 // every pointer is aligned and a vector stays in one channel (channels-first: S a
 // multiple of the vector width) or in one row's group (channels-last: C/G a multiple
@@ -57,7 +63,25 @@ __device__ __forceinline__ float gn_y(float x, float mean, float scale, float sh
     return (x - mean) * scale + shift;
 }
 
-// dx of one element, g = dy·γ.
+// SiLU, z·σ(z), and its derivative σ(z)·(1 + z·(1 − σ(z))), in f32 (σ's reciprocal
+// correctly rounded, `__frcp_rn`, without the division's slow-path call).
+__device__ __forceinline__ float gn_sigmoid(float z) { return __frcp_rn(1.f + expf(-z)); }
+__device__ __forceinline__ float gn_silu(float z) { return z * gn_sigmoid(z); }
+__device__ __forceinline__ float gn_silu_grad(float z) {
+    const float s = gn_sigmoid(z);
+    return s * (1.f + z * (1.f - s));
+}
+
+// The gradient reaching z = x̂·γ + β: dy, or with SiLU dy·silu'(z).
+template <bool SILU> __device__ __forceinline__ float gn_dz(float dy, float xh, float w, float b) {
+    if constexpr (SILU) {
+        return dy * gn_silu_grad(xh * w + b);
+    } else {
+        return dy;
+    }
+}
+
+// dx of one element, g = dz·γ.
 __device__ __forceinline__ float gn_dx(float x, float g, float mean, float rstd, float mean_g, float mean_gx) {
     const float xh = (x - mean) * rstd;
     return rstd * (g - mean_g - xh * mean_gx);
@@ -71,8 +95,8 @@ template <typename T, int V, bool LAST> __device__ void gn_stats(const T* x, flo
     slice_moments<T, V>(x + row_start<LAST>(g, row), start, end, at, smem, part + 3 * ((size_t)row * g.splits + s));
 }
 
-template <typename T, typename W, int V, bool LAST>
-__device__ void gn_fwd(const T* x, const W* w, const W* b, const float* part, T* y, GroupShape g, float eps) {
+template <typename T, typename W, int V, bool LAST, bool SILU>
+__device__ __forceinline__ void gn_fwd(const T* x, const W* w, const W* b, const float* part, T* y, GroupShape g, float eps) {
     const int row = blockIdx.x, s = blockIdx.y;
     const Moments m = row_moments(part, row, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
@@ -96,17 +120,22 @@ __device__ void gn_fwd(const T* x, const W* w, const W* b, const float* part, T*
 #pragma unroll
             for (int k = 0; k < V; k++) v[k] = gn_y(v[k], mean, scale, shift);
         }
+        if constexpr (SILU) {
+#pragma unroll
+            for (int k = 0; k < V; k++) v[k] = gn_silu(v[k]);
+        }
         store<T, V>(y + off + elem<LAST>(g, i), v);
     }
 }
 
-template <typename T, int V>
-__device__ void gn_bwd_sums(const T* x, const T* dy, const float* part, float* partial_dw, float* partial_db,
-                            GroupShape g, float eps) {
+template <typename T, typename W, int V, bool SILU>
+__device__ __forceinline__ void gn_bwd_sums(const T* x, const W* w, const W* bias, const T* dy, const float* part, float* partial_dw,
+                            float* partial_db, GroupShape g, float eps) {
     __shared__ float smem[32];
     const int bc = blockIdx.x, b = bc / g.channels, c = bc % g.channels;
     const Moments m = row_moments(part, b * g.groups + c / g.per_group, g.splits);
     const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
+    const float wc = SILU ? param_or(w, c, 1.f) : 1.f, bc0 = SILU ? param_or(bias, c, 0.f) : 0.f;
     const size_t off = (size_t)bc * g.spatial;
     float a1 = 0.f, a2 = 0.f;
     for (int i = threadIdx.x * V; i < g.spatial; i += blockDim.x * V) {
@@ -115,8 +144,9 @@ __device__ void gn_bwd_sums(const T* x, const T* dy, const float* part, float* p
         load<T, V>(dy + off + i, gv);
 #pragma unroll
         for (int k = 0; k < V; k++) {
-            a1 += gv[k] * (xv[k] - mean) * rstd;
-            a2 += gv[k];
+            const float xh = (xv[k] - mean) * rstd, dz = gn_dz<SILU>(gv[k], xh, wc, bc0);
+            a1 += dz * xh;
+            a2 += dz;
         }
     }
     a1 = team_sum<false>(a1, smem);
@@ -129,20 +159,21 @@ __device__ void gn_bwd_sums(const T* x, const T* dy, const float* part, float* p
 
 // Channels-last: partial_dw = Σ dy·x̂ and partial_db = Σ dy of each channel over rows
 // [r·rows, (r + 1)·rows) of sample b, written to [b, r, c] of [B, R, C].
-template <typename T>
-__device__ void gn_last_bwd_sums(const T* x, const T* dy, const float* part, float* partial_dw, float* partial_db,
-                                 GroupShape g, float eps, int R, int rows) {
+template <typename T, typename W, bool SILU>
+__device__ __forceinline__ void gn_last_bwd_sums(const T* x, const W* w, const W* bias, const T* dy, const float* part,
+                                 float* partial_dw, float* partial_db, GroupShape g, float eps, int R, int rows) {
     const int b = blockIdx.x, r = blockIdx.y;
     const int s_end = min(g.spatial, (r + 1) * rows);
     for (int c = threadIdx.x; c < g.channels; c += blockDim.x) {
         const Moments m = row_moments(part, b * g.groups + c / g.per_group, g.splits);
         const float mean = m.mean, rstd = rsqrtf(m.m2 / m.n + eps);
+        const float wc = SILU ? param_or(w, c, 1.f) : 1.f, bc0 = SILU ? param_or(bias, c, 0.f) : 0.f;
         float a1 = 0.f, a2 = 0.f;
         for (int s = r * rows; s < s_end; s++) {
             const size_t at = ((size_t)b * g.spatial + s) * g.channels + c;
-            const float xv = to_f32(x[at]), gv = to_f32(dy[at]);
-            a1 += gv * (xv - mean) * rstd;
-            a2 += gv;
+            const float xh = (to_f32(x[at]) - mean) * rstd, dz = gn_dz<SILU>(to_f32(dy[at]), xh, wc, bc0);
+            a1 += dz * xh;
+            a2 += dz;
         }
         const size_t o = ((size_t)b * R + r) * g.channels + c;
         partial_dw[o] = a1;
@@ -151,9 +182,9 @@ __device__ void gn_last_bwd_sums(const T* x, const T* dy, const float* part, flo
 }
 
 // R: the slices of spatial rows the channels-last sums come in (1 channels-first).
-template <typename T, typename W, int V, bool LAST>
-__device__ void gn_bwd_dx(const T* x, const W* w, const T* dy, const float* part, const float* partial_dw,
-                          const float* partial_db, T* dx, GroupShape g, float eps, int R) {
+template <typename T, typename W, int V, bool LAST, bool SILU>
+__device__ __forceinline__ void gn_bwd_dx(const T* x, const W* w, const W* bias, const T* dy, const float* part,
+                          const float* partial_dw, const float* partial_db, T* dx, GroupShape g, float eps, int R) {
     __shared__ float smem[32];
     const int row = blockIdx.x, s = blockIdx.y;
     const Moments m = row_moments(part, row, g.splits);
@@ -188,12 +219,19 @@ __device__ void gn_bwd_dx(const T* x, const W* w, const T* dy, const float* part
         load<T, V>(x + off + elem<LAST>(g, i), xv);
         load<T, V>(dy + off + elem<LAST>(g, i), gv);
         if constexpr (LAST) {
-            float wv[V];
+            float wv[V], bv[V];
             params_or<W, V>(w, p0 + i % g.per_group, 1.f, wv);
+            if constexpr (SILU) params_or<W, V>(bias, p0 + i % g.per_group, 0.f, bv);
 #pragma unroll
-            for (int k = 0; k < V; k++) xv[k] = gn_dx(xv[k], gv[k] * wv[k], mean, rstd, mean_g, mean_gx);
+            for (int k = 0; k < V; k++) {
+                const float dz = gn_dz<SILU>(gv[k], (xv[k] - mean) * rstd, wv[k], SILU ? bv[k] : 0.f);
+                xv[k] = gn_dx(xv[k], dz * wv[k], mean, rstd, mean_g, mean_gx);
+            }
         } else {
-            const float wc = param_or(w, p0 + i / g.spatial, 1.f);
+            const int c = p0 + i / g.spatial;
+            const float wc = param_or(w, c, 1.f), bc0 = SILU ? param_or(bias, c, 0.f) : 0.f;
+#pragma unroll
+            for (int k = 0; k < V; k++) gv[k] = gn_dz<SILU>(gv[k], (xv[k] - mean) * rstd, wc, bc0);
 #pragma unroll
             for (int k = 0; k < V; k++) xv[k] = gn_dx(xv[k], gv[k] * wc, mean, rstd, mean_g, mean_gx);
         }
@@ -204,57 +242,77 @@ __device__ void gn_bwd_dx(const T* x, const W* w, const T* dy, const float* part
 }  // namespace cn
 
 // The entry bodies: each reads its tensors from its kernel's arguments (params.h), and
-// the runtime flag picks the vector width. FN's template arguments are TYPES, in
-// parentheses ((T) or (T, W)), the width and the layout.
-#define CN_GN_DISPATCH(FN, TYPES, ...)                                                  \
-    if (a.flags & cn::GVEC) cn::FN<CN_UNPAREN TYPES, cn::pack_of<T>(), LAST>(__VA_ARGS__); \
-    else cn::FN<CN_UNPAREN TYPES, 1, LAST>(__VA_ARGS__);
+// the runtime flag picks the vector width; GroupNorm + SiLU has entries of its own
+// (`group_norm_silu_*`, `group_norm_channels_last_silu_*`), chosen on the host. FN's
+// template arguments are TYPES, in parentheses ((T) or (T, W)), the width, the layout
+// and SiLU.
+#define CN_GN_DISPATCH(FN, TYPES, ...)                                                         \
+    if (a.flags & cn::GVEC) cn::FN<CN_UNPAREN TYPES, cn::pack_of<T>(), LAST, SILU>(__VA_ARGS__); \
+    else cn::FN<CN_UNPAREN TYPES, 1, LAST, SILU>(__VA_ARGS__);
 
-template <bool LAST> struct GroupNorm {
+template <bool LAST, bool SILU> struct GroupNorm {
     template <typename T> static __device__ __forceinline__ void stats(const cn::GroupStatsArgs& a) {
-        CN_GN_DISPATCH(gn_stats, (T), cn::in<T>(a.x), cn::out<float>(a.moments), a.shape)
+        if (a.flags & cn::GVEC) cn::gn_stats<T, cn::pack_of<T>(), LAST>(cn::in<T>(a.x), cn::out<float>(a.moments), a.shape);
+        else cn::gn_stats<T, 1, LAST>(cn::in<T>(a.x), cn::out<float>(a.moments), a.shape);
     }
 
     template <typename T, typename W> static __device__ __forceinline__ void fwd(const cn::GroupFwdArgs& a) {
         CN_GN_DISPATCH(gn_fwd, (T, W), cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias),
                        cn::in<float>(a.moments), cn::out<T>(a.y), a.shape, a.eps)
     }
+
+    // dx from sums in R slices a sample (channels-last) or one (channels-first).
+    template <typename T, typename W, typename A> static __device__ __forceinline__ void dx(const A& a, int R) {
+        CN_GN_DISPATCH(gn_bwd_dx, (T, W), cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias), cn::in<T>(a.dy),
+                       cn::in<float>(a.moments), cn::in<float>(a.partial_dw), cn::in<float>(a.partial_db),
+                       cn::out<T>(a.dx), a.shape, a.eps, R)
+    }
 };
-template <typename T> __device__ __forceinline__ void group_norm_bwd_sums(const cn::GroupSumsArgs& a) {
-    const float* m = cn::in<float>(a.moments);
-    float *dw = cn::out<float>(a.partial_dw), *db = cn::out<float>(a.partial_db);
-    if (a.flags & cn::GVEC) cn::gn_bwd_sums<T, cn::pack_of<T>()>(cn::in<T>(a.x), cn::in<T>(a.dy), m, dw, db, a.shape, a.eps);
-    else cn::gn_bwd_sums<T, 1>(cn::in<T>(a.x), cn::in<T>(a.dy), m, dw, db, a.shape, a.eps);
-}
 
-template <typename T> __device__ __forceinline__ void group_norm_last_bwd_sums(const cn::GroupLastSumsArgs& a) {
-    cn::gn_last_bwd_sums<T>(cn::in<T>(a.x), cn::in<T>(a.dy), cn::in<float>(a.moments), cn::out<float>(a.partial_dw),
-                            cn::out<float>(a.partial_db), a.shape, a.eps, a.slices, a.slice_rows);
-}
+template <bool SILU> struct GroupNormBwd {
+    template <typename T, typename W> static __device__ __forceinline__ void sums(const cn::GroupSumsArgs& a) {
+        const float* m = cn::in<float>(a.moments);
+        float *dw = cn::out<float>(a.partial_dw), *db = cn::out<float>(a.partial_db);
+        const T *x = cn::in<T>(a.x), *dy = cn::in<T>(a.dy);
+        const W *w = cn::in<W>(a.weight), *b = cn::in<W>(a.bias);
+        if (a.flags & cn::GVEC) cn::gn_bwd_sums<T, W, cn::pack_of<T>(), SILU>(x, w, b, dy, m, dw, db, a.shape, a.eps);
+        else cn::gn_bwd_sums<T, W, 1, SILU>(x, w, b, dy, m, dw, db, a.shape, a.eps);
+    }
 
-// dx from sums in R slices a sample (channels-last) or one (channels-first).
-template <typename T, typename W, bool LAST, typename A>
-__device__ __forceinline__ void group_norm_bwd_dx(const A& a, int R) {
-    CN_GN_DISPATCH(gn_bwd_dx, (T, W), cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<T>(a.dy), cn::in<float>(a.moments),
-                   cn::in<float>(a.partial_dw), cn::in<float>(a.partial_db), cn::out<T>(a.dx), a.shape, a.eps, R)
-}
+    template <typename T, typename W> static __device__ __forceinline__ void last_sums(const cn::GroupLastSumsArgs& a) {
+        cn::gn_last_bwd_sums<T, W, SILU>(cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias), cn::in<T>(a.dy),
+                                         cn::in<float>(a.moments), cn::out<float>(a.partial_dw),
+                                         cn::out<float>(a.partial_db), a.shape, a.eps, a.slices, a.slice_rows);
+    }
 
-template <typename T, typename W> __device__ __forceinline__ void group_norm_first_bwd_dx(const cn::GroupDxArgs& a) {
-    group_norm_bwd_dx<T, W, false>(a, 1);
-}
+    template <typename T, typename W> static __device__ __forceinline__ void first_dx(const cn::GroupDxArgs& a) {
+        GroupNorm<false, SILU>::template dx<T, W>(a, 1);
+    }
 
-template <typename T, typename W>
-__device__ __forceinline__ void group_norm_last_bwd_dx(const cn::GroupLastDxArgs& a) {
-    group_norm_bwd_dx<T, W, true>(a, a.slices);
-}
+    template <typename T, typename W> static __device__ __forceinline__ void last_dx(const cn::GroupLastDxArgs& a) {
+        GroupNorm<true, SILU>::template dx<T, W>(a, a.slices);
+    }
+};
 
-CN_INSTANTIATE(group_norm_stats, GroupNorm<false>::stats, GroupStatsArgs)
-CN_INSTANTIATE_PARAMS(group_norm_fwd, GroupNorm<false>::fwd, GroupFwdArgs)
-CN_INSTANTIATE(group_norm_bwd_sums, group_norm_bwd_sums, GroupSumsArgs)
-CN_INSTANTIATE_PARAMS(group_norm_bwd_dx, group_norm_first_bwd_dx, GroupDxArgs)
+// The layouts and SiLU as names the entry macros take (no comma in them).
+using GroupNormFirst = GroupNorm<false, false>;
+using GroupNormLast = GroupNorm<true, false>;
+using GroupNormFirstSilu = GroupNorm<false, true>;
+using GroupNormLastSilu = GroupNorm<true, true>;
+
+CN_INSTANTIATE(group_norm_stats, GroupNormFirst::stats, GroupStatsArgs)
+CN_INSTANTIATE_PARAMS(group_norm_fwd, GroupNormFirst::fwd, GroupFwdArgs)
+CN_INSTANTIATE_PARAMS(group_norm_bwd_sums, GroupNormBwd<false>::sums, GroupSumsArgs)
+CN_INSTANTIATE_PARAMS(group_norm_bwd_dx, GroupNormBwd<false>::first_dx, GroupDxArgs)
 CN_INSTANTIATE(group_norm_dparams, cn::reduce_param_partials, PartialsArgs)
-CN_INSTANTIATE(group_norm_channels_last_stats, GroupNorm<true>::stats, GroupStatsArgs)
-CN_INSTANTIATE_PARAMS(group_norm_channels_last_fwd, GroupNorm<true>::fwd, GroupFwdArgs)
-CN_INSTANTIATE(group_norm_channels_last_bwd_sums, group_norm_last_bwd_sums, GroupLastSumsArgs)
-CN_INSTANTIATE_PARAMS(group_norm_channels_last_bwd_dx, group_norm_last_bwd_dx, GroupLastDxArgs)
+CN_INSTANTIATE(group_norm_channels_last_stats, GroupNormLast::stats, GroupStatsArgs)
+CN_INSTANTIATE_PARAMS(group_norm_channels_last_fwd, GroupNormLast::fwd, GroupFwdArgs)
+CN_INSTANTIATE_PARAMS(group_norm_channels_last_bwd_sums, GroupNormBwd<false>::last_sums, GroupLastSumsArgs)
+CN_INSTANTIATE_PARAMS(group_norm_channels_last_bwd_dx, GroupNormBwd<false>::last_dx, GroupLastDxArgs)
 CN_INSTANTIATE(group_norm_channels_last_dparams, cn::reduce_param_partials, PartialsArgs)
+CN_INSTANTIATE_PARAMS(group_norm_silu_fwd, GroupNormFirstSilu::fwd, GroupFwdArgs)
+CN_INSTANTIATE_PARAMS(group_norm_silu_bwd_sums, GroupNormBwd<true>::sums, GroupSumsArgs)
+CN_INSTANTIATE_PARAMS(group_norm_silu_bwd_dx, GroupNormBwd<true>::first_dx, GroupDxArgs)
+CN_INSTANTIATE_PARAMS(group_norm_channels_last_silu_fwd, GroupNormLastSilu::fwd, GroupFwdArgs)
+CN_INSTANTIATE_PARAMS(group_norm_channels_last_silu_bwd_sums, GroupNormBwd<true>::last_sums, GroupLastSumsArgs)
+CN_INSTANTIATE_PARAMS(group_norm_channels_last_silu_bwd_dx, GroupNormBwd<true>::last_dx, GroupLastDxArgs)

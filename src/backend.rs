@@ -7,20 +7,18 @@
 //! (`crate::generic`), composed candle ops. Adding a device's kernels is one more
 //! implementation of [`Backend`]. This module depends on nothing but `spec`.
 
-use crate::spec::{Activation, Affine, Spec};
+use crate::spec::{Affine, Spec};
 use candle_core::{DType, Layout, Result, Tensor};
 
 /// Whether the CUDA kernels (on a GPU or on the emulator) take a call of `spec` on x
 /// of dtype `x` with parameters of dtype `params`: a norm they implement
 /// (`Kind::has_cuda_kernels`), f32, f16 and bf16, with parameters of x's dtype or f32
-/// (mixed precision), as `cuda::plan::Dtypes` names their entries, and no activation
-/// (GroupNorm + SiLU has no kernels yet). The CPU's fused path takes
+/// (mixed precision), as `cuda::plan::Dtypes` names their entries. The CPU's fused path takes
 /// every call; the others run the generic backend on a GPU, the CPU path on the
 /// emulator.
 #[cfg_attr(not(any(feature = "cuda", feature = "cuda-emulator")), allow(dead_code))]
 pub(crate) fn cuda_kernels_take(spec: &Spec, x: DType, params: DType) -> bool {
     spec.kind.has_cuda_kernels()
-        && spec.act == Activation::Identity
         && matches!(x, DType::F32 | DType::F16 | DType::BF16)
         && (params == x || params == DType::F32)
 }
@@ -131,8 +129,9 @@ pub(crate) trait Backend {
 
     /// The backward from `ins.dy` (and `ins.dh`): dx, laid out as x; and when `affine`
     /// asks for any, dγ then dβ as one storage of the parameters' dtype
-    /// (`spec.param_grads`). With a residual, x is h and dh is added to dx. The
-    /// backward does not read β: a bias slot only gives the parameters' dtype.
+    /// (`spec.param_grads`). With a residual, x is h and dh is added to dx. Only
+    /// GroupNorm + SiLU reads β (to recompute the pre-activation); otherwise a bias
+    /// slot only gives the parameters' dtype.
     fn backward(
         &self,
         spec: &Spec,

@@ -193,7 +193,8 @@ fn kernel_cases(norm: Norm) -> Vec<(Norm, &'static [usize])> {
 }
 
 /// The shapes of `norm` in `list`: the row norms and their fused adds share
-/// LayerNorm's, BatchNorm's eval its training's.
+/// LayerNorm's, BatchNorm's eval its training's, GroupNorm + SiLU GroupNorm's (with
+/// their group counts).
 fn shapes_of(list: &'static [(Norm, &'static [usize])], norm: Norm) -> Vec<(Norm, &'static [usize])> {
     let row = matches!(norm, Norm::Rms | Norm::AddLayer | Norm::AddRms);
     let batch = norm == Norm::BatchEval;
@@ -202,12 +203,15 @@ fn shapes_of(list: &'static [(Norm, &'static [usize])], norm: Norm) -> Vec<(Norm
     } else if batch {
         Norm::Batch
     } else {
-        norm
+        norm.without_silu()
     };
-    cases_of(list, key)
-        .into_iter()
-        .map(|(n, s)| (if row || batch { norm } else { n }, s))
-        .collect()
+    let like = |n: Norm| match (norm, n) {
+        _ if row || batch => norm,
+        (Norm::GroupSilu(_), Norm::Group(g)) => Norm::GroupSilu(g),
+        (Norm::GroupLastSilu(_), Norm::GroupLast(g)) => Norm::GroupLastSilu(g),
+        _ => n,
+    };
+    cases_of(list, key).into_iter().map(|(n, s)| (like(n), s)).collect()
 }
 
 /// Forward outputs and gradients (autograd and standalone) of `case` on the target
@@ -298,10 +302,10 @@ fn determinism_shape(norm: Norm, gpu: bool) -> &'static [usize] {
         (Norm::Layer | Norm::AddLayer, false) => &[600, 256],
         (Norm::Rms | Norm::AddRms, true) => &[512, 16384],
         (Norm::Rms | Norm::AddRms, false) => &[12, 16384],
-        (Norm::Group(_) | Norm::Instance, true) => &[4, 320, 32, 32],
-        (Norm::Group(_) | Norm::Instance, false) => &[2, 64, 16, 16],
-        (Norm::GroupLast(_), true) => &[4, 32, 32, 320],
-        (Norm::GroupLast(_), false) => &[2, 16, 16, 64],
+        (Norm::Group(_) | Norm::GroupSilu(_) | Norm::Instance, true) => &[4, 320, 32, 32],
+        (Norm::Group(_) | Norm::GroupSilu(_) | Norm::Instance, false) => &[2, 64, 16, 16],
+        (Norm::GroupLast(_) | Norm::GroupLastSilu(_), true) => &[4, 32, 32, 320],
+        (Norm::GroupLast(_) | Norm::GroupLastSilu(_), false) => &[2, 16, 16, 64],
         (_, true) => &[32, 64, 56, 56],
         (_, false) => &[8, 16, 28, 28],
     }
@@ -330,6 +334,8 @@ fn kernels(norm: Norm, dtype: DType, _: Backend) {
         let norm = match norm {
             Norm::Group(_) => Norm::Group(32),
             Norm::GroupLast(_) => Norm::GroupLast(32),
+            Norm::GroupSilu(_) => Norm::GroupSilu(32),
+            Norm::GroupLastSilu(_) => Norm::GroupLastSilu(32),
             n => n,
         };
         let case = Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5).to_device(&t.device());

@@ -171,11 +171,12 @@ extern "C" __global__ void probe_group_last_dx_args(CN_PARAMS_GroupLastDxArgs(__
                             a.slices};
     o[0] = (uint64_t)a.x;
     o[1] = (uint64_t)a.weight;
-    o[2] = (uint64_t)a.dy;
-    o[3] = (uint64_t)a.moments;
-    o[4] = (uint64_t)a.partial_dw;
-    o[5] = (uint64_t)a.partial_db;
-    for (int i = 0; i < 10; i++) o[6 + i] = (uint64_t)ints[i];
-    o[16] = __float_as_uint(a.eps);
+    o[2] = (uint64_t)a.bias;
+    o[3] = (uint64_t)a.dy;
+    o[4] = (uint64_t)a.moments;
+    o[5] = (uint64_t)a.partial_dw;
+    o[6] = (uint64_t)a.partial_db;
+    for (int i = 0; i < 10; i++) o[7 + i] = (uint64_t)ints[i];
+    o[17] = __float_as_uint(a.eps);
 }
 

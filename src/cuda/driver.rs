@@ -228,6 +228,7 @@ impl Backend for Cuda {
                 let b = Bwd {
                     x: p.x,
                     w: p.weight,
+                    b: p.bias,
                     dy,
                     dh: p.dh,
                     running: p.running,

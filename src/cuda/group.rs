@@ -8,7 +8,7 @@ use super::params::{
 };
 use super::plan::{entry, int, Dtypes, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
-use crate::spec::{Kind, Spec};
+use crate::spec::{Activation, Kind, Spec};
 use candle_core::Result;
 
 /// Elements a GroupNorm block should own at least when a group is split.
@@ -61,6 +61,15 @@ pub(super) fn row_slices(spec: &Spec, sm: usize, b: usize) -> (usize, usize) {
     (s.div_ceil(rows), rows)
 }
 
+/// A stage's name among the entries: GroupNorm + SiLU has its own forward and backward
+/// entries (`silu_fwd`, ...), beside the plain statistics and dparams kernels.
+fn stage(spec: &Spec, stage: &str) -> String {
+    match spec.act {
+        Activation::Identity => stage.to_string(),
+        Activation::Silu => format!("silu_{stage}"),
+    }
+}
+
 /// GroupNorm's first kernel, shared by forward and backward: the per-slice partial
 /// statistics of every group (rows·splits·3 floats). Returns the launch shape, its
 /// flags, and the statistics.
@@ -108,7 +117,7 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -
     let grid = (spec.rows, shape.splits as usize);
     ex.launch(&Launch::new(
         spec,
-        entry(spec, "fwd", d.params_suffix),
+        entry(spec, &stage(spec, "fwd"), d.params_suffix),
         grid,
         BLOCK,
         0,
@@ -131,16 +140,19 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) 
     };
     let partial_dw = ex.scratch(b * r * np * 4, true, "Σ dy·x̂ partials")?;
     let partial_db = ex.scratch(b * r * np * 4, true, "Σ dy partials")?;
-    let (x, dy, weight, dx, eps) = (p.x, p.dy, p.w.unwrap_or(0), p.dx, spec.eps as f32);
+    let (x, dy, dx, eps) = (p.x, p.dy, p.dx, spec.eps as f32);
+    let (weight, bias) = (p.w.unwrap_or(0), p.b.unwrap_or(0));
     let grid = (spec.rows, shape.splits as usize);
     let (sums, dx_entry) = (
-        entry(spec, "bwd_sums", d.x_suffix),
-        entry(spec, "bwd_dx", d.params_suffix),
+        entry(spec, &stage(spec, "bwd_sums"), d.params_suffix),
+        entry(spec, &stage(spec, "bwd_dx"), d.params_suffix),
     );
     let slices = int(spec, "row slices", r)?;
     let [sums, dx] = if last {
         let sums_args = GroupLastSumsArgs {
             x,
+            weight,
+            bias,
             dy,
             moments,
             partial_dw,
@@ -153,6 +165,7 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) 
         let dx_args = GroupLastDxArgs {
             x,
             weight,
+            bias,
             dy,
             moments,
             partial_dw,
@@ -170,6 +183,8 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) 
     } else {
         let sums_args = GroupSumsArgs {
             x,
+            weight,
+            bias,
             dy,
             moments,
             partial_dw,
@@ -181,6 +196,7 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) 
         let dx_args = GroupDxArgs {
             x,
             weight,
+            bias,
             dy,
             moments,
             partial_dw,

@@ -85,12 +85,13 @@ impl Fwd {
     }
 }
 
-/// Device addresses of a backward's tensors: x (h for the fused add), the weight, dy,
-/// dh (the gradient reaching h directly), BatchNorm's running statistics in eval, and
-/// dx.
+/// Device addresses of a backward's tensors: x (h for the fused add), the weight, the
+/// bias (read by GroupNorm + SiLU only), dy, dh (the gradient reaching h directly),
+/// BatchNorm's running statistics in eval, and dx.
 pub(crate) struct Bwd {
     pub x: u64,
     pub w: Option<u64>,
+    pub b: Option<u64>,
     pub dy: u64,
     pub dh: Option<u64>,
     pub running: Option<[u64; 2]>,
@@ -99,7 +100,7 @@ pub(crate) struct Bwd {
 
 impl Bwd {
     fn aligned(&self) -> bool {
-        aligned(&[Some(self.x), self.w, Some(self.dy), self.dh, Some(self.dx)])
+        aligned(&[Some(self.x), self.w, self.b, Some(self.dy), self.dh, Some(self.dx)])
     }
 }
 

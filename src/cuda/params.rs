@@ -151,6 +151,9 @@ kernel_params! {
     /// GroupNorm's backward sums, channels-first: one block per (sample, channel).
     struct GroupSumsArgs {
         x: In,
+        /// γ and β (or null), read by GroupNorm + SiLU's entries only, to recompute z.
+        weight: Param,
+        bias: Param,
         dy: In,
         moments: InF32,
         /// [B, C] f32.
@@ -165,6 +168,9 @@ kernel_params! {
     /// `slice_rows` of its spatial rows).
     struct GroupLastSumsArgs {
         x: In,
+        /// γ and β (or null), read by GroupNorm + SiLU's entries only, to recompute z.
+        weight: Param,
+        bias: Param,
         dy: In,
         moments: InF32,
         /// [B, slices, C] f32.
@@ -180,6 +186,8 @@ kernel_params! {
     struct GroupDxArgs {
         x: In,
         weight: Param,
+        /// β (or null), read by GroupNorm + SiLU's entries only.
+        bias: Param,
         dy: In,
         moments: InF32,
         partial_dw: InF32,
@@ -194,6 +202,8 @@ kernel_params! {
     struct GroupLastDxArgs {
         x: In,
         weight: Param,
+        /// β (or null), read by GroupNorm + SiLU's entries only.
+        bias: Param,
         dy: In,
         moments: InF32,
         partial_dw: InF32,

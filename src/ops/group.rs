@@ -162,8 +162,10 @@ pub fn group_norm_channels_last_jvp(
 /// the op is differentiable, its fused backward applying SiLU's derivative to dy as it
 /// recomputes z from x.
 ///
-/// Runs fused on the CPU; on CUDA and Metal it runs as composed candle ops (the
-/// GroupNorm statistics, then candle's `silu`), with the same semantics.
+/// Runs fused on the CPU and, with the `cuda` feature, in GroupNorm's CUDA kernels
+/// (SiLU applied in the forward's and the backward's passes); elsewhere as composed
+/// candle ops (the GroupNorm statistics, then candle's `silu`), with the same
+/// semantics.
 ///
 /// # Errors
 /// Those of [`group_norm`], naming `group_norm_silu`.

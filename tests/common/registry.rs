@@ -716,12 +716,13 @@ macro_rules! every_jvp_norm {
 }
 
 /// Every norm the CUDA kernels take, as the `name = Norm` pairs of a grid: all but
-/// GroupNorm + SiLU, which has no kernels yet (on CUDA it runs the generic backend).
+/// channels-first LayerNorm, which has no kernels (on CUDA it runs the generic backend).
 #[allow(unused_macros)]
 macro_rules! every_kernel_norm {
     ($m:ident!($($args:tt)*)) => {
         $m!($($args)* [
             layer = Norm::Layer, rms = Norm::Rms, group = Norm::Group(0), group_last = Norm::GroupLast(0),
+            group_silu = Norm::GroupSilu(0), group_last_silu = Norm::GroupLastSilu(0),
             instance = Norm::Instance, batch = Norm::Batch, batch_eval = Norm::BatchEval,
             add_layer = Norm::AddLayer, add_rms = Norm::AddRms,
         ]);

@@ -432,6 +432,7 @@ impl Backend for Emulated {
         let b = Bwd {
             x: p.x,
             w: p.weight,
+            b: p.bias,
             dy,
             dh: p.dh,
             running: p.running,

@@ -429,7 +429,7 @@ fn half_conversions_match_the_half_crate_bit_for_bit() {
 fn argument_structs_arrive_as_the_kernels_read_them() {
     let spec = Spec::last_dim(Kind::Layer, &[2, 8], 1e-5);
     let mut dev = Device::new();
-    let out = dev.alloc(17 * 8, 0, false, false, "out").unwrap();
+    let out = dev.alloc(18 * 8, 0, false, false, "out").unwrap();
     let args = RowBwdArgs {
         x: 0x1111,
         weight: 0x2222,
@@ -471,10 +471,11 @@ fn argument_structs_arrive_as_the_kernels_read_them() {
     let args = GroupLastDxArgs {
         x: 0xa1,
         weight: 0xa2,
-        dy: 0xa3,
-        moments: 0xa4,
-        partial_dw: 0xa5,
-        partial_db: 0xa6,
+        bias: 0xa3,
+        dy: 0xa4,
+        moments: 0xa5,
+        partial_dw: 0xa6,
+        partial_db: 0xa7,
         dx: out,
         shape,
         eps: -0.25,
@@ -483,8 +484,8 @@ fn argument_structs_arrive_as_the_kernels_read_them() {
     };
     dev.launch(&Launch::new(&spec, "probe_group_last_dx_args".into(), (1, 1), 32, 0, args).unwrap())
         .unwrap();
-    let got: Vec<u64> = dev.read(out, 17, true).unwrap();
-    let mut want = vec![0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6];
+    let got: Vec<u64> = dev.read(out, 18, true).unwrap();
+    let mut want = vec![0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7];
     want.extend(1..=10);
     want.push((-0.25f32).to_bits() as u64);
     assert_eq!(got, want);
