@@ -63,6 +63,7 @@ fn rows() -> Vec<Case> {
     }
     v.extend([&[1, 320, 64, 64][..], &[8, 128, 32, 32]].map(|s| row(Norm::Group(32), s)));
     v.extend([&[1, 64, 64, 320][..], &[8, 32, 32, 128]].map(|s| row(Norm::GroupLast(32), s)));
+    v.extend([&[8, 96, 56, 56][..], &[1, 256, 64, 64]].map(|s| row(Norm::LayerFirst, s)));
     v.push(row(Norm::GroupSilu(32), &[1, 320, 64, 64]));
     v.push(row(Norm::GroupLastSilu(32), &[1, 64, 64, 320]));
     for norm in [Norm::Batch, Norm::BatchEval] {

@@ -41,6 +41,8 @@ NORMS = [
     ("group_norm", (8, 128, 32, 32), 128),
     ("group_norm_channels_last", (1, 64, 64, 320), 320),
     ("group_norm_channels_last", (8, 32, 32, 128), 128),
+    ("layer_norm_channels_first", (8, 96, 56, 56), 96),
+    ("layer_norm_channels_first", (1, 256, 64, 64), 256),
     ("group_norm_silu", (1, 320, 64, 64), 320),
     ("group_norm_channels_last_silu", (1, 64, 64, 320), 320),
     ("batch_norm", (32, 64, 56, 56), 64),
@@ -79,6 +81,9 @@ def torch_forward(name, x, w, b, extra):
         return F.layer_norm(x, (x.shape[-1],), w, b, EPS)
     if name == "rms_norm":
         return F.rms_norm(x, (x.shape[-1],), w, EPS)
+    if name == "layer_norm_channels_first":
+        # timm's LayerNorm2d (ConvNeXt): channels moved last, F.layer_norm, moved back.
+        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, EPS).permute(0, 3, 1, 2)
     if name == "group_norm":
         return F.group_norm(x, GROUPS, w, b, EPS)
     if name == "group_norm_channels_last":
@@ -108,6 +113,8 @@ def jax_forward(name):
     def f(x, w, b, *extra):
         if name == "layer_norm":
             return stats_norm(x, (-1,), w, b, (-1,))
+        if name == "layer_norm_channels_first":
+            return stats_norm(x, (1,), w, b, (1, x.shape[1]) + (1,) * (x.ndim - 2))
         if name == "rms_norm":
             x32 = x.astype(jnp.float32)
             r = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + EPS)

@@ -304,8 +304,11 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
                     run,
                     #[inline(always)]
                     |r, a| {
+                        // γ of the row read once: indexed inside the loop, its bounds
+                        // check kept the loop scalar.
+                        let g = gamma[r];
                         for (a, &d) in a.iter_mut().zip(dyt.row(r)) {
-                            *a += d * gamma[r];
+                            *a += d * g;
                         }
                     },
                 );
@@ -316,8 +319,9 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
                     run,
                     #[inline(always)]
                     |r, a| {
+                        let g = gamma[r];
                         for (((a, &d), &v), &m) in a.iter_mut().zip(dyt.row(r)).zip(xt.row(r)).zip(&m) {
-                            *a += d * gamma[r] * (v - m);
+                            *a += d * g * (v - m);
                         }
                     },
                 );
