@@ -90,6 +90,20 @@ pub(crate) fn param_dtype(op: &str, x: &Tensor, p: &Tensor, name: &str) -> Resul
     like_device(op, p, name, x, "x")
 }
 
+/// Checks an optional weight and bias of length `len` (`of` names the dimension of x
+/// they follow), as [`param`] checks each, and that they share one dtype.
+pub(crate) fn affine(
+    op: &str,
+    x: &Tensor,
+    (weight, bias): (Option<&Tensor>, Option<&Tensor>),
+    len: usize,
+    of: &str,
+) -> Result<()> {
+    param(op, x, weight, "weight", len, of)?;
+    param(op, x, bias, "bias", len, of)?;
+    one_param_dtype(op, &[("weight", weight), ("bias", bias)])
+}
+
 /// Checks that a call's parameters (`(name, tensor)`, those given) share one dtype.
 pub(crate) fn one_param_dtype(op: &str, params: &[(&str, Option<&Tensor>)]) -> Result<()> {
     let mut given = params.iter().filter_map(|(n, p)| p.map(|p| (n, p.dtype())));

@@ -274,7 +274,5 @@ fn check_params(
 ) -> Result<()> {
     check::eps(op, eps)?;
     check::groups(op, x, num_groups, c)?;
-    check::param(op, x, weight, "weight", c, "the channel dimension")?;
-    check::param(op, x, bias, "bias", c, "the channel dimension")?;
-    check::one_param_dtype(op, &[("weight", weight), ("bias", bias)])
+    check::affine(op, x, (weight, bias), c, "the channel dimension")
 }

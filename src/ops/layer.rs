@@ -122,10 +122,7 @@ fn checked_first(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps
     let op = Kind::LayerFirst.name();
     check::input(op, x, 2, "[B, C, *spatial]")?;
     check::eps(op, eps)?;
-    let c = x.dims()[1];
-    check::param(op, x, weight, "weight", c, "the channel dimension")?;
-    check::param(op, x, bias, "bias", c, "the channel dimension")?;
-    check::one_param_dtype(op, &[("weight", weight), ("bias", bias)])?;
+    check::affine(op, x, (weight, bias), x.dims()[1], "the channel dimension")?;
     Ok(Spec::layer_first(x.dims(), eps))
 }
 
@@ -142,9 +139,6 @@ pub(super) fn checked(
     let spec = if residual { spec.with_residual() } else { spec };
     let op = spec.name();
     super::check_last_dim(op, x, eps)?;
-    let n = x.dims()[x.rank() - 1];
-    check::param(op, x, weight, "weight", n, "the last dimension")?;
-    check::param(op, x, bias, "bias", n, "the last dimension")?;
-    check::one_param_dtype(op, &[("weight", weight), ("bias", bias)])?;
+    check::affine(op, x, (weight, bias), x.dims()[x.rank() - 1], "the last dimension")?;
     Ok(spec)
 }
