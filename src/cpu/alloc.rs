@@ -1,7 +1,7 @@
 //! Output memory, backed by huge pages where Linux allows it: written once into a
 //! vector's uninitialized capacity by the tasks that compute it (split by rayon, or as
-//! the caller splits it), collected from pieces and written once, or zeroed by every
-//! thread for tasks that then write it in place.
+//! the caller splits it), or zeroed by every thread for tasks that then write it in
+//! place.
 //! Either way fresh pages are faulted in on all cores, not on the calling thread.
 
 use super::elem::Elem;
@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 /// threads, so that the first touch of fresh pages is shared among the cores instead
 /// of falling on the calling thread alone. This is for outputs whose tasks must follow a
 /// fixed split (the backward sums its dγ/dβ partials in task order); where rayon's own
-/// split will do, [`collect`] saves the zeroing.
+/// split will do, [`filled`] saves the zeroing.
 pub(super) fn output<T: Elem>(n: usize, capacity: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(capacity);
     advise_huge_pages(&v);
@@ -26,44 +26,8 @@ pub(super) fn output<T: Elem>(n: usize, capacity: usize) -> Vec<T> {
     v
 }
 
-/// Elements per piece of a [`collect`]ed output.
+/// Elements per piece of a [`filled`] output.
 const PIECE: usize = 4096;
-
-/// An output of `n` elements written once, never zeroed: rayon collects pieces of
-/// [`PIECE`] elements, each filled by `fill(state, start, piece)` for the elements
-/// `start..start + piece.len()`, with `state` made by `init` once per rayon job.
-///
-/// Each job fills a piece in a buffer of its own, which rayon's collect then copies
-/// into the output; a piece is large enough (16 KiB in f32) that glibc's `memcpy` copies
-/// it with `rep movsb`. A piece built as a fresh array inside the map closure instead
-/// is moved through the stack more than once, which made the forward three to four
-/// times slower (docs/perf-notes.md, c10).
-pub(super) fn collect<T: Elem, S>(
-    n: usize,
-    init: impl Fn() -> S + Sync + Send,
-    fill: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
-) -> Vec<T> {
-    let mut pieces: Vec<[T; PIECE]> = Vec::with_capacity(n.div_ceil(PIECE));
-    advise_huge_pages(&pieces);
-    (0..n.div_ceil(PIECE))
-        .into_par_iter()
-        .with_min_len(TASK_ELEMS / PIECE)
-        .map_init(
-            || (init(), [T::zero(); PIECE]),
-            |(s, piece), p| {
-                let start = p * PIECE;
-                fill(s, start, &mut piece[..PIECE.min(n - start)]);
-                *piece
-            },
-        )
-        .collect_into_vec(&mut pieces);
-    let mut out = pieces.into_flattened();
-    out.truncate(n);
-    if n < PIECE {
-        out.shrink_to_fit();
-    }
-    out
-}
 
 /// An output of `n` elements written once into the vector's own uninitialized capacity,
 /// never zeroed nor copied: rayon's jobs fill consecutive pieces of [`PIECE`] elements,

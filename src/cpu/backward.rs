@@ -126,15 +126,6 @@ pub(super) struct RowGrad<A> {
     pub mean_gx: A,
 }
 
-/// Where the dx pass takes each row's [`RowGrad`] from: the row's own first pass
-/// (LayerNorm, RMSNorm, GroupNorm), or its channel's, given (BatchNorm: row r is
-/// channel r mod C).
-#[derive(Clone, Copy)]
-pub(super) enum RowGrads<'a, A> {
-    Computed,
-    PerChannel(&'a [RowGrad<A>]),
-}
-
 /// Block-sized buffers of the two backward passes (g = dy·w, and a block of dx
 /// before it is stored), made once per task rather than once per row: zeroing them
 /// for every call would cost more than a short row's arithmetic.
@@ -146,7 +137,7 @@ struct Blocks<A> {
 /// What a backward task keeps across its rows: the block buffers, and the `K` inputs
 /// of the current row (or chunk) widened to accumulators once, when they are f16/bf16,
 /// for both passes to read.
-pub(super) struct Scratch<A, const K: usize> {
+struct Scratch<A, const K: usize> {
     blocks: Blocks<A>,
     wide: [Vec<A>; K],
     /// GroupNorm + SiLU: the gradient reaching z = x̂·γ + β, dy·silu'(z), of the row.
@@ -154,10 +145,10 @@ pub(super) struct Scratch<A, const K: usize> {
 }
 
 /// The weight and the bias as accumulators (ones and zeros where absent).
-pub(super) type Wb<'a, A> = (&'a [A], &'a [A]);
+type Wb<'a, A> = (&'a [A], &'a [A]);
 
 impl<A: Acc, const K: usize> Scratch<A, K> {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         Self {
             blocks: Blocks {
                 g: [A::ZERO; BLOCK],
@@ -171,7 +162,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
     /// The first backward pass over x and dy, elements `at = (row, i0)` on of a row:
     /// their [`GradSums`]. With an activation, `stats` are the row's (mean, rstd).
     #[inline(always)]
-    pub(super) fn sums<T: Elem<Acc = A>>(
+    fn sums<T: Elem<Acc = A>>(
         &mut self,
         spec: &Spec,
         at: (usize, usize),
@@ -255,46 +246,66 @@ fn backward_sums<A: Acc>(
     w: &[A],
     g: &mut [A; BLOCK],
 ) -> GradSums<A> {
-    let mut sums = GradSums::EMPTY;
-    for (k, (xa, da)) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)).enumerate() {
-        let (row, i0) = (at.0, at.1 + k * BLOCK);
-        let n = A::from_f64(xa.len() as f64);
-        let mean = if spec.center() {
-            lane_sum(xa, |v| v) / n
-        } else {
-            A::ZERO
-        };
-        let terms = |x: A, g: A| {
-            let c = x - mean;
-            [c * c, g, g * c]
-        };
-        let [m2, sg, cgx] = if spec.inner == 1 {
-            let g = &mut g[..xa.len()];
-            dy_times_w(spec.param_offset(row) + i0, da, w, g);
-            lane_sum3(xa, g, terms)
-        } else {
-            // One weight per run: Σg and Σg·(x − mean) are w times the run's sums of dy.
-            let mut s = [A::ZERO; 3];
-            for_segments(
-                spec,
-                row,
-                i0,
-                xa.len(),
-                #[inline(always)]
-                |p, r| {
-                    let [m2, sd, cdx] = lane_sum3(&xa[r.clone()], &da[r], terms);
-                    s = [s[0] + m2, s[1] + w[p] * sd, s[2] + w[p] * cdx];
-                },
-            );
-            s
-        };
-        sums = sums.merge(GradSums {
-            x: Moments { n, mean, m2 },
-            sg,
-            cgx,
-        });
+    // The first block's sums as they are: a merge into nothing would cost two divisions,
+    // a row's worth of work when the row is short. (A loop, not `Iterator::fold`, which
+    // stays a call compiled for the baseline.)
+    let mut blocks = x.chunks(BLOCK).zip(dy.chunks(BLOCK)).enumerate();
+    let mut sums = match blocks.next() {
+        Some((k, b)) => block_sums(spec, at, k, b, w, g),
+        None => GradSums::EMPTY,
+    };
+    for (k, b) in blocks {
+        sums = sums.merge(block_sums(spec, at, k, b, w, g));
     }
     sums
+}
+
+/// The [`GradSums`] of block `k` of [`backward_sums`]'s elements.
+#[inline(always)]
+fn block_sums<A: Acc>(
+    spec: &Spec,
+    at: (usize, usize),
+    k: usize,
+    (xa, da): (&[A], &[A]),
+    w: &[A],
+    g: &mut [A; BLOCK],
+) -> GradSums<A> {
+    let (row, i0) = (at.0, at.1 + k * BLOCK);
+    let n = A::from_f64(xa.len() as f64);
+    let mean = if spec.center() {
+        lane_sum(xa, |v| v) / n
+    } else {
+        A::ZERO
+    };
+    let terms = |x: A, g: A| {
+        let c = x - mean;
+        [c * c, g, g * c]
+    };
+    let [m2, sg, cgx] = if spec.inner == 1 {
+        let g = &mut g[..xa.len()];
+        dy_times_w(spec.param_offset(row) + i0, da, w, g);
+        lane_sum3(xa, g, terms)
+    } else {
+        // One weight per run: Σg and Σg·(x − mean) are w times the run's sums of dy.
+        let mut s = [A::ZERO; 3];
+        for_segments(
+            spec,
+            row,
+            i0,
+            xa.len(),
+            #[inline(always)]
+            |p, r| {
+                let [m2, sd, cdx] = lane_sum3(&xa[r.clone()], &da[r], terms);
+                s = [s[0] + m2, s[1] + w[p] * sd, s[2] + w[p] * cdx];
+            },
+        );
+        s
+    };
+    GradSums {
+        x: Moments { n, mean, m2 },
+        sg,
+        cgx,
+    }
 }
 
 /// Second backward pass over the same elements, from cache: adds dy·x̂ and dy
@@ -427,21 +438,19 @@ pub(super) type Wp<'a, P> = (Option<&'a [P]>, Option<&'a [P]>);
 
 /// Backward: dx, and dγ then dβ as `affine` asks (of the parameters' type), from x,
 /// the weight and dy, recomputing the row statistics. With `dh` (the fused residual
-/// add: `x` is then h), dx is dh plus the norm's gradient. `grads` says where each
-/// row's statistics come from.
+/// add: `x` is then h), dx is dh plus the norm's gradient.
 pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     affine: Affine,
     (x, (w, b), dy, dh): BwdIns<T, P>,
-    grads: RowGrads<T::Acc>,
 ) -> (Vec<T>, Vec<P>) {
     let np = spec.params();
     let (w, b) = affine_params(spec, w, b);
     let wb = (&w[..], &b[..]);
     let (out, acc) = written(x.len(), |dx| match dh {
         _ if x.is_empty() => ParamGrads::zeros(0, np, affine),
-        Some(dh) => backward_any(spec, affine, [x, dy, dh], wb, dx, grads),
-        None => backward_any(spec, affine, [x, dy], wb, dx, grads),
+        Some(dh) => backward_any(spec, affine, [x, dy, dh], wb, dx),
+        None => backward_any(spec, affine, [x, dy], wb, dx),
     });
     let params = param_grads_out::<P>(affine, &acc.dg, &acc.db);
     (out, params)
@@ -455,12 +464,11 @@ fn backward_any<T: Elem, const K: usize>(
     ins: [&[T]; K],
     wb: Wb<T::Acc>,
     dx: &mut [MaybeUninit<T>],
-    grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     if split_rows(spec) {
-        backward_split(spec, affine, ins, wb, dx, grads)
+        backward_split(spec, affine, ins, wb, dx)
     } else {
-        backward_rows(spec, affine, ins, wb, dx, grads)
+        backward_rows(spec, affine, ins, wb, dx)
     }
 }
 
@@ -472,7 +480,6 @@ fn backward_rows<T: Elem, const K: usize>(
     ins: [&[T]; K],
     wb: Wb<T::Acc>,
     dx: &mut [MaybeUninit<T>],
-    grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
     let (np, len) = (spec.params(), spec.len);
     let rpt = rows_per_task(spec).max(spec.rows.div_ceil(MAX_PARTIALS));
@@ -490,11 +497,7 @@ fn backward_rows<T: Elem, const K: usize>(
                     for (i, dxr) in dxt.chunks_mut(len).enumerate() {
                         let ins = ins.map(|s| &s[i * len..(i + 1) * len]);
                         let row = t * rpt + i;
-                        let given = match grads {
-                            RowGrads::Computed => None,
-                            RowGrads::PerChannel(g) => Some(g[row % spec.param_blocks]),
-                        };
-                        scratch.row(spec, (row, 0), (ins, dxr), (given, wb), &mut acc);
+                        scratch.row(spec, (row, 0), (ins, dxr), (None, wb), &mut acc);
                     }
                 },
             );
@@ -507,7 +510,7 @@ fn backward_rows<T: Elem, const K: usize>(
     total
 }
 
-/// Backward for split rows: each row's statistics (merged from its chunks, or given),
+/// Backward for split rows: each row's statistics (merged from its chunks),
 /// then dx and a dγ/dβ partial per chunk, the partials summed in chunk order.
 fn backward_split<T: Elem, const K: usize>(
     spec: &Spec,
@@ -515,12 +518,8 @@ fn backward_split<T: Elem, const K: usize>(
     ins: [&[T]; K],
     wb: Wb<T::Acc>,
     dx: &mut [MaybeUninit<T>],
-    grads: RowGrads<T::Acc>,
 ) -> ParamGrads<T::Acc> {
-    let rows = match grads {
-        RowGrads::Computed => split_grads(spec, ins, wb),
-        RowGrads::PerChannel(g) => (0..spec.rows).map(|r| g[r % spec.param_blocks]).collect(),
-    };
+    let rows = split_grads(spec, ins, wb);
     let parts: Vec<ParamGrads<T::Acc>> = chunks_mut(spec, dx)
         .map_init(Scratch::new, |scratch, (r, k, dxc)| {
             let ins = ins.map(|s| chunk_of(spec, s, r, k));

@@ -1,16 +1,21 @@
-//! BatchNorm: a channel's statistics are those of all its (sample, channel) rows,
-//! merged in a fixed order (sample, then chunk); the rows are then normalized, and
-//! differentiated, by the passes every other norm uses, each with its channel's
-//! statistics. Row r of the [`Spec`] is channel r mod C.
+//! BatchNorm: a channel's statistics are those of all its (sample, channel) rows. They
+//! are taken over pieces of the channel, each a run of its rows of consecutive samples
+//! gathered into one buffer (or a [`CHUNK`] of a row longer than that), and the pieces'
+//! sums are combined per channel in a fixed order. The forward then normalizes every
+//! row with its channel's statistics; the backward's dγ and dβ are the channel's sums,
+//! and dx an element-wise pass. Row r of the [`Spec`] is channel r mod C.
 
-use super::backward::{GradSums, RowGrad, RowGrads, Scratch};
-use super::elem::{Acc, Elem};
+use super::backward::GradSums;
+use super::blocks::BLOCK;
+use super::elem::{Acc, Elem, Slot};
 use super::forward::normalized;
-use super::reduce::{moments, Moments};
-use super::rows::{affine_params, chunk_of, CHUNK, TASK_ELEMS};
+use super::reduce::{lane_sum, lane_sum3, Moments};
+use super::rows::{affine_params, param_grads_out, CHUNK, TASK_ELEMS};
+use super::runs::{map_rows, RunOp};
 use super::simd::run;
 use crate::spec::{Affine, Spec};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Where the statistics come from: the batch (training), or the running mean and
 /// variance (eval), as elements of the parameters' type.
@@ -20,34 +25,204 @@ pub(super) enum Source<'a, P> {
     Running(&'a [P], &'a [P]),
 }
 
-/// `f(state, row, chunk)` for every piece of every row (the row, or a [`CHUNK`] of a
-/// longer one), in parallel, in the order row·chunks + chunk, with a `state` made by
-/// `init` once per rayon job.
-fn per_piece<S, R: Send>(
-    spec: &Spec,
-    init: impl Fn() -> S + Sync + Send,
-    f: impl Fn(&mut S, usize, usize) -> R + Sync + Send,
-) -> Vec<R> {
-    let nck = spec.len.div_ceil(CHUNK);
-    let min_len = (TASK_ELEMS / spec.len.clamp(1, CHUNK)).max(1);
-    (0..spec.rows * nck)
-        .into_par_iter()
-        .with_min_len(min_len)
-        .map_init(init, |s, i| f(s, i / nck, i % nck))
-        .collect()
+/// Elements a piece of a channel holds at most when its rows are gathered: a few
+/// thousand, so that a job's pieces stay in L2.
+const PIECE_ELEMS: usize = 2048;
+
+/// Bytes of x a job reads in one run before it moves to the next sample: a page, so
+/// that the hardware prefetcher follows.
+const RUN_BYTES: usize = 4096;
+
+/// How x is cut into pieces for the channels' statistics. Piece q of channel c holds
+/// the channel's rows of samples `q·samples..`, gathered into one buffer, when rows
+/// have at most [`CHUNK`] elements (a 7 × 7 feature map's rows are 49 elements long,
+/// and a row's own sums would cost more than its elements), or else chunk q of the
+/// channel's rows. Pieces are numbered q·C + c, and a job takes consecutive ones: the
+/// same q of adjacent channels, gathered sample by sample, the sample's rows of the
+/// job's channels one contiguous run of memory (a channel's rows alone are C rows
+/// apart).
+struct Pieces {
+    /// x's samples (B) and channels (C), and the row length (prod(spatial)).
+    b: usize,
+    c: usize,
+    len: usize,
+    /// Whole rows per piece, or 0 when rows are cut into chunks.
+    samples: usize,
+    /// Pieces per channel.
+    per_channel: usize,
+    /// Pieces per job.
+    per_job: usize,
 }
 
-/// For each channel, its rows' pieces merged in (sample, chunk) order.
-fn per_channel<V: Copy>(spec: &Spec, pieces: &[V], empty: V, merge: impl Fn(V, V) -> V) -> Vec<V> {
-    let (c, nck) = (spec.param_blocks, spec.len.div_ceil(CHUNK));
-    (0..c)
-        .map(|ch| {
-            (ch..spec.rows)
-                .step_by(c)
-                .flat_map(|r| &pieces[r * nck..(r + 1) * nck])
-                .fold(empty, |a, &b| merge(a, b))
+impl Pieces {
+    /// The pieces of non-empty x of element type `T`.
+    fn of<T>(spec: &Spec) -> Self {
+        let (c, len) = (spec.param_blocks, spec.len);
+        let b = spec.rows / c;
+        let (samples, per_channel, elems) = if len <= CHUNK {
+            let k = (PIECE_ELEMS / len).clamp(1, b);
+            (k, b.div_ceil(k), k * len)
+        } else {
+            (0, b * len.div_ceil(CHUNK), CHUNK)
+        };
+        let adjacent = RUN_BYTES.div_ceil(len * std::mem::size_of::<T>());
+        Self {
+            b,
+            c,
+            len,
+            samples,
+            per_channel,
+            per_job: adjacent.max(TASK_ELEMS.div_ceil(elems)),
+        }
+    }
+
+    /// The element ranges of x that piece `q` of channel 0 covers, in order; channel
+    /// c's are `c·len` further.
+    fn runs(&self, q: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        let row = move |n: usize| n * self.c * self.len;
+        let (first, last, part) = if self.samples > 0 {
+            let n0 = q * self.samples;
+            (n0, (n0 + self.samples).min(self.b), None)
+        } else {
+            let nck = self.len.div_ceil(CHUNK);
+            (q / nck, q / nck + 1, Some(q % nck))
+        };
+        (first..last).map(move |n| match part {
+            None => row(n)..row(n) + self.len,
+            Some(k) => row(n) + k * CHUNK..row(n) + ((k + 1) * CHUNK).min(self.len),
         })
-        .collect()
+    }
+
+    /// `f(ins)` for every piece, in the order q·C + c, `ins` the piece's elements of
+    /// each input as accumulators: in place when they are one run of f32 or f64, else
+    /// gathered (and widened) into buffers the job keeps.
+    fn map<T: Elem, const K: usize, R: Copy + Send>(
+        &self,
+        ins: [&[T]; K],
+        empty: R,
+        f: impl Fn([&[T::Acc]; K]) -> R + Sync + Send,
+    ) -> Vec<R> {
+        let mut out = vec![empty; self.c * self.per_channel];
+        let bufs = || std::array::from_fn::<Vec<T::Acc>, K, _>(|_| Vec::new());
+        out.par_chunks_mut(self.per_job)
+            .enumerate()
+            .for_each_init(bufs, |bufs, (j, mut part)| {
+                run(
+                    #[inline(always)]
+                    || {
+                        let mut i = j * self.per_job;
+                        while !part.is_empty() {
+                            let (q, c0) = (i / self.c, i % self.c);
+                            let (seg, rest) = part.split_at_mut((self.c - c0).min(part.len()));
+                            self.segment(ins, bufs, (q, c0), seg, &f);
+                            (i, part) = (i + seg.len(), rest);
+                        }
+                    },
+                )
+            });
+        out
+    }
+
+    /// [`Self::map`] over piece q of channels `c0..c0 + out.len()`.
+    #[inline(always)]
+    fn segment<T: Elem, const K: usize, R>(
+        &self,
+        ins: [&[T]; K],
+        bufs: &mut [Vec<T::Acc>; K],
+        (q, c0): (usize, usize),
+        out: &mut [R],
+        f: &impl Fn([&[T::Acc]; K]) -> R,
+    ) {
+        let at = |r: &Range<usize>, c: usize| r.start + c * self.len..r.end + c * self.len;
+        let one_run = self.samples == 0 || self.b.min(self.samples) == 1;
+        if let (true, Some(xs)) = (one_run, super::blocks::direct(ins)) {
+            let r = self.runs(q).next().unwrap_or_default();
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = f(xs.map(|x| &x[at(&r, c0 + k)]));
+            }
+            return;
+        }
+        let seg: usize = self.runs(q).map(|r| r.len()).sum();
+        for (buf, x) in bufs.iter_mut().zip(ins) {
+            buf.resize(seg * out.len(), T::Acc::ZERO);
+            let mut o = 0;
+            for r in self.runs(q) {
+                for k in 0..out.len() {
+                    let dst = k * seg + o;
+                    T::load(&x[at(&r, c0 + k)], &mut buf[dst..dst + r.len()]);
+                }
+                o += r.len();
+            }
+        }
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = f(std::array::from_fn(|i| &bufs[i][k * seg..(k + 1) * seg]));
+        }
+    }
+
+    /// `f(c, its pieces in order)` for every channel c, in parallel.
+    fn per_channel<V: Sync, R: Send>(
+        &self,
+        pieces: &[V],
+        f: impl Fn(usize, std::iter::StepBy<std::slice::Iter<'_, V>>) -> R + Sync + Send,
+    ) -> Vec<R> {
+        (0..self.c)
+            .into_par_iter()
+            .map(|ch| f(ch, pieces[ch..].iter().step_by(self.c)))
+            .collect()
+    }
+}
+
+/// The raw sums of a block of x and dy (no γ): x's moments, Σdy and Σdy·(x − mean).
+#[inline(always)]
+fn block_sums<A: Acc>(x: &[A], dy: &[A]) -> GradSums<A> {
+    let n = A::from_f64(x.len() as f64);
+    let mean = lane_sum(x, |v| v) / n;
+    let [m2, sg, cgx] = lane_sum3(x, dy, |x, d| {
+        let c = x - mean;
+        [c * c, d, d * c]
+    });
+    GradSums {
+        x: Moments { n, mean, m2 },
+        sg,
+        cgx,
+    }
+}
+
+/// [`block_sums`] of a piece, block by block as every backward takes them.
+#[inline(always)]
+fn piece_sums<A: Acc>(x: &[A], dy: &[A]) -> GradSums<A> {
+    let mut blocks = x.chunks(BLOCK).zip(dy.chunks(BLOCK));
+    let mut sums = match blocks.next() {
+        Some((xb, db)) => block_sums(xb, db),
+        None => GradSums::EMPTY,
+    };
+    for (xb, db) in blocks {
+        sums = sums.merge(block_sums(xb, db));
+    }
+    sums
+}
+
+/// One channel's [`GradSums`] from its pieces, in order, about `mean` when given (the
+/// running mean in eval), else about the channel's own: by the two-pass form of Chan's
+/// merge, the mean from the pieces' counts and means, then `M2 = Σ m2ₖ + Σ nₖ·(meanₖ −
+/// mean)²` and `Σ g·(x − mean) = Σ cgxₖ + Σ sgₖ·(meanₖ − mean)`. The same sums as
+/// merging the pieces pairwise, without two divisions per piece.
+fn channel<'a, A: Acc + 'a>(pieces: impl Iterator<Item = &'a GradSums<A>> + Clone, mean: Option<A>) -> GradSums<A> {
+    let n = pieces.clone().fold(A::ZERO, |n, p| n + p.x.n);
+    let mean = mean.unwrap_or_else(|| pieces.clone().fold(A::ZERO, |s, p| s + p.x.n * p.x.mean) / n);
+    pieces.fold(
+        GradSums {
+            x: Moments { n, mean, m2: A::ZERO },
+            ..GradSums::EMPTY
+        },
+        |mut acc, p| {
+            let d = p.x.mean - mean;
+            acc.x.m2 += p.x.m2 + p.x.n * d * d;
+            acc.sg += p.sg;
+            acc.cgx += p.cgx + p.sg * d;
+            acc
+        },
+    )
 }
 
 /// (mean, rstd) of each channel from running statistics.
@@ -73,30 +248,36 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     source: Source<P>,
 ) -> (Vec<T>, Vec<P>) {
     let c = spec.param_blocks;
-    let batch = matches!(source, Source::Batch);
     let (w, b) = affine_params(spec, w, b);
     let (stats, moments) = match source {
+        Source::Batch if x.is_empty() => (Vec::new(), Vec::new()),
         Source::Batch => {
-            let pieces = per_piece(
-                spec,
-                || (),
-                |_, r, k| {
-                    let xc = chunk_of(spec, x, r, k);
-                    run(
-                        #[inline(always)]
-                        || moments(xc, true),
-                    )
+            let p = Pieces::of::<T>(spec);
+            let pieces = p.map(
+                [x],
+                GradSums::EMPTY,
+                #[inline(always)]
+                |[x]| GradSums {
+                    x: Moments::of_blocks(x, true),
+                    ..GradSums::EMPTY
                 },
             );
-            let ch = per_channel(spec, &pieces, Moments::EMPTY, Moments::merge);
+            let ch: Vec<Moments<T::Acc>> = p.per_channel(&pieces, |_, s| channel(s, None).x);
             let eps = T::Acc::from_f64(spec.eps);
-            (ch.iter().map(|m| m.stats(eps)).collect::<Vec<_>>(), ch)
+            (ch.iter().map(|m| m.stats(eps)).collect(), ch)
         }
         Source::Running(mean, var) => (running(spec, mean, var), Vec::new()),
     };
-    let out = normalized(spec, x, || (), |_, r| stats[r % c], (&w, &b));
-    let mut stats = vec![P::zero(); if batch { 2 * c } else { 0 }];
-    if batch {
+    let out = normalized(
+        spec,
+        x,
+        || (),
+        #[inline(always)]
+        |_, r| stats[r % c],
+        (&w, &b),
+    );
+    let mut stats = vec![P::zero(); if matches!(source, Source::Batch) { 2 * c } else { 0 }];
+    if !moments.is_empty() {
         let (mean, var): (Vec<_>, Vec<_>) = moments.iter().map(|m| (m.mean, m.m2 / m.n)).unzip();
         P::store(&mean, &mut stats[..c]);
         P::store(&var, &mut stats[c..]);
@@ -104,41 +285,91 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     (out, stats)
 }
 
-/// Backward: dx, and dγ then dβ as `affine` asks, as every norm's backward returns them. In
-/// training each channel's sums of g = γ·dy and g·(x − mean) come first (a pass over x
-/// and dy), then dx = rstd·(γ·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂)); in eval the statistics are
-/// constants and dx = γ·rstd·dy.
+/// What the dx pass needs of a channel: dx = rstd·(γ·dy − mean_g − x̂·mean_gx) with
+/// x̂ = (x − mean)·rstd, mean_g = mean(γ·dy) and mean_gx = mean(γ·dy·x̂) in training,
+/// both 0 in eval (the statistics are constants).
+#[derive(Clone, Copy)]
+struct ChannelGrad<A> {
+    mean: A,
+    rstd: A,
+    gamma: A,
+    mean_g: A,
+    mean_gx: A,
+}
+
+/// dx from x and dy, run by run, with the run's channel's [`ChannelGrad`].
+struct Dx<'a, A> {
+    c: usize,
+    grads: &'a [ChannelGrad<A>],
+}
+
+impl<A: Acc> RunOp<A, 2> for Dx<'_, A> {
+    type State = ();
+
+    fn state(&self) {}
+
+    #[inline(always)]
+    fn run<O: Slot<A>>(&self, _: &mut (), row: usize, _: usize, [x, dy]: [&[A]; 2], dx: &mut [O]) {
+        let g = self.grads[row % self.c];
+        for ((d, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            let xh = (x - g.mean) * g.rstd;
+            d.set(g.rstd * (g.gamma * dy - g.mean_g - xh * g.mean_gx));
+        }
+    }
+}
+
+/// Backward: dx, and dγ then dβ as `affine` asks, as every norm's backward returns them.
+/// One pass over x and dy gathers each channel's Σdy and Σdy·(x − mean) (about the
+/// batch mean in training, the running mean in eval), which are dβ and dγ/rstd; a
+/// second, element-wise, writes dx.
 pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     affine: Affine,
     (x, w, dy): (&[T], Option<&[P]>, &[T]),
     source: Source<P>,
 ) -> (Vec<T>, Vec<P>) {
-    let grads: Vec<RowGrad<T::Acc>> = match source {
-        Source::Batch if x.is_empty() => Vec::new(),
-        Source::Batch => {
-            let (gamma, beta) = affine_params(spec, w, None);
-            let pieces = per_piece(spec, Scratch::new, |scratch, r, k| {
-                let (xc, dyc) = (chunk_of(spec, x, r, k), chunk_of(spec, dy, r, k));
-                run(
-                    #[inline(always)]
-                    || scratch.sums(spec, (r, k * CHUNK), [xc, dyc], (&gamma, &beta), None),
-                )
-            });
-            per_channel(spec, &pieces, GradSums::EMPTY, GradSums::merge)
-                .iter()
-                .map(|s| s.finish(spec))
-                .collect()
-        }
-        Source::Running(mean, var) => running(spec, mean, var)
-            .into_iter()
-            .map(|(mean, rstd)| RowGrad {
+    let c = spec.param_blocks;
+    if x.is_empty() {
+        let zeros = vec![T::Acc::ZERO; c];
+        return (Vec::new(), param_grads_out::<P>(affine, &zeros, &zeros));
+    }
+    let (gamma, _): (Vec<T::Acc>, _) = affine_params(spec, w, None);
+    let running = match source {
+        Source::Batch => None,
+        Source::Running(mean, var) => Some(running(spec, mean, var)),
+    };
+    let p = Pieces::of::<T>(spec);
+    let pieces = p.map(
+        [x, dy],
+        GradSums::EMPTY,
+        #[inline(always)]
+        |[x, dy]| piece_sums(x, dy),
+    );
+    let eps = T::Acc::from_f64(spec.eps);
+    let sums = p.per_channel(&pieces, |ch, s| channel(s, running.as_ref().map(|r| r[ch].0)));
+    let (mut dg, mut db) = (vec![T::Acc::ZERO; c], vec![T::Acc::ZERO; c]);
+    let grads: Vec<ChannelGrad<T::Acc>> = (0..c)
+        .map(|ch| {
+            let (s, gamma) = (sums[ch], gamma[ch]);
+            let (mean, rstd) = match &running {
+                None => s.x.stats(eps),
+                Some(r) => r[ch],
+            };
+            (dg[ch], db[ch]) = (rstd * s.cgx, s.sg);
+            let inv_n = T::Acc::ONE / s.x.n;
+            let (mean_g, mean_gx) = match running {
+                None => (gamma * s.sg * inv_n, rstd * gamma * s.cgx * inv_n),
+                Some(_) => (T::Acc::ZERO, T::Acc::ZERO),
+            };
+            ChannelGrad {
                 mean,
                 rstd,
-                mean_g: T::Acc::ZERO,
-                mean_gx: T::Acc::ZERO,
-            })
-            .collect(),
-    };
-    super::backward::backward(spec, affine, (x, (w, None), dy, None), RowGrads::PerChannel(&grads))
+                gamma,
+                mean_g,
+                mean_gx,
+            }
+        })
+        .collect();
+    let dx = map_rows(spec.len, [x, dy], &Dx { c, grads: &grads });
+    (dx, param_grads_out::<P>(affine, &dg, &db))
 }

@@ -13,7 +13,7 @@ pub(super) const BLOCK: usize = 512;
 
 /// The `K` inputs as accumulators, when their element type already is one.
 #[inline(always)]
-fn direct<T: Elem, const K: usize>(ins: [&[T]; K]) -> Option<[&[T::Acc]; K]> {
+pub(super) fn direct<T: Elem, const K: usize>(ins: [&[T]; K]) -> Option<[&[T::Acc]; K]> {
     let d = ins.map(T::as_acc);
     d.iter().all(Option::is_some).then(|| d.map(Option::unwrap_or_default))
 }

@@ -3,11 +3,12 @@
 //! row (or the chunk of a split row). The fused residual add writes h = x + residual
 //! first, in the same task, and normalizes it from cache.
 
-use super::alloc::{collect, filled, output};
+use super::alloc::output;
 use super::blocks::{as_acc, store_blocks, write_blocks, BLOCK};
 use super::elem::{Acc, Elem, Slot};
 use super::reduce::{moments, Moments};
 use super::rows::{affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK};
+use super::runs::{map_rows, RunOp};
 use super::simd::run;
 use crate::spec::{Activation, Spec};
 use rayon::prelude::*;
@@ -210,7 +211,14 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
 fn written_once<T: Elem>(spec: &Spec, x: &[T], wb: (&[T::Acc], &[T::Acc])) -> Vec<T> {
     if split_rows(spec) {
         let stats = split_stats(spec, x, None);
-        return normalized(spec, x, || (), |_, r| stats[r], wb);
+        return normalized(
+            spec,
+            x,
+            || (),
+            #[inline(always)]
+            |_, r| stats[r],
+            wb,
+        );
     }
     let (eps, center) = (T::Acc::from_f64(spec.eps), spec.center());
     normalized(
@@ -283,83 +291,41 @@ fn in_place<T: Elem>(spec: &Spec, x: &[T], residual: Option<&[T]>, wb: (&[T::Acc
     out
 }
 
-/// Calls `part(row, i0, at, n)` for each run of a piece of `piece` elements from
-/// `start` that lies in one row of `len`: `n` elements from `at`, element `i0` of `row`
-/// onwards.
-#[inline(always)]
-fn row_runs(len: usize, piece: usize, start: usize, mut part: impl FnMut(usize, usize, usize, usize)) {
-    let mut o = 0;
-    while o < piece {
-        let (r, i0) = ((start + o) / len, (start + o) % len);
-        let n = (len - i0).min(piece - o);
-        part(r, i0, start + o, n);
-        o += n;
+/// The normalize pass as an element-wise op: each run of a row normalized with the
+/// row's (mean, rstd), which `stats(state, row)` gives, with a `state` that `init`
+/// makes once per job.
+struct Normalize<'a, A, I, F> {
+    spec: &'a Spec,
+    init: I,
+    stats: F,
+    wb: (&'a [A], &'a [A]),
+}
+
+impl<A: Acc, S, I: Fn() -> S + Sync, F: Fn(&mut S, usize) -> (A, A) + Sync> RunOp<A, 1> for Normalize<'_, A, I, F> {
+    type State = S;
+
+    fn state(&self) -> S {
+        (self.init)()
+    }
+
+    #[inline(always)]
+    fn run<O: Slot<A>>(&self, state: &mut S, row: usize, i0: usize, [x]: [&[A]; 1], y: &mut [O]) {
+        let st = (self.stats)(state, row);
+        let (w, b) = self.wb;
+        apply_forward(self.spec, row, i0, x, y, st, w, b);
     }
 }
 
 /// Every row of `src` normalized with the (mean, rstd) that `stats(state, row)` gives,
-/// in a new vector written once, never zeroed: a job asks for a row's statistics once
-/// per run of its elements, with the `state` that `init` made for the job. f32 and f64
-/// are written straight into the vector's uninitialized capacity
-/// (`super::alloc::filled`); f16 and bf16 pieces are normalized in f32 and rounded
-/// once, then collected (`super::alloc::collect`).
+/// in a new vector written once (`super::runs::map_rows`): a job asks for a row's
+/// statistics once per run of its elements, with the `state` that `init` made for the
+/// job.
 pub(super) fn normalized<T: Elem, S>(
     spec: &Spec,
     src: &[T],
-    init: impl Fn() -> S + Sync + Send,
-    stats: impl Fn(&mut S, usize) -> (T::Acc, T::Acc) + Sync + Send,
+    init: impl Fn() -> S + Sync,
+    stats: impl Fn(&mut S, usize) -> (T::Acc, T::Acc) + Sync,
     wb: (&[T::Acc], &[T::Acc]),
 ) -> Vec<T> {
-    let len = spec.len;
-    if let Some(xa) = T::as_acc(src) {
-        let y = filled(src.len(), &init, |state, start, y| {
-            run(
-                #[inline(always)]
-                || {
-                    row_runs(
-                        len,
-                        y.len(),
-                        start,
-                        #[inline(always)]
-                        |r, i0, s, n| {
-                            let st = stats(state, r);
-                            let (w, b) = wb;
-                            apply_forward(spec, r, i0, &xa[s..s + n], &mut y[s - start..s - start + n], st, w, b);
-                        },
-                    )
-                },
-            )
-        });
-        if let Some(y) = T::from_acc_vec(y) {
-            return y;
-        }
-    }
-    // f16/bf16: the piece widened once into the job's buffer, normalized there run by
-    // run, and rounded once. (Converting run by run costs a stack buffer per run, which
-    // for BatchNorm's rows of S = 49 was most of the time: docs/perf-notes.md, c16.)
-    let with_buffers = || (init(), Vec::new(), Vec::new());
-    collect(src.len(), with_buffers, |(state, xbuf, ybuf), start, y| {
-        run(
-            #[inline(always)]
-            || {
-                let n = y.len();
-                xbuf.resize(n, T::Acc::ZERO);
-                ybuf.resize(n, T::Acc::ZERO);
-                T::load(&src[start..start + n], xbuf);
-                row_runs(
-                    len,
-                    n,
-                    start,
-                    #[inline(always)]
-                    |r, i0, s, m| {
-                        let st = stats(state, r);
-                        let (w, b) = wb;
-                        let at = s - start..s - start + m;
-                        apply_forward(spec, r, i0, &xbuf[at.clone()], &mut ybuf[at], st, w, b);
-                    },
-                );
-                T::store(ybuf, y);
-            },
-        )
-    })
+    map_rows(spec.len, [src], &Normalize { spec, init, stats, wb })
 }

@@ -21,8 +21,11 @@
 //!
 //! Channels-last GroupNorm, whose groups are column blocks rather than rows, has its
 //! own passes over tiles of rows (`channels_last`), and channels-first LayerNorm, which
-//! normalizes columns, over tiles of columns (`columns`); BatchNorm gathers its statistics
-//! per channel across rows (`batch`) and then runs the common passes.
+//! normalizes columns, over tiles of columns (`columns`). BatchNorm (`batch`) takes its
+//! statistics per channel over pieces of the channel's rows gathered into one buffer,
+//! normalizes with the written-once element-wise pass (`runs`), which the forward's
+//! normalize pass shares, and computes its dγ and dβ from the same channel sums as its
+//! dx, which that element-wise pass then writes.
 //!
 //! Each task runs through `simd::run`, compiled for AVX2 and AVX-512 as well as the
 //! baseline, at the widest level the CPU has. Sums run over four groups of lanes folded
@@ -40,6 +43,7 @@ mod elem;
 mod forward;
 mod reduce;
 mod rows;
+mod runs;
 pub(crate) mod simd;
 
 use crate::backend::{Arg, Backend, Slots};
@@ -158,12 +162,7 @@ impl Backend for Cpu {
                 Kind::Batch => batch::backward(spec, affine, (x, s.weight, dy), source(&s)),
                 Kind::GroupLast => channels_last::backward(spec, affine, (x, (s.weight, s.bias), dy)),
                 Kind::LayerFirst => columns::backward(spec, affine, (x, (s.weight, s.bias), dy)),
-                _ => backward::backward(
-                    spec,
-                    affine,
-                    (x, (s.weight, s.bias), dy, dh),
-                    backward::RowGrads::Computed,
-                ),
+                _ => backward::backward(spec, affine, (x, (s.weight, s.bias), dy, dh)),
             };
             let params = (affine.weight || affine.bias).then(|| P::to_cpu_storage_owned(params));
             Ok((T::to_cpu_storage_owned(dx), params))

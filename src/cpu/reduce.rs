@@ -137,8 +137,15 @@ impl<A: Acc> Moments<A> {
     /// Moments of a row of accumulators, block by block as [`moments`] takes them.
     #[inline(always)]
     pub(super) fn of_blocks(x: &[A], center: bool) -> Self {
-        let mut m = Self::EMPTY;
-        for b in x.chunks(BLOCK) {
+        // The first block's moments as they are: a merge into nothing would cost two
+        // divisions, a row's worth of work when the row is short. (A loop, not
+        // `Iterator::fold`, which stays a call compiled for the baseline.)
+        let mut blocks = x.chunks(BLOCK);
+        let mut m = match blocks.next() {
+            Some(b) => Self::of(b, center),
+            None => Self::EMPTY,
+        };
+        for b in blocks {
             m = m.merge(Self::of(b, center));
         }
         m

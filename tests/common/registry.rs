@@ -555,11 +555,16 @@ pub const REFERENCE_CASES: &[(Norm, &[usize])] = &[
     (Norm::Batch, &[8, 3]),
     (Norm::Batch, &[2, 5, 3, 4, 2]),
     (Norm::Batch, &[4, 2, 512, 512]),
+    // Rows of 49 gathered 41 samples to a piece (two pieces a channel, the second of 23
+    // samples), and rows of 2500, a piece each.
+    (Norm::Batch, &[64, 3, 7, 7]),
+    (Norm::Batch, &[3, 2, 50, 50]),
     (Norm::BatchEval, &[1, 3, 4, 4]),
     (Norm::BatchEval, &[1, 1]),
     (Norm::BatchEval, &[3, 7, 5]),
     (Norm::BatchEval, &[8, 3]),
     (Norm::BatchEval, &[2, 5, 3, 4, 2]),
+    (Norm::BatchEval, &[64, 3, 7, 7]),
     (Norm::AddLayer, &[1, 1]),
     (Norm::AddLayer, &[3, 1]),
     (Norm::AddLayer, &[7, 13]),
