@@ -134,7 +134,7 @@ impl Pieces {
         f: &impl Fn([&[T::Acc]; K]) -> R,
     ) {
         let at = |r: &Range<usize>, c: usize| r.start + c * self.len..r.end + c * self.len;
-        let one_run = self.samples == 0 || self.b.min(self.samples) == 1;
+        let one_run = self.samples <= 1;
         if let (true, Some(xs)) = (one_run, super::blocks::direct(ins)) {
             let r = self.runs(q).next().unwrap_or_default();
             for (k, o) in out.iter_mut().enumerate() {
