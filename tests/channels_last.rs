@@ -9,8 +9,9 @@ use candle_nn::{VarBuilder, VarMap};
 use candle_norm::nn::group_norm;
 use common::*;
 
-/// [B, *spatial, C] and groups: B = 1, 1×1 spatial, odd sizes, C = 1, and a group of
-/// over 10^6 elements.
+/// [B, *spatial, C] and groups: B = 1, 1×1 spatial, odd sizes, C = 1, a group of over
+/// 10^6 elements, and rows long enough that an f16/bf16 tile is converted a few rows at
+/// a time (320 channels: in parts of 3 rows and a last one of 2; 1030: a row at a time).
 const SHAPES: &[(&[usize], usize)] = &[
     (&[2, 5, 6], 3),
     (&[1, 3, 5, 4], 2),
@@ -18,6 +19,8 @@ const SHAPES: &[(&[usize], usize)] = &[
     (&[2, 7, 1], 1),
     (&[2, 9, 7, 10], 5),
     (&[1, 1024, 1024, 2], 1),
+    (&[1, 4, 5, 320], 32),
+    (&[2, 3, 1, 1030], 10),
 ];
 
 /// `[B, *spatial, C]` to `[B, C, *spatial]`, and back.

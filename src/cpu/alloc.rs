@@ -1,30 +1,11 @@
-//! Output memory, backed by huge pages where Linux allows it: written once into a
+//! Output memory, backed by huge pages where Linux allows it, written once into a
 //! vector's uninitialized capacity by the tasks that compute it (split by rayon, or as
-//! the caller splits it), or zeroed by every thread for tasks that then write it in
-//! place.
-//! Either way fresh pages are faulted in on all cores, not on the calling thread.
+//! the caller splits it), never zeroed: fresh pages are faulted in by the cores that
+//! write them, not by the calling thread alone.
 
-use super::elem::Elem;
 use super::rows::TASK_ELEMS;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-
-/// `n` zeros with room for `capacity` elements, in memory asked to be backed by huge
-/// pages, for outputs that tasks then write in place. Large outputs are zeroed by all
-/// threads, so that the first touch of fresh pages is shared among the cores instead
-/// of falling on the calling thread alone. This is for outputs whose tasks must follow a
-/// fixed split (the backward sums its dγ/dβ partials in task order); where rayon's own
-/// split will do, [`filled`] saves the zeroing.
-pub(super) fn output<T: Elem>(n: usize, capacity: usize) -> Vec<T> {
-    let mut v = Vec::with_capacity(capacity);
-    advise_huge_pages(&v);
-    if n < TASK_ELEMS {
-        v.resize(n, T::zero());
-    } else {
-        v.par_extend(rayon::iter::repeat_n(T::zero(), n));
-    }
-    v
-}
 
 /// Elements per piece of a [`filled`] output.
 const PIECE: usize = 4096;
@@ -55,7 +36,8 @@ pub(super) fn filled<A: Copy + Send + Sync, S>(
 }
 
 /// An output of `n` elements written once into the vector's own uninitialized
-/// capacity by `fill`, which splits it as it must (the backward's fixed task split) and
+/// capacity by `fill`, which splits it as it must (the backward's fixed task split,
+/// whose dγ/dβ partials are summed in task order; tasks of whole rows or tiles) and
 /// returns what it computed beside it. `fill` must write every element.
 pub(super) fn written<T, R>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<T>]) -> R) -> (Vec<T>, R) {
     let mut v = Vec::with_capacity(n);
@@ -66,6 +48,16 @@ pub(super) fn written<T, R>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<T>]) -
     // unwritten would be garbage in dx) and has returned.
     unsafe { v.set_len(n) };
     (v, r)
+}
+
+/// Elements that a pass has written, seen as the values they now hold.
+///
+/// # Safety
+/// Every element of `s` must have been written.
+pub(super) unsafe fn assume_written<T>(s: &[MaybeUninit<T>]) -> &[T] {
+    // SAFETY: MaybeUninit<T> has T's layout, and the caller guarantees that every
+    // element is initialized.
+    unsafe { &*(std::ptr::from_ref(s) as *const [T]) }
 }
 
 /// Asks Linux to back the whole 2 MiB pages inside `v`'s allocation with transparent

@@ -8,10 +8,9 @@
 use super::backward::GradSums;
 use super::blocks::BLOCK;
 use super::elem::{Acc, Elem, Slot};
-use super::forward::normalized;
 use super::reduce::{lane_sum, lane_sum3, Moments};
 use super::rows::{affine_params, param_grads_out, CHUNK, TASK_ELEMS};
-use super::runs::{map_rows, RunOp};
+use super::runs::{map_rows, Rows, Run, RunOp};
 use super::simd::run;
 use crate::spec::{Affine, Spec};
 use rayon::prelude::*;
@@ -268,14 +267,17 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
         }
         Source::Running(mean, var) => (running(spec, mean, var), Vec::new()),
     };
-    let out = normalized(
-        spec,
-        x,
-        || (),
-        #[inline(always)]
-        |_, r| stats[r % c],
-        (&w, &b),
-    );
+    let channels: Vec<ChannelAffine<T::Acc>> = (0..c)
+        .map(|ch| {
+            let (mean, rstd) = stats[ch];
+            ChannelAffine {
+                mean,
+                scale: rstd * w[ch],
+                shift: b[ch],
+            }
+        })
+        .collect();
+    let out = map_rows(rows(spec), [x], &Normalize { channels: &channels });
     let mut stats = vec![P::zero(); if matches!(source, Source::Batch) { 2 * c } else { 0 }];
     if !moments.is_empty() {
         let (mean, var): (Vec<_>, Vec<_>) = moments.iter().map(|m| (m.mean, m.m2 / m.n)).unzip();
@@ -283,6 +285,43 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
         P::store(&var, &mut stats[c..]);
     }
     (out, stats)
+}
+
+/// The rows of a BatchNorm spec: channel r mod C for row r.
+fn rows(spec: &Spec) -> Rows {
+    Rows {
+        len: spec.len,
+        period: spec.param_blocks,
+    }
+}
+
+/// A channel's normalize step, y = (x − mean)·scale + shift with scale = rstd·γ and
+/// shift = β: the row norms' step (`super::forward`), with the same rounding.
+#[derive(Clone, Copy)]
+struct ChannelAffine<A> {
+    mean: A,
+    scale: A,
+    shift: A,
+}
+
+/// y from x, run by run, with the run's channel's [`ChannelAffine`]: no division per
+/// run, which for rows of 49 elements cost as much as the run.
+struct Normalize<'a, A> {
+    channels: &'a [ChannelAffine<A>],
+}
+
+impl<A: Acc> RunOp<A, 1> for Normalize<'_, A> {
+    type State = ();
+
+    fn state(&self) {}
+
+    #[inline(always)]
+    fn run<O: Slot<A>>(&self, _: &mut (), at: Run, [x]: [&[A]; 1], y: &mut [O]) {
+        let p = self.channels[at.cycle];
+        for (y, &x) in y.iter_mut().zip(x) {
+            y.set((x - p.mean) * p.scale + p.shift);
+        }
+    }
 }
 
 /// What the dx pass needs of a channel: dx = rstd·(γ·dy − mean_g − x̂·mean_gx) with
@@ -299,7 +338,6 @@ struct ChannelGrad<A> {
 
 /// dx from x and dy, run by run, with the run's channel's [`ChannelGrad`].
 struct Dx<'a, A> {
-    c: usize,
     grads: &'a [ChannelGrad<A>],
 }
 
@@ -309,8 +347,8 @@ impl<A: Acc> RunOp<A, 2> for Dx<'_, A> {
     fn state(&self) {}
 
     #[inline(always)]
-    fn run<O: Slot<A>>(&self, _: &mut (), row: usize, _: usize, [x, dy]: [&[A]; 2], dx: &mut [O]) {
-        let g = self.grads[row % self.c];
+    fn run<O: Slot<A>>(&self, _: &mut (), at: Run, [x, dy]: [&[A]; 2], dx: &mut [O]) {
+        let g = self.grads[at.cycle];
         for ((d, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
             let xh = (x - g.mean) * g.rstd;
             d.set(g.rstd * (g.gamma * dy - g.mean_g - xh * g.mean_gx));
@@ -370,6 +408,6 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
             }
         })
         .collect();
-    let dx = map_rows(spec.len, [x, dy], &Dx { c, grads: &grads });
+    let dx = map_rows(rows(spec), [x, dy], &Dx { grads: &grads });
     (dx, param_grads_out::<P>(affine, &dg, &db))
 }

@@ -1,11 +1,12 @@
-//! Walking rows in blocks of [`BLOCK`] elements, with f32 and f64 read and written in
-//! place. For f16/bf16, either each block is converted into an f32 stack buffer as it
-//! is read and back as it is written ([`read_blocks`], [`write_blocks`]), or a pass
-//! that reads its input twice widens it once into a buffer its task keeps
-//! ([`as_acc`], [`as_acc_all`]) and rounds its output block by block
-//! ([`store_blocks`]).
+//! Walking rows in blocks of [`BLOCK`] elements, with f32 and f64 read in place. For
+//! f16/bf16, either each block is converted into an f32 stack buffer as it is read
+//! ([`read_blocks`]), or a pass that reads its input twice widens it once into a
+//! buffer its task keeps ([`as_acc`], [`as_acc_all`]). Outputs are memory not yet
+//! written, stored block by block from a stack buffer ([`write_blocks`],
+//! [`store_blocks`]), each element once.
 
 use super::elem::{Acc, Elem};
+use std::mem::MaybeUninit;
 
 /// Elements per block of a pass (a multiple of [`LANES`]); f16/bf16 blocks are
 /// converted through stack buffers of this many f32.
@@ -40,21 +41,15 @@ pub(super) fn read_blocks<T: Elem, const K: usize>(ins: [&[T]; K], mut f: impl F
     }
 }
 
-/// As [`read_blocks`], with an output block that `f` fills and that is then stored
-/// into `out` (written in place for f32 and f64).
+/// As [`read_blocks`], with an output block that `f` fills into a stack buffer and
+/// that is then stored into `out`, memory not yet written: every element of `out` is
+/// written once.
 #[inline(always)]
 pub(super) fn write_blocks<T: Elem, const K: usize>(
     ins: [&[T]; K],
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     mut f: impl FnMut(usize, [&[T::Acc]; K], &mut [T::Acc]),
 ) {
-    let n = out.len();
-    if let (Some(d), Some(o_acc)) = (direct(ins), T::as_acc_mut(out)) {
-        for (o, ob) in (0..n).step_by(BLOCK).zip(o_acc.chunks_mut(BLOCK)) {
-            f(o, d.map(|s| &s[o..o + ob.len()]), ob);
-        }
-        return;
-    }
     let mut ybuf = [T::Acc::ZERO; BLOCK];
     read_blocks(
         ins,
@@ -62,7 +57,7 @@ pub(super) fn write_blocks<T: Elem, const K: usize>(
         |o, blocks| {
             let yb = &mut ybuf[..blocks[0].len()];
             f(o, blocks, yb);
-            T::store(yb, &mut out[o..o + yb.len()]);
+            T::store_uninit(yb, &mut out[o..o + yb.len()]);
         },
     );
 }
@@ -73,8 +68,19 @@ pub(super) fn as_acc<'a, T: Elem>(x: &'a [T], buf: &'a mut Vec<T::Acc>) -> &'a [
     if let Some(a) = T::as_acc(x) {
         return a;
     }
-    buf.resize(x.len(), T::Acc::ZERO);
-    T::load(x, buf);
+    widen(x, buf)
+}
+
+/// `x` widened into `buf`, which it replaces: the conversion writes into the spare
+/// capacity, not zeroed first (a task's first row would otherwise zero a row's worth).
+#[inline(always)]
+fn widen<'a, T: Elem>(x: &[T], buf: &'a mut Vec<T::Acc>) -> &'a [T::Acc] {
+    buf.clear();
+    buf.reserve(x.len());
+    T::load_uninit(x, &mut buf.spare_capacity_mut()[..x.len()]);
+    // SAFETY: the capacity is at least x.len() (reserved above) and `load_uninit`
+    // wrote each of the first x.len() elements.
+    unsafe { buf.set_len(x.len()) };
     buf
 }
 
@@ -84,27 +90,29 @@ pub(super) fn as_acc_all<'a, T: Elem, const K: usize>(
     ins: [&'a [T]; K],
     bufs: &'a mut [Vec<T::Acc>; K],
 ) -> [&'a [T::Acc]; K] {
-    let mut k = 0;
-    bufs.each_mut().map(|buf| {
-        let x = ins[k];
-        k += 1;
-        as_acc(x, buf)
-    })
+    if let Some(d) = direct(ins) {
+        return d;
+    }
+    // A loop rather than `array::map`, whose closure is a call compiled for the
+    // baseline level: the widening belongs in the caller's vector code.
+    for (buf, x) in bufs.iter_mut().zip(ins) {
+        widen(x, buf);
+    }
+    bufs.each_ref().map(|b| &b[..])
 }
 
-/// Fills `out` block by block: `f(offset, block)` computes a block of accumulators,
-/// in `out` itself for f32 and f64, else in `buf`, which is then rounded into `out`.
+/// Fills `out`, memory not yet written, block by block: `f(offset, block)` computes
+/// a block of accumulators in `buf`, which is then stored into `out`. Every element of
+/// `out` is written once.
 #[inline(always)]
-pub(super) fn store_blocks<T: Elem>(out: &mut [T], buf: &mut [T::Acc; BLOCK], mut f: impl FnMut(usize, &mut [T::Acc])) {
-    if let Some(acc) = T::as_acc_mut(out) {
-        for (k, ob) in acc.chunks_mut(BLOCK).enumerate() {
-            f(k * BLOCK, ob);
-        }
-        return;
-    }
+pub(super) fn store_blocks<T: Elem>(
+    out: &mut [MaybeUninit<T>],
+    buf: &mut [T::Acc; BLOCK],
+    mut f: impl FnMut(usize, &mut [T::Acc]),
+) {
     for (k, ob) in out.chunks_mut(BLOCK).enumerate() {
         let b = &mut buf[..ob.len()];
         f(k * BLOCK, b);
-        T::store(b, ob);
+        T::store_uninit(b, ob);
     }
 }

@@ -7,7 +7,7 @@
 //! from run to run. The normalize and dx passes then apply per-channel values to each
 //! row.
 
-use super::alloc::output;
+use super::alloc::{assume_written, written};
 use super::backward::{GradSums, RowGrad, Wp};
 use super::blocks::{as_acc, as_acc_all};
 use super::elem::{Acc, Elem};
@@ -16,6 +16,7 @@ use super::rows::{affine_params, param_grads_out, TASK_ELEMS};
 use super::simd::run;
 use crate::spec::{Activation, Affine, Spec};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Most rows in a tile: a column's sum over a tile is a plain sequential sum, so its
 /// length is kept short (longer runs merge through Chan's formula).
@@ -94,6 +95,25 @@ fn add_cols<A: Acc>(acc: &mut [A], v: &[A], m: &[A], f: impl Fn(A, A) -> A) {
     }
 }
 
+/// `acc[c] += Σ_r f(x[r][c], m[c])` over the rows of `c` channels of a tile, four
+/// rows at a time, added pairwise before they reach `acc`: one load and one store of
+/// each accumulator per four rows rather than per row, which bound the pass.
+#[inline(always)]
+fn col_sums<A: Acc>(c: usize, x: &[A], m: &[A], acc: &mut [A], f: impl Fn(A, A) -> A) {
+    let (acc, m) = (&mut acc[..c], &m[..c]);
+    let mut quads = x.chunks_exact(4 * c);
+    for q in &mut quads {
+        let (r0, r1, r2, r3) = (&q[..c], &q[c..2 * c], &q[2 * c..3 * c], &q[3 * c..4 * c]);
+        for i in 0..c {
+            let m = m[i];
+            acc[i] += (f(r0[i], m) + f(r1[i], m)) + (f(r2[i], m) + f(r3[i], m));
+        }
+    }
+    for r in quads.remainder().chunks_exact(c) {
+        add_cols(acc, r, m, &f);
+    }
+}
+
 /// Per-channel buffers of a tile's passes, and the converted tiles of x and dy, made
 /// once per rayon job.
 struct Cols<A> {
@@ -117,19 +137,18 @@ impl<A: Acc> Cols<A> {
         }
     }
 
-    /// First pass over a tile: each group's mean over the tile, then broadcast to its
-    /// channels in `self.mean`; `self.m2` is zeroed for the second pass.
+    /// Zeroes the column sums of the two passes over a tile.
     #[inline(always)]
-    fn group_means(&mut self, t: &Tiles, x: &[A]) -> Vec<A> {
+    fn clear(&mut self) {
         self.sum.fill(A::ZERO);
         self.m2.fill(A::ZERO);
-        for_rows(
-            t.c,
-            [x],
-            #[inline(always)]
-            |[xr]| add_cols(&mut self.sum, xr, xr, |v, _| v),
-        );
-        let n = group_count(t, x);
+    }
+
+    /// Each group's mean over a tile of `len` elements, from the column sums the
+    /// first pass left in `self.sum`, then broadcast to its channels in `self.mean`.
+    #[inline(always)]
+    fn group_means(&mut self, t: &Tiles, len: usize) -> Vec<A> {
+        let n = group_count(t, len);
         let means: Vec<A> = self.sum.chunks(t.cpg).map(|s| sum(s) / n).collect();
         for (m, &gm) in self.mean.chunks_mut(t.cpg).zip(&means) {
             m.fill(gm);
@@ -140,8 +159,8 @@ impl<A: Acc> Cols<A> {
     /// Each group's moments over the tile `x`, from its `means` and the squared
     /// deviations the second pass left in `self.m2`.
     #[inline(always)]
-    fn group_moments(&self, t: &Tiles, x: &[A], means: &[A]) -> Vec<Moments<A>> {
-        let n = group_count(t, x);
+    fn group_moments(&self, t: &Tiles, len: usize, means: &[A]) -> Vec<Moments<A>> {
+        let n = group_count(t, len);
         means
             .iter()
             .zip(self.m2.chunks(t.cpg))
@@ -150,10 +169,11 @@ impl<A: Acc> Cols<A> {
     }
 }
 
-/// The elements of a group in the tile `x`: its rows times the group's channels.
+/// The elements of a group in a tile of `len` elements: its rows times the group's
+/// channels.
 #[inline(always)]
-fn group_count<A: Acc>(t: &Tiles, x: &[A]) -> A {
-    A::from_f64((x.len() / t.c * t.cpg) as f64)
+fn group_count<A: Acc>(t: &Tiles, len: usize) -> A {
+    A::from_f64((len / t.c * t.cpg) as f64)
 }
 
 /// Sum of a few values, in order.
@@ -162,19 +182,17 @@ fn sum<A: Acc>(v: &[A]) -> A {
     v.iter().fold(A::ZERO, |a, &b| a + b)
 }
 
-/// The moments of each group of a tile.
+/// The moments of each group of a tile: its means from column sums, then its squared
+/// deviations from them, both passes from cache.
 #[inline(always)]
 fn tile_moments<T: Elem>(t: &Tiles, x: &[T], cols: &mut Cols<T::Acc>) -> Vec<Moments<T::Acc>> {
     let mut buf = std::mem::take(&mut cols.x);
     let xa = as_acc(x, &mut buf);
-    let means = cols.group_means(t, xa);
-    for_rows(
-        t.c,
-        [xa],
-        #[inline(always)]
-        |[xr]| add_cols(&mut cols.m2, xr, &cols.mean, |v, m| (v - m) * (v - m)),
-    );
-    let moments = cols.group_moments(t, xa, &means);
+    cols.clear();
+    col_sums(t.c, xa, &cols.mean, &mut cols.sum, |v, _| v);
+    let means = cols.group_means(t, xa.len());
+    col_sums(t.c, xa, &cols.mean, &mut cols.m2, |v, m| (v - m) * (v - m));
+    let moments = cols.group_moments(t, xa.len(), &means);
     cols.x = buf;
     moments
 }
@@ -213,9 +231,8 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     w: Option<&[P]>,
     b: Option<&[P]>,
 ) -> Vec<T> {
-    let mut out = output(x.len(), x.len());
     if x.is_empty() {
-        return out;
+        return Vec::new();
     }
     let t = Tiles::of(spec);
     let stats = group_stats(spec, &t, x);
@@ -223,24 +240,27 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     // The mean and rstd·γ of each (sample, channel).
     let mean = per_channel(&t, &stats, |(mean, _), _| mean);
     let scale = per_channel(&t, &stats, |(_, rstd), c| rstd * w[c]);
-    t.tiles_mut(&mut out).for_each_init(TileBufs::new, |bufs, (k, yt)| {
-        let at = k / t.per_sample * t.c;
-        let (mean, scale) = (&mean[at..at + t.c], &scale[at..at + t.c]);
-        let xt = t.tile_of(x, k);
-        run(
-            #[inline(always)]
-            || {
-                bufs.fill(
-                    [xt],
-                    yt,
-                    #[inline(always)]
-                    |[xa], ya| match spec.act {
-                        Activation::Identity => normalize_rows::<_, false>(t.c, xa, ya, (mean, scale, &b)),
-                        Activation::Silu => normalize_rows::<_, true>(t.c, xa, ya, (mean, scale, &b)),
-                    },
-                )
-            },
-        )
+    let (out, ()) = written(x.len(), |out| {
+        t.tiles_mut(out).for_each_init(TileBufs::new, |bufs, (k, yt)| {
+            let at = k / t.per_sample * t.c;
+            let (mean, scale) = (&mean[at..at + t.c], &scale[at..at + t.c]);
+            let xt = t.tile_of(x, k);
+            run(
+                #[inline(always)]
+                || {
+                    bufs.fill(
+                        t.c,
+                        [xt],
+                        yt,
+                        #[inline(always)]
+                        |[xa], ya| match spec.act {
+                            Activation::Identity => normalize_rows::<_, false>(t.c, xa, ya, (mean, scale, &b)),
+                            Activation::Silu => normalize_rows::<_, true>(t.c, xa, ya, (mean, scale, &b)),
+                        },
+                    )
+                },
+            )
+        })
     });
     out
 }
@@ -271,21 +291,32 @@ fn group_stats<T: Elem>(spec: &Spec, t: &Tiles, x: &[T]) -> Vec<(T::Acc, T::Acc)
 /// y of a tile's rows of `c` channels: `(x − mean)·scale + shift` per channel, then
 /// SiLU when `SILU`.
 #[inline(always)]
-fn normalize_rows<A: Acc, const SILU: bool>(c: usize, x: &[A], y: &mut [A], (mean, scale, shift): (&[A], &[A], &[A])) {
+fn normalize_rows<A: Acc, const SILU: bool>(
+    c: usize,
+    x: &[A],
+    y: &mut [MaybeUninit<A>],
+    (mean, scale, shift): (&[A], &[A], &[A]),
+) {
     for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
         for ((((y, &x), &m), &s), &b) in yr.iter_mut().zip(xr).zip(mean).zip(scale).zip(shift) {
             let z = (x - m) * s + b;
-            *y = if SILU { z.silu() } else { z };
+            y.write(if SILU { z.silu() } else { z });
         }
     }
 }
 
-/// A rayon job's buffers for the passes that write a tile: f16/bf16 input tiles
-/// widened once and the output tile rounded once, so that no row of C elements pays
-/// for converting, or for initializing block buffers, on its own.
+/// Elements (whole rows, at least one) that the passes writing a tile widen, compute
+/// and round at a time for f16/bf16: small enough for the inputs and the output to
+/// stay in L1 between the three steps.
+const ROUNDED_ELEMS: usize = 1024;
+
+/// A rayon job's buffers for the passes that write a tile of f16/bf16: a few rows of
+/// each input widened at a time, and of the output before it is rounded, so that no
+/// row of C elements pays for converting, or for initializing block buffers, on its
+/// own.
 struct TileBufs<A, const K: usize> {
     ins: [Vec<A>; K],
-    out: Vec<A>,
+    out: Vec<MaybeUninit<A>>,
 }
 
 impl<A: Acc, const K: usize> TileBufs<A, K> {
@@ -296,19 +327,31 @@ impl<A: Acc, const K: usize> TileBufs<A, K> {
         }
     }
 
-    /// Calls `f(inputs, output)` on the `K` input tiles and the output tile as
-    /// accumulators: the tiles themselves for f32 and f64, else this job's buffers,
-    /// the output then rounded into `out`.
+    /// Calls `f(inputs, output)` on whole rows of `c` elements of the `K` input tiles
+    /// and of the output tile, memory not yet written, as accumulators: on the tiles
+    /// themselves for f32 and f64, else on [`ROUNDED_ELEMS`] at a time widened into
+    /// this job's buffers, the output then rounded into `out`. `f` must write every
+    /// element of its output.
     #[inline(always)]
-    fn fill<T: Elem<Acc = A>>(&mut self, ins: [&[T]; K], out: &mut [T], f: impl FnOnce([&[A]; K], &mut [A])) {
-        let wide = as_acc_all(ins, &mut self.ins);
-        match T::as_acc_mut(out) {
-            Some(o) => f(wide, o),
-            None => {
-                self.out.resize(out.len(), A::ZERO);
-                f(wide, &mut self.out);
-                T::store(&self.out, out);
-            }
+    fn fill<T: Elem<Acc = A>>(
+        &mut self,
+        c: usize,
+        ins: [&[T]; K],
+        out: &mut [MaybeUninit<T>],
+        mut f: impl FnMut([&[A]; K], &mut [MaybeUninit<A>]),
+    ) {
+        if let Some(o) = T::as_acc_uninit(out) {
+            return f(as_acc_all(ins, &mut self.ins), o);
+        }
+        let step = (ROUNDED_ELEMS / c).max(1) * c;
+        for (k, o) in out.chunks_mut(step).enumerate() {
+            let n = o.len();
+            let wide = as_acc_all(ins.map(|x| &x[k * step..k * step + n]), &mut self.ins);
+            self.out.resize(n, MaybeUninit::uninit());
+            f(wide, &mut self.out[..n]);
+            // SAFETY: `f` wrote every element of its output (its contract, which the
+            // forward and backward tests check: an element left out would be garbage).
+            T::store_uninit(unsafe { assume_written(&self.out[..n]) }, o);
         }
     }
 }
@@ -342,7 +385,9 @@ fn tile_grads<T: Elem>(
         }
         da = &dzbuf;
     }
-    let means = cols.group_means(t, xa);
+    cols.clear();
+    col_sums(t.c, xa, &cols.mean, &mut cols.sum, |v, _| v);
+    let means = cols.group_means(t, xa.len());
     let (mut sdy, mut sdyx) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
     let Cols { mean, m2, .. } = cols;
     for_rows(
@@ -359,7 +404,7 @@ fn tile_grads<T: Elem>(
     );
     let dot = |v: &[T::Acc], c0: usize| v.iter().zip(&w[c0..]).fold(T::Acc::ZERO, |a, (&v, &w)| a + v * w);
     let sums = cols
-        .group_moments(t, xa, &means)
+        .group_moments(t, xa.len(), &means)
         .into_iter()
         .enumerate()
         .map(|(g, x)| {
@@ -388,10 +433,12 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
     (x, (w, b), dy): (&[T], Wp<P>, &[T]),
 ) -> (Vec<T>, Vec<P>) {
     let t = Tiles::of(spec);
-    let mut out = output(x.len(), x.len());
     let (gamma, beta) = affine_params(spec, w, b);
     let (mut dg, mut db) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
-    if !x.is_empty() {
+    let (out, ()) = written(x.len(), |dx| {
+        if x.is_empty() {
+            return;
+        }
         // GroupNorm + SiLU: each (sample, channel)'s mean and rstd·γ first, for both
         // passes to recompute z from.
         let zs = (spec.act == Activation::Silu).then(|| {
@@ -434,7 +481,6 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
             field(|r| r.mean_g),
             field(|r| r.mean_gx),
         ];
-        let dx = &mut out[..x.len()];
         t.tiles_mut(dx).for_each_init(TileBufs::new, |bufs, (k, dxt)| {
             let at = k / t.per_sample * t.c;
             let [m, r, mg, mgx] = [&mean, &rstd, &mean_g, &mean_gx].map(|v| &v[at..at + t.c]);
@@ -444,6 +490,7 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
                 #[inline(always)]
                 || {
                     bufs.fill(
+                        t.c,
                         [xt, dyt],
                         dxt,
                         #[inline(always)]
@@ -452,7 +499,7 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
                 },
             )
         });
-    }
+    });
     let params = param_grads_out::<P>(affine, &dg, &db);
     (out, params)
 }
@@ -470,7 +517,14 @@ struct Z<'a, A> {
 /// mean(g), mean(g·x̂), γ); with SiLU (`z` given), dy·silu'(z) in dy's place, taken a
 /// row at a time into `dz`.
 #[inline(always)]
-fn dx_rows<A: Acc>(c: usize, (x, dy): (&[A], &[A]), dx: &mut [A], stats: [&[A]; 5], z: Option<Z<A>>, dz: &mut Vec<A>) {
+fn dx_rows<A: Acc>(
+    c: usize,
+    (x, dy): (&[A], &[A]),
+    dx: &mut [MaybeUninit<A>],
+    stats: [&[A]; 5],
+    z: Option<Z<A>>,
+    dz: &mut Vec<A>,
+) {
     for ((dxr, xr), dr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
         let n = dxr.len();
         let (xr, mut dr) = (&xr[..n], &dr[..n]);
@@ -482,7 +536,7 @@ fn dx_rows<A: Acc>(c: usize, (x, dy): (&[A], &[A]), dx: &mut [A], stats: [&[A]; 
         let [m, r, mg, mgx, g] = stats.map(|v| &v[..n]);
         for i in 0..n {
             let xh = (xr[i] - m[i]) * r[i];
-            dxr[i] = r[i] * (dr[i] * g[i] - mg[i] - xh * mgx[i]);
+            dxr[i].write(r[i] * (dr[i] * g[i] - mg[i] - xh * mgx[i]));
         }
     }
 }

@@ -110,6 +110,9 @@ impl<A> Slot<A> for MaybeUninit<A> {
 pub(super) trait Elem: candle_core::WithDType {
     type Acc: Acc;
     fn load(src: &[Self], dst: &mut [Self::Acc]);
+    /// [`Self::load`] into memory not yet written (a buffer's spare capacity): every
+    /// element of `dst` is written.
+    fn load_uninit(src: &[Self], dst: &mut [MaybeUninit<Self::Acc>]);
     fn store(src: &[Self::Acc], dst: &mut [Self]);
     /// [`Self::store`] into memory not yet written (an output's uninitialized
     /// capacity): every element of `dst` is written.
@@ -118,7 +121,9 @@ pub(super) trait Elem: candle_core::WithDType {
     fn as_acc(v: &[Self]) -> Option<&[Self::Acc]>;
     /// A vector of accumulators as one of elements, when they are the same type.
     fn from_acc_vec(v: Vec<Self::Acc>) -> Option<Vec<Self>>;
-    fn as_acc_mut(v: &mut [Self]) -> Option<&mut [Self::Acc]>;
+    /// Memory not yet written for elements, as memory for accumulators, when they are
+    /// the same type (f32, f64).
+    fn as_acc_uninit(v: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<Self::Acc>]>;
 }
 
 macro_rules! impl_full_elem {
@@ -128,6 +133,10 @@ macro_rules! impl_full_elem {
             #[inline(always)]
             fn load(src: &[$t], dst: &mut [$t]) {
                 dst.copy_from_slice(src)
+            }
+            #[inline(always)]
+            fn load_uninit(src: &[$t], dst: &mut [MaybeUninit<$t>]) {
+                Self::store_uninit(src, dst)
             }
             #[inline(always)]
             fn store(src: &[$t], dst: &mut [$t]) {
@@ -144,7 +153,7 @@ macro_rules! impl_full_elem {
                 Some(v)
             }
             #[inline(always)]
-            fn as_acc_mut(v: &mut [$t]) -> Option<&mut [$t]> {
+            fn as_acc_uninit(v: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<$t>]> {
                 Some(v)
             }
             fn from_acc_vec(v: Vec<$t>) -> Option<Vec<$t>> {
@@ -155,38 +164,42 @@ macro_rules! impl_full_elem {
 }
 impl_full_elem!(f32, f64);
 
+/// Initialized elements as a destination of the conversions, which write every
+/// element once, with an initialized value, and read none.
+#[inline(always)]
+fn overwritten<T>(dst: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout. The two callers hand the slice to a
+    // `convert` function alone, which only writes initialized values into it (never
+    // `MaybeUninit::uninit()`), so `dst` is still initialized when the borrow ends.
+    unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<T>]) }
+}
+
 macro_rules! impl_half_elem {
     ($($t:ty => $load:path, $store:path);*) => {$(
         impl Elem for $t {
             type Acc = f32;
             #[inline(always)]
             fn load(src: &[$t], dst: &mut [f32]) {
+                $load(src, overwritten(dst))
+            }
+            #[inline(always)]
+            fn load_uninit(src: &[$t], dst: &mut [MaybeUninit<f32>]) {
                 $load(src, dst)
             }
             #[inline(always)]
             fn store(src: &[f32], dst: &mut [$t]) {
-                $store(src, dst)
+                $store(src, overwritten(dst))
             }
-            /// Rounded through a stack buffer of a block (the passes that call it
-            /// store one block at a time).
             #[inline(always)]
             fn store_uninit(src: &[f32], dst: &mut [MaybeUninit<$t>]) {
-                const STEP: usize = super::blocks::BLOCK;
-                let mut buf = [<$t>::ZERO; STEP];
-                for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(STEP)) {
-                    let b = &mut buf[..s.len()];
-                    $store(s, b);
-                    for (d, &v) in d.iter_mut().zip(&*b) {
-                        d.write(v);
-                    }
-                }
+                $store(src, dst)
             }
             #[inline(always)]
             fn as_acc(_: &[$t]) -> Option<&[f32]> {
                 None
             }
             #[inline(always)]
-            fn as_acc_mut(_: &mut [$t]) -> Option<&mut [f32]> {
+            fn as_acc_uninit(_: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<f32>]> {
                 None
             }
             fn from_acc_vec(_: Vec<f32>) -> Option<Vec<$t>> {

@@ -1,17 +1,18 @@
-//! The forward of every norm: two passes over a row (moments, then y), y either
-//! collected into memory written once or written in place by the task that owns the
-//! row (or the chunk of a split row). The fused residual add writes h = x + residual
-//! first, in the same task, and normalizes it from cache.
+//! The forward of every norm: two passes over a row (moments, then y), y written once
+//! into the output's uninitialized capacity, either by rayon's jobs piece by piece or
+//! by the task that owns the row (or the chunk of a split row). The fused residual add
+//! writes h = x + residual first, in the same task, and normalizes it from cache.
 
-use super::alloc::output;
+use super::alloc::{assume_written, written};
 use super::blocks::{as_acc, store_blocks, write_blocks, BLOCK};
 use super::elem::{Acc, Elem, Slot};
 use super::reduce::{moments, Moments};
 use super::rows::{affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK};
-use super::runs::{map_rows, RunOp};
+use super::runs::{map_rows, Rows, Run, RunOp};
 use super::simd::run;
 use crate::spec::{Activation, Spec};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `y = (x - mean) * rstd * w + b`, then the spec's activation, for elements `i0..` of
 /// `row`, each element of `y` written once.
@@ -76,7 +77,7 @@ fn forward_part<T: Elem>(
     spec: &Spec,
     (row, i0): (usize, usize),
     x: &[T],
-    y: &mut [T],
+    y: &mut [MaybeUninit<T>],
     stats: (T::Acc, T::Acc),
     (w, b): (&[T::Acc], &[T::Acc]),
 ) {
@@ -88,11 +89,11 @@ fn forward_part<T: Elem>(
     );
 }
 
-/// `h = x + residual`, each sum rounded once to the element type: what candle's `add`
-/// gives, since the f32 (f64) sum of two elements of a narrower type rounds to the
-/// same value as the exact sum.
+/// `h = x + residual` into memory not yet written, each sum rounded once to the
+/// element type: what candle's `add` gives, since the f32 (f64) sum of two elements of
+/// a narrower type rounds to the same value as the exact sum. Returns h, now written.
 #[inline(always)]
-fn add<T: Elem>(x: &[T], r: &[T], h: &mut [T]) {
+fn add<'a, T: Elem>(x: &[T], r: &[T], h: &'a mut [MaybeUninit<T>]) -> &'a [T] {
     write_blocks(
         [x, r],
         h,
@@ -103,6 +104,8 @@ fn add<T: Elem>(x: &[T], r: &[T], h: &mut [T]) {
             }
         },
     );
+    // SAFETY: write_blocks wrote every element of h.
+    unsafe { assume_written(h) }
 }
 
 /// What a task keeps across its rows, so that no buffer is made per row: an f16/bf16
@@ -127,7 +130,7 @@ fn forward_rows<T: Elem>(
     spec: &Spec,
     first: usize,
     src: &[T],
-    y: &mut [T],
+    y: &mut [MaybeUninit<T>],
     (w, b): (&[T::Acc], &[T::Acc]),
     scratch: &mut Scratch<T::Acc>,
 ) {
@@ -148,7 +151,11 @@ fn forward_rows<T: Elem>(
 /// Per-row (mean, rstd) for split rows, from chunk moments merged in chunk order. With
 /// `add = (residual, h)`, the chunks of `h = x + residual` are written first and their
 /// moments taken from cache.
-pub(super) fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut [T])>) -> Vec<(T::Acc, T::Acc)> {
+pub(super) fn split_stats<T: Elem>(
+    spec: &Spec,
+    x: &[T],
+    add: Option<(&[T], &mut [MaybeUninit<T>])>,
+) -> Vec<(T::Acc, T::Acc)> {
     let eps = T::Acc::from_f64(spec.eps);
     let nck = spec.len.div_ceil(CHUNK);
     let center = spec.center();
@@ -168,10 +175,7 @@ pub(super) fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut
                 let (xc, rc) = (chunk_of(spec, x, row, k), chunk_of(spec, r, row, k));
                 run(
                     #[inline(always)]
-                    || {
-                        self::add(xc, rc, hc);
-                        moments(hc, center)
-                    },
+                    || moments(self::add(xc, rc, hc), center),
                 )
             })
             .collect(),
@@ -188,9 +192,9 @@ pub(super) fn split_stats<T: Elem>(spec: &Spec, x: &[T], add: Option<(&[T], &mut
 /// f32 and f64 are bound by memory, so their plain forward writes y once, straight into
 /// the output's uninitialized capacity (see [`normalized`]): each rayon job takes a
 /// row's moments at the first of its elements the job reaches and normalizes the rest
-/// of the row from cache. f16/bf16 are bound by their conversions and rounded block by
-/// block; they, and the fused residual add, run [`in_place`] (docs/perf-notes.md, c10
-/// and c15).
+/// of the row from cache. f16/bf16 are bound by their conversions: they, and the
+/// fused residual add, run [`by_rows`], whose tasks widen a row once for both passes
+/// and round y block by block (docs/perf-notes.md, c10, c15 and c21).
 pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     x: &[T],
@@ -202,7 +206,7 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     let wb = (&w[..], &b[..]);
     match residual {
         None if T::as_acc(x).is_some() => written_once(spec, x, wb),
-        _ => in_place(spec, x, residual, wb),
+        _ => by_rows(spec, x, residual, wb),
     }
 }
 
@@ -237,57 +241,58 @@ fn written_once<T: Elem>(spec: &Spec, x: &[T], wb: (&[T::Acc], &[T::Acc])) -> Ve
     )
 }
 
-/// The forward into a zeroed output, written in place by tasks of whole rows, or of
-/// chunks of rows too long for one task (whose statistics are then gathered first,
-/// across tasks). With a `residual`, each task writes its part of h and normalizes it
-/// while it is in cache.
-fn in_place<T: Elem>(spec: &Spec, x: &[T], residual: Option<&[T]>, wb: (&[T::Acc], &[T::Acc])) -> Vec<T> {
-    let total = spec.outputs();
-    let mut out = output(total, total);
-    if x.is_empty() {
-        return out;
-    }
-    let (y, h) = out.split_at_mut(x.len());
-    if split_rows(spec) {
-        let stats = split_stats(spec, x, residual.map(|r| (r, &mut *h)));
-        let src = if residual.is_some() { &*h } else { x };
-        chunks_mut(spec, y).for_each(|(r, k, yc)| {
-            let xc = chunk_of(spec, src, r, k);
-            run(
-                #[inline(always)]
-                || forward_part(spec, (r, k * CHUNK), xc, yc, stats[r], wb),
-            )
-        });
-        return out;
-    }
-    let rpt = rows_per_task(spec);
-    let step = rpt * spec.len;
-    match residual {
-        None => y
-            .par_chunks_mut(step)
-            .zip(x.par_chunks(step))
-            .enumerate()
-            .for_each_init(Scratch::new, |s, (t, (yt, xt))| {
+/// The forward written once into the output's uninitialized capacity by tasks of
+/// whole rows, or of chunks of rows too long for one task (whose statistics are then
+/// gathered first, across tasks). With a `residual`, each task writes its part of h
+/// and normalizes it while it is in cache.
+fn by_rows<T: Elem>(spec: &Spec, x: &[T], residual: Option<&[T]>, wb: (&[T::Acc], &[T::Acc])) -> Vec<T> {
+    let (out, ()) = written(spec.outputs(), |out| {
+        if x.is_empty() {
+            return;
+        }
+        let (y, h) = out.split_at_mut(x.len());
+        if split_rows(spec) {
+            let stats = split_stats(spec, x, residual.map(|r| (r, &mut *h)));
+            let src = match residual {
+                // SAFETY: with a residual, split_stats's tasks wrote every chunk of h.
+                Some(_) => unsafe { assume_written(h) },
+                None => x,
+            };
+            chunks_mut(spec, y).for_each(|(r, k, yc)| {
+                let xc = chunk_of(spec, src, r, k);
                 run(
                     #[inline(always)]
-                    || forward_rows(spec, t * rpt, xt, yt, wb, s),
+                    || forward_part(spec, (r, k * CHUNK), xc, yc, stats[r], wb),
                 )
-            }),
-        Some(r) => y
-            .par_chunks_mut(step)
-            .zip(h.par_chunks_mut(step))
-            .zip(x.par_chunks(step).zip(r.par_chunks(step)))
-            .enumerate()
-            .for_each_init(Scratch::new, |s, (t, ((yt, ht), (xt, rt)))| {
-                run(
-                    #[inline(always)]
-                    || {
-                        add(xt, rt, ht);
-                        forward_rows(spec, t * rpt, ht, yt, wb, s);
-                    },
-                )
-            }),
-    }
+            });
+            return;
+        }
+        let rpt = rows_per_task(spec);
+        let step = rpt * spec.len;
+        match residual {
+            None => y
+                .par_chunks_mut(step)
+                .zip(x.par_chunks(step))
+                .enumerate()
+                .for_each_init(Scratch::new, |s, (t, (yt, xt))| {
+                    run(
+                        #[inline(always)]
+                        || forward_rows(spec, t * rpt, xt, yt, wb, s),
+                    )
+                }),
+            Some(r) => y
+                .par_chunks_mut(step)
+                .zip(h.par_chunks_mut(step))
+                .zip(x.par_chunks(step).zip(r.par_chunks(step)))
+                .enumerate()
+                .for_each_init(Scratch::new, |s, (t, ((yt, ht), (xt, rt)))| {
+                    run(
+                        #[inline(always)]
+                        || forward_rows(spec, t * rpt, add(xt, rt, ht), yt, wb, s),
+                    )
+                }),
+        }
+    });
     out
 }
 
@@ -309,10 +314,10 @@ impl<A: Acc, S, I: Fn() -> S + Sync, F: Fn(&mut S, usize) -> (A, A) + Sync> RunO
     }
 
     #[inline(always)]
-    fn run<O: Slot<A>>(&self, state: &mut S, row: usize, i0: usize, [x]: [&[A]; 1], y: &mut [O]) {
-        let st = (self.stats)(state, row);
+    fn run<O: Slot<A>>(&self, state: &mut S, at: Run, [x]: [&[A]; 1], y: &mut [O]) {
+        let st = (self.stats)(state, at.row);
         let (w, b) = self.wb;
-        apply_forward(self.spec, row, i0, x, y, st, w, b);
+        apply_forward(self.spec, at.row, at.i0, x, y, st, w, b);
     }
 }
 
@@ -320,12 +325,16 @@ impl<A: Acc, S, I: Fn() -> S + Sync, F: Fn(&mut S, usize) -> (A, A) + Sync> RunO
 /// in a new vector written once (`super::runs::map_rows`): a job asks for a row's
 /// statistics once per run of its elements, with the `state` that `init` made for the
 /// job.
-pub(super) fn normalized<T: Elem, S>(
+fn normalized<T: Elem, S>(
     spec: &Spec,
     src: &[T],
     init: impl Fn() -> S + Sync,
     stats: impl Fn(&mut S, usize) -> (T::Acc, T::Acc) + Sync,
     wb: (&[T::Acc], &[T::Acc]),
 ) -> Vec<T> {
-    map_rows(spec.len, [src], &Normalize { spec, init, stats, wb })
+    let rows = Rows {
+        len: spec.len,
+        period: 1,
+    };
+    map_rows(rows, [src], &Normalize { spec, init, stats, wb })
 }

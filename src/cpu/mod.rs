@@ -13,11 +13,12 @@
 //! are taken in two passes over the block (never E[x²] − mean²) and merged across
 //! blocks and chunks with Chan's formula (`reduce`).
 //!
-//! The forward (`forward`) makes two passes over a row, moments then y. f32 and f64
-//! collect y into memory written once; f16/bf16 and the fused residual add write it
-//! in place into an output zeroed by every thread (`alloc`). The backward
-//! (`backward`) makes two passes too, the first reading x and dy from memory, the
-//! second from cache, and writes dx once into the output's uninitialized capacity.
+//! The forward (`forward`) makes two passes over a row, moments then y, written once
+//! into the output's uninitialized capacity (`alloc`): f32 and f64 by rayon's jobs
+//! piece by piece, f16/bf16 and the fused residual add by tasks of whole rows. The
+//! backward (`backward`) makes two passes too, the first reading x and dy from
+//! memory, the second from cache, and writes dx once into the output's uninitialized
+//! capacity.
 //!
 //! Channels-last GroupNorm, whose groups are column blocks rather than rows, has its
 //! own passes over tiles of rows (`channels_last`), and channels-first LayerNorm, which
