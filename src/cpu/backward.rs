@@ -8,7 +8,7 @@
 
 use super::alloc::written;
 use super::blocks::{as_acc_all, BLOCK};
-use super::elem::{Acc, Elem};
+use super::elem::{Acc, Elem, Slot};
 use super::forward::split_stats;
 use super::reduce::{lane_sum, lane_sum2, lane_sum3, Moments};
 use super::rows::{
@@ -199,7 +199,11 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
             Some(g) => g,
             None => backward_sums(spec, at, (wide[0], wide[1]), wb.0, &mut blocks.g).finish(spec),
         };
-        backward_dx(spec, at, wide, dx, (stats, wb.0), acc, blocks);
+        // f32 and f64 dx straight into the output, unless dh is still to be added.
+        match (K, T::as_acc_uninit(dx)) {
+            (2, Some(dx)) => dx_direct(spec, at, [wide[0], wide[1]], dx, (stats, wb.0), acc),
+            _ => backward_dx(spec, at, wide, dx, (stats, wb.0), acc, blocks),
+        }
     }
 }
 
@@ -326,15 +330,10 @@ fn backward_dx<T: Elem, const K: usize>(
     let dxb = &mut blocks.dx;
     for (k, dst) in dx.chunks_mut(BLOCK).enumerate() {
         let (o, n) = (k * BLOCK, dst.len());
-        let out = &mut dxb[..n];
         let (xa, da) = (&ins[0][o..o + n], &ins[1][o..o + n]);
         let at = (at.0, at.1 + o);
-        if spec.inner == 1 {
-            let p = spec.param_offset(at.0) + at.1;
-            dx_rows_block(p, (xa, da, &w[p..p + n]), out, r, acc);
-        } else {
-            dx_segments(spec, at, (xa, da, w), out, r, acc);
-        }
+        let out = &mut dxb[..n];
+        dx_block(spec, at, (xa, da, w), out, r, acc);
         if let Some(dh) = ins.get(2) {
             for (d, &e) in out.iter_mut().zip(&dh[o..o + n]) {
                 *d += e;
@@ -344,14 +343,50 @@ fn backward_dx<T: Elem, const K: usize>(
     }
 }
 
+/// [`backward_dx`] for f32 and f64 without dh: each block of dx written straight into
+/// the output.
+#[inline(always)]
+fn dx_direct<A: Acc>(
+    spec: &Spec,
+    at: (usize, usize),
+    [x, dy]: [&[A]; 2],
+    dx: &mut [MaybeUninit<A>],
+    (r, w): (RowGrad<A>, &[A]),
+    acc: &mut ParamGrads<A>,
+) {
+    for (k, dst) in dx.chunks_mut(BLOCK).enumerate() {
+        let (o, n) = (k * BLOCK, dst.len());
+        dx_block(spec, (at.0, at.1 + o), (&x[o..o + n], &dy[o..o + n], w), dst, r, acc);
+    }
+}
+
+/// The second pass over one block of elements from `at`: dx into `dx` (each element
+/// written once), dγ/dβ into `acc`.
+#[inline(always)]
+fn dx_block<A: Acc, O: Slot<A>>(
+    spec: &Spec,
+    at: (usize, usize),
+    (x, dy, w): (&[A], &[A], &[A]),
+    dx: &mut [O],
+    r: RowGrad<A>,
+    acc: &mut ParamGrads<A>,
+) {
+    if spec.inner == 1 {
+        let p = spec.param_offset(at.0) + at.1;
+        dx_rows_block(p, (x, dy, &w[p..p + dx.len()]), dx, r, acc);
+    } else {
+        dx_segments(spec, at, (x, dy, w), dx, r, acc);
+    }
+}
+
 /// The second pass over one block of a norm whose parameters change every element
 /// (`inner == 1`: LayerNorm, RMSNorm), in one loop: x̂, the dγ/dβ partials (those
 /// asked for) and dx, with `w` and the partials the block's own, from parameter `p`.
 #[inline(always)]
-fn dx_rows_block<A: Acc>(
+fn dx_rows_block<A: Acc, O: Slot<A>>(
     p: usize,
     (x, dy, w): (&[A], &[A], &[A]),
-    dx: &mut [A],
+    dx: &mut [O],
     r: RowGrad<A>,
     acc: &mut ParamGrads<A>,
 ) {
@@ -367,7 +402,7 @@ fn dx_rows_block<A: Acc>(
                 let xh = (x[i] - r.mean) * r.rstd;
                 dg[i] += dy[i] * xh;
                 db[i] += dy[i];
-                dx[i] = dx_of(xh, dy[i], w[i]);
+                dx[i].set(dx_of(xh, dy[i], w[i]));
             }
         }
         (false, true) => {
@@ -375,19 +410,19 @@ fn dx_rows_block<A: Acc>(
             for i in 0..n {
                 let xh = (x[i] - r.mean) * r.rstd;
                 dg[i] += dy[i] * xh;
-                dx[i] = dx_of(xh, dy[i], w[i]);
+                dx[i].set(dx_of(xh, dy[i], w[i]));
             }
         }
         (true, false) => {
             let db = &mut db[o..o + n];
             for i in 0..n {
                 db[i] += dy[i];
-                dx[i] = dx_of((x[i] - r.mean) * r.rstd, dy[i], w[i]);
+                dx[i].set(dx_of((x[i] - r.mean) * r.rstd, dy[i], w[i]));
             }
         }
         (true, true) => {
             for i in 0..n {
-                dx[i] = dx_of((x[i] - r.mean) * r.rstd, dy[i], w[i]);
+                dx[i].set(dx_of((x[i] - r.mean) * r.rstd, dy[i], w[i]));
             }
         }
     }
@@ -397,11 +432,11 @@ fn dx_rows_block<A: Acc>(
 /// elements (GroupNorm, BatchNorm), one run of a parameter at a time: dx, then the
 /// run's Σdy·x̂ and Σdy added to its parameter's dγ/dβ partials (those asked for).
 #[inline(always)]
-fn dx_segments<A: Acc>(
+fn dx_segments<A: Acc, O: Slot<A>>(
     spec: &Spec,
     (row, i0): (usize, usize),
     (x, dy, w): (&[A], &[A], &[A]),
-    dx: &mut [A],
+    dx: &mut [O],
     r: RowGrad<A>,
     acc: &mut ParamGrads<A>,
 ) {
@@ -417,7 +452,7 @@ fn dx_segments<A: Acc>(
             let wp = w[p];
             for ((d, &x), &g) in dx[at].iter_mut().zip(x).zip(dy) {
                 let xh = (x - r.mean) * r.rstd;
-                *d = r.rstd * (g * wp - r.mean_g - xh * r.mean_gx);
+                d.set(r.rstd * (g * wp - r.mean_g - xh * r.mean_gx));
             }
             if !dg.is_empty() {
                 dg[p - base] += lane_sum2(x, dy, |x, d| d * ((x - r.mean) * r.rstd));

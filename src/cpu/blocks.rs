@@ -1,10 +1,11 @@
-//! Walking rows in blocks of [`BLOCK`] elements, with f32 and f64 read in place. For
-//! f16/bf16, either each block is converted into an f32 stack buffer as it is read
-//! ([`read_blocks`]), or a pass that reads its input twice widens it once into a
-//! buffer its task keeps ([`as_acc`], [`as_acc_all`]). Outputs are memory not yet
-//! written, stored block by block from a stack buffer ([`write_blocks`],
-//! [`store_blocks`]), each element once.
+//! Walking rows in blocks of [`BLOCK`] elements, with f32 and f64 read and written in
+//! place. For f16/bf16, either each block is converted into an f32 stack buffer as it
+//! is read ([`read_blocks`]), or a pass that reads its input twice widens it once into
+//! a buffer its task keeps ([`as_acc`], [`as_acc_all`]). Outputs are memory not yet
+//! written, each element written once: f32 and f64 blocks straight into it, f16/bf16
+//! blocks through a stack buffer rounded into it ([`write_blocks`], [`store_blocks`]).
 
+use super::alloc::assume_written;
 use super::elem::{Acc, Elem};
 use std::mem::MaybeUninit;
 
@@ -41,23 +42,34 @@ pub(super) fn read_blocks<T: Elem, const K: usize>(ins: [&[T]; K], mut f: impl F
     }
 }
 
-/// As [`read_blocks`], with an output block that `f` fills into a stack buffer and
-/// that is then stored into `out`, memory not yet written: every element of `out` is
-/// written once.
+/// As [`read_blocks`], with an output block that `f` fills: a block of `out`, memory
+/// not yet written, for f32 and f64, else a stack buffer then rounded into `out`. `f`
+/// must write every element of its block, so that each element of `out` is written
+/// once.
 #[inline(always)]
 pub(super) fn write_blocks<T: Elem, const K: usize>(
     ins: [&[T]; K],
     out: &mut [MaybeUninit<T>],
-    mut f: impl FnMut(usize, [&[T::Acc]; K], &mut [T::Acc]),
+    mut f: impl FnMut(usize, [&[T::Acc]; K], &mut [MaybeUninit<T::Acc>]),
 ) {
-    let mut ybuf = [T::Acc::ZERO; BLOCK];
+    if let Some(acc) = T::as_acc_uninit(out) {
+        read_blocks(
+            ins,
+            #[inline(always)]
+            |o, blocks| f(o, blocks, &mut acc[o..o + blocks[0].len()]),
+        );
+        return;
+    }
+    let mut ybuf = [MaybeUninit::uninit(); BLOCK];
     read_blocks(
         ins,
         #[inline(always)]
         |o, blocks| {
-            let yb = &mut ybuf[..blocks[0].len()];
-            f(o, blocks, yb);
-            T::store_uninit(yb, &mut out[o..o + yb.len()]);
+            let n = blocks[0].len();
+            f(o, blocks, &mut ybuf[..n]);
+            // SAFETY: `f` wrote every element of its block (its contract, which the
+            // forward tests check: an element left out would be garbage in y).
+            T::store_uninit(unsafe { assume_written(&ybuf[..n]) }, &mut out[o..o + n]);
         },
     );
 }
@@ -102,17 +114,26 @@ pub(super) fn as_acc_all<'a, T: Elem, const K: usize>(
 }
 
 /// Fills `out`, memory not yet written, block by block: `f(offset, block)` computes
-/// a block of accumulators in `buf`, which is then stored into `out`. Every element of
-/// `out` is written once.
+/// a block of accumulators: in `out` itself for f32 and f64, else in `buf`, which is
+/// then rounded into `out`. `f` must write every element of its block, so that each
+/// element of `out` is written once.
 #[inline(always)]
 pub(super) fn store_blocks<T: Elem>(
     out: &mut [MaybeUninit<T>],
-    buf: &mut [T::Acc; BLOCK],
-    mut f: impl FnMut(usize, &mut [T::Acc]),
+    buf: &mut [MaybeUninit<T::Acc>; BLOCK],
+    mut f: impl FnMut(usize, &mut [MaybeUninit<T::Acc>]),
 ) {
+    if let Some(acc) = T::as_acc_uninit(out) {
+        for (k, ob) in acc.chunks_mut(BLOCK).enumerate() {
+            f(k * BLOCK, ob);
+        }
+        return;
+    }
     for (k, ob) in out.chunks_mut(BLOCK).enumerate() {
         let b = &mut buf[..ob.len()];
         f(k * BLOCK, b);
-        T::store_uninit(b, ob);
+        // SAFETY: `f` wrote every element of its block (its contract, which the
+        // forward tests check: an element left out would be garbage in y).
+        T::store_uninit(unsafe { assume_written(b) }, ob);
     }
 }

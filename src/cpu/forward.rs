@@ -100,7 +100,7 @@ fn add<'a, T: Elem>(x: &[T], r: &[T], h: &'a mut [MaybeUninit<T>]) -> &'a [T] {
         #[inline(always)]
         |_, [xa, ra], hb| {
             for ((h, &x), &r) in hb.iter_mut().zip(xa).zip(ra) {
-                *h = x + r;
+                h.write(x + r);
             }
         },
     );
@@ -112,14 +112,14 @@ fn add<'a, T: Elem>(x: &[T], r: &[T], h: &'a mut [MaybeUninit<T>]) -> &'a [T] {
 /// row converted to accumulators once, and a block of y before it is rounded.
 struct Scratch<A> {
     x: Vec<A>,
-    y: [A; BLOCK],
+    y: [MaybeUninit<A>; BLOCK],
 }
 
 impl<A: Acc> Scratch<A> {
     fn new() -> Self {
         Self {
             x: Vec::new(),
-            y: [A::ZERO; BLOCK],
+            y: [MaybeUninit::uninit(); BLOCK],
         }
     }
 }
