@@ -137,18 +137,15 @@ impl<A: Acc> Cols<A> {
         }
     }
 
-    /// Zeroes the column sums of the two passes over a tile.
+    /// First pass over a tile: each group's mean over the tile from column sums, then
+    /// broadcast to its channels in `self.mean`; `self.m2` is zeroed for the second
+    /// pass.
     #[inline(always)]
-    fn clear(&mut self) {
+    fn group_means(&mut self, t: &Tiles, x: &[A]) -> Vec<A> {
         self.sum.fill(A::ZERO);
         self.m2.fill(A::ZERO);
-    }
-
-    /// Each group's mean over a tile of `len` elements, from the column sums the
-    /// first pass left in `self.sum`, then broadcast to its channels in `self.mean`.
-    #[inline(always)]
-    fn group_means(&mut self, t: &Tiles, len: usize) -> Vec<A> {
-        let n = group_count(t, len);
+        col_sums(t.c, x, &self.mean, &mut self.sum, |v, _| v);
+        let n = group_count(t, x.len());
         let means: Vec<A> = self.sum.chunks(t.cpg).map(|s| sum(s) / n).collect();
         for (m, &gm) in self.mean.chunks_mut(t.cpg).zip(&means) {
             m.fill(gm);
@@ -188,9 +185,7 @@ fn sum<A: Acc>(v: &[A]) -> A {
 fn tile_moments<T: Elem>(t: &Tiles, x: &[T], cols: &mut Cols<T::Acc>) -> Vec<Moments<T::Acc>> {
     let mut buf = std::mem::take(&mut cols.x);
     let xa = as_acc(x, &mut buf);
-    cols.clear();
-    col_sums(t.c, xa, &cols.mean, &mut cols.sum, |v, _| v);
-    let means = cols.group_means(t, xa.len());
+    let means = cols.group_means(t, xa);
     col_sums(t.c, xa, &cols.mean, &mut cols.m2, |v, m| (v - m) * (v - m));
     let moments = cols.group_moments(t, xa.len(), &means);
     cols.x = buf;
@@ -385,9 +380,7 @@ fn tile_grads<T: Elem>(
         }
         da = &dzbuf;
     }
-    cols.clear();
-    col_sums(t.c, xa, &cols.mean, &mut cols.sum, |v, _| v);
-    let means = cols.group_means(t, xa.len());
+    let means = cols.group_means(t, xa);
     let (mut sdy, mut sdyx) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
     let Cols { mean, m2, .. } = cols;
     for_rows(
