@@ -8,7 +8,7 @@
 
 use super::alloc::written;
 use super::blocks::{as_acc_all, BLOCK};
-use super::elem::{Acc, Elem, Slot};
+use super::elem::{Acc, Elem, Lane, Slot};
 use super::forward::split_stats;
 use super::reduce::{lane_sum, lane_sum2, lane_sum3, Moments};
 use super::rows::{
@@ -199,8 +199,9 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
             Some(g) => g,
             None => backward_sums(spec, at, (wide[0], wide[1]), wb.0, &mut blocks.g).finish(spec),
         };
-        // f32 and f64 dx straight into the output, unless dh is still to be added.
-        match (K, T::as_acc_uninit(dx)) {
+        // dx straight into the output (rounded there for bf16), unless dh is still to
+        // be added.
+        match (K, T::lanes_uninit(dx)) {
             (2, Some(dx)) => dx_direct(spec, at, [wide[0], wide[1]], dx, (stats, wb.0), acc),
             _ => backward_dx(spec, at, wide, dx, (stats, wb.0), acc, blocks),
         }
@@ -343,14 +344,14 @@ fn backward_dx<T: Elem, const K: usize>(
     }
 }
 
-/// [`backward_dx`] for f32 and f64 without dh: each block of dx written straight into
-/// the output.
+/// [`backward_dx`] for elements with lanes (f32, f64, bf16) without dh: each block of
+/// dx written straight into the output.
 #[inline(always)]
-fn dx_direct<A: Acc>(
+fn dx_direct<A: Acc, L: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
     [x, dy]: [&[A]; 2],
-    dx: &mut [MaybeUninit<A>],
+    dx: &mut [MaybeUninit<L>],
     (r, w): (RowGrad<A>, &[A]),
     acc: &mut ParamGrads<A>,
 ) {

@@ -7,7 +7,7 @@
 
 use super::backward::GradSums;
 use super::blocks::BLOCK;
-use super::elem::{Acc, Elem, Slot};
+use super::elem::{Acc, Elem, Lane, Slot};
 use super::reduce::{lane_sum, lane_sum3, Moments};
 use super::rows::{affine_params, param_grads_out, CHUNK, TASK_ELEMS};
 use super::runs::{map_rows, Rows, Run, RunOp};
@@ -316,10 +316,10 @@ impl<A: Acc> RunOp<A, 1> for Normalize<'_, A> {
     fn state(&self) {}
 
     #[inline(always)]
-    fn run<O: Slot<A>>(&self, _: &mut (), at: Run, [x]: [&[A]; 1], y: &mut [O]) {
+    fn run<I: Lane<A>, O: Slot<A>>(&self, _: &mut (), at: Run, [x]: [&[I]; 1], y: &mut [O]) {
         let p = self.channels[at.cycle];
         for (y, &x) in y.iter_mut().zip(x) {
-            y.set((x - p.mean) * p.scale + p.shift);
+            y.set((x.get() - p.mean) * p.scale + p.shift);
         }
     }
 }
@@ -347,11 +347,11 @@ impl<A: Acc> RunOp<A, 2> for Dx<'_, A> {
     fn state(&self) {}
 
     #[inline(always)]
-    fn run<O: Slot<A>>(&self, _: &mut (), at: Run, [x, dy]: [&[A]; 2], dx: &mut [O]) {
+    fn run<I: Lane<A>, O: Slot<A>>(&self, _: &mut (), at: Run, [x, dy]: [&[I]; 2], dx: &mut [O]) {
         let g = self.grads[at.cycle];
         for ((d, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-            let xh = (x - g.mean) * g.rstd;
-            d.set(g.rstd * (g.gamma * dy - g.mean_g - xh * g.mean_gx));
+            let xh = (x.get() - g.mean) * g.rstd;
+            d.set(g.rstd * (g.gamma * dy.get() - g.mean_g - xh * g.mean_gx));
         }
     }
 }

@@ -3,7 +3,8 @@
 //! is read ([`read_blocks`]), or a pass that reads its input twice widens it once into
 //! a buffer its task keeps ([`as_acc`], [`as_acc_all`]). Outputs are memory not yet
 //! written, each element written once: f32 and f64 blocks straight into it, f16/bf16
-//! blocks through a stack buffer rounded into it ([`write_blocks`], [`store_blocks`]).
+//! blocks through a stack buffer rounded into it ([`write_blocks`], [`store_blocks`]),
+//! where the pass does not round them in its own loop (`super::elem::Lane`).
 
 use super::alloc::assume_written;
 use super::elem::{Acc, Elem};
@@ -42,24 +43,16 @@ pub(super) fn read_blocks<T: Elem, const K: usize>(ins: [&[T]; K], mut f: impl F
     }
 }
 
-/// As [`read_blocks`], with an output block that `f` fills: a block of `out`, memory
-/// not yet written, for f32 and f64, else a stack buffer then rounded into `out`. `f`
-/// must write every element of its block, so that each element of `out` is written
-/// once.
+/// As [`read_blocks`], with an output block that `f` fills, for elements without
+/// lanes (f16; the others are written in the pass's own loop, `super::elem::Lane`): a
+/// stack buffer then rounded into `out`. `f` must write every element of its block, so
+/// that each element of `out` is written once.
 #[inline(always)]
 pub(super) fn write_blocks<T: Elem, const K: usize>(
     ins: [&[T]; K],
     out: &mut [MaybeUninit<T>],
     mut f: impl FnMut(usize, [&[T::Acc]; K], &mut [MaybeUninit<T::Acc>]),
 ) {
-    if let Some(acc) = T::as_acc_uninit(out) {
-        read_blocks(
-            ins,
-            #[inline(always)]
-            |o, blocks| f(o, blocks, &mut acc[o..o + blocks[0].len()]),
-        );
-        return;
-    }
     let mut ybuf = [MaybeUninit::uninit(); BLOCK];
     read_blocks(
         ins,

@@ -30,10 +30,27 @@ fn bits_of<H: Half>(dst: &mut [MaybeUninit<H>]) -> &mut [MaybeUninit<u16>] {
 /// bf16 to f32 is exact: the bits move up by 16. Written on the bits so that it
 /// vectorizes at every level.
 #[inline(always)]
+pub(super) fn bf16_widened(v: bf16) -> f32 {
+    f32::from_bits(u32::from(v.to_bits()) << 16)
+}
+
+#[inline(always)]
 pub(super) fn bf16_to_f32(src: &[bf16], dst: &mut [MaybeUninit<f32>]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        d.write(f32::from_bits(u32::from(s.to_bits()) << 16));
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(bf16_widened(s));
     }
+}
+
+/// f32 to bf16, rounded to nearest even on the bits: add 0x7fff plus the lowest kept
+/// bit, then drop the low 16 bits; a NaN keeps its top bits with the quiet bit set.
+/// Integer steps and a select, which vectorize at every level where this is inlined
+/// into a loop (and give what `vcvtneps2bf16` gives but for subnormal results, which
+/// the instruction flushes to zero).
+#[inline(always)]
+pub(super) fn bf16_rounded(v: f32) -> bf16 {
+    let b = v.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    bf16::from_bits(if v.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded })
 }
 
 #[inline(always)]
@@ -50,14 +67,11 @@ pub(super) fn f32_to_bf16(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
     f32_to_bf16_portable(src, bits)
 }
 
-/// Round to nearest even on the bits: add 0x7fff plus the lowest kept bit, then drop
-/// the low 16 bits; a NaN keeps its top bits with the quiet bit set.
+/// [`bf16_rounded`] over a block, into its bits.
 #[inline(always)]
 fn f32_to_bf16_portable(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        let b = s.to_bits();
-        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
-        d.write(if s.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded });
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(bf16_rounded(s).to_bits());
     }
 }
 

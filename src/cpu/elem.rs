@@ -7,7 +7,7 @@ use std::ops::{Add, AddAssign, Div, Mul, Sub};
 
 /// The accumulation type: f32 for f32/f16/bf16 inputs, f64 for f64.
 pub(super) trait Acc:
-    Copy + Send + Sync + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + AddAssign
+    Lane<Self> + Slot<Self> + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + AddAssign
 {
     const ZERO: Self;
     const ONE: Self;
@@ -85,23 +85,69 @@ macro_rules! impl_acc {
 }
 impl_acc!(f32 => exp_f32, f64 => f64::exp);
 
-/// Where a pass writes an output value: an element of a buffer, or of an output
-/// vector's uninitialized capacity (`super::alloc::filled`), written once.
+/// Where a pass writes an output value: an element of a buffer of accumulators, or of
+/// an output vector's uninitialized capacity (`super::alloc::filled`), written once and
+/// rounded there as the element's [`Lane`] rounds.
 pub(super) trait Slot<A> {
     fn set(&mut self, v: A);
 }
 
-impl<A> Slot<A> for A {
+macro_rules! impl_buffer_slot {
+    ($($t:ty),*) => {$(
+        impl Slot<$t> for $t {
+            #[inline(always)]
+            fn set(&mut self, v: $t) {
+                *self = v;
+            }
+        }
+    )*};
+}
+impl_buffer_slot!(f32, f64);
+
+impl<A, L: Lane<A>> Slot<A> for MaybeUninit<L> {
     #[inline(always)]
     fn set(&mut self, v: A) {
-        *self = v;
+        self.write(L::put(v));
     }
 }
 
-impl<A> Slot<A> for MaybeUninit<A> {
+/// An element that a pass reads and writes in its own loop, converted in registers:
+/// f32 and f64 as they are, bf16 by moving its bits up (widening) and by rounding them
+/// to nearest even (narrowing), integer steps that vectorize at every level, so that an
+/// element-wise pass reads and writes each element once instead of converting blocks
+/// through buffers. (f16's conversions are single instructions that LLVM does not
+/// generate from scalar code, so f16 keeps the buffers: [`Elem::lanes`].)
+pub(super) trait Lane<A>: Copy + Send + Sync {
+    /// The element as an accumulator.
+    fn get(self) -> A;
+    /// The accumulator rounded to the element type.
+    fn put(v: A) -> Self;
+}
+
+macro_rules! impl_identity_lane {
+    ($($t:ty),*) => {$(
+        impl Lane<$t> for $t {
+            #[inline(always)]
+            fn get(self) -> $t {
+                self
+            }
+            #[inline(always)]
+            fn put(v: $t) -> $t {
+                v
+            }
+        }
+    )*};
+}
+impl_identity_lane!(f32, f64);
+
+impl Lane<f32> for bf16 {
     #[inline(always)]
-    fn set(&mut self, v: A) {
-        self.write(v);
+    fn get(self) -> f32 {
+        convert::bf16_widened(self)
+    }
+    #[inline(always)]
+    fn put(v: f32) -> bf16 {
+        convert::bf16_rounded(v)
     }
 }
 
@@ -109,6 +155,8 @@ impl<A> Slot<A> for MaybeUninit<A> {
 /// accumulator type.
 pub(super) trait Elem: candle_core::WithDType {
     type Acc: Acc;
+    /// What [`Self::lanes`] gives: the element type itself, where it has lanes.
+    type Lane: Lane<Self::Acc>;
     fn load(src: &[Self], dst: &mut [Self::Acc]);
     /// [`Self::load`] into memory not yet written (a buffer's spare capacity): every
     /// element of `dst` is written.
@@ -119,17 +167,22 @@ pub(super) trait Elem: candle_core::WithDType {
     fn store_uninit(src: &[Self::Acc], dst: &mut [MaybeUninit<Self>]);
     /// The elements as accumulators when they already are (f32, f64): no conversion.
     fn as_acc(v: &[Self]) -> Option<&[Self::Acc]>;
-    /// A vector of accumulators as one of elements, when they are the same type.
-    fn from_acc_vec(v: Vec<Self::Acc>) -> Option<Vec<Self>>;
     /// Memory not yet written for elements, as memory for accumulators, when they are
     /// the same type (f32, f64).
     fn as_acc_uninit(v: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<Self::Acc>]>;
+    /// The elements as [`Lane`]s a pass converts in its own loop, where that is the
+    /// faster way (f32, f64, bf16; not f16).
+    fn lanes(v: &[Self]) -> Option<&[Self::Lane]>;
+    /// Memory not yet written for elements, as memory for [`Lane`]s, where
+    /// [`Self::lanes`] gives them.
+    fn lanes_uninit(v: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<Self::Lane>]>;
 }
 
 macro_rules! impl_full_elem {
     ($($t:ty),*) => {$(
         impl Elem for $t {
             type Acc = $t;
+            type Lane = $t;
             #[inline(always)]
             fn load(src: &[$t], dst: &mut [$t]) {
                 dst.copy_from_slice(src)
@@ -156,7 +209,12 @@ macro_rules! impl_full_elem {
             fn as_acc_uninit(v: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<$t>]> {
                 Some(v)
             }
-            fn from_acc_vec(v: Vec<$t>) -> Option<Vec<$t>> {
+            #[inline(always)]
+            fn lanes(v: &[$t]) -> Option<&[$t]> {
+                Some(v)
+            }
+            #[inline(always)]
+            fn lanes_uninit(v: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<$t>]> {
                 Some(v)
             }
         }
@@ -175,9 +233,10 @@ fn overwritten<T>(dst: &mut [T]) -> &mut [MaybeUninit<T>] {
 }
 
 macro_rules! impl_half_elem {
-    ($($t:ty => $load:path, $store:path);*) => {$(
+    ($($t:ty => $load:path, $store:path, $lane:ty, $lanes:expr);*) => {$(
         impl Elem for $t {
             type Acc = f32;
+            type Lane = $lane;
             #[inline(always)]
             fn load(src: &[$t], dst: &mut [f32]) {
                 $load(src, overwritten(dst))
@@ -202,13 +261,19 @@ macro_rules! impl_half_elem {
             fn as_acc_uninit(_: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<f32>]> {
                 None
             }
-            fn from_acc_vec(_: Vec<f32>) -> Option<Vec<$t>> {
-                None
+            #[inline(always)]
+            fn lanes(v: &[$t]) -> Option<&[$lane]> {
+                $lanes(v)
+            }
+            #[inline(always)]
+            fn lanes_uninit(v: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<$lane>]> {
+                $lanes(v)
             }
         }
     )*};
 }
+// f16 has no lanes: its `Lane` type is f32, never given.
 impl_half_elem!(
-    f16 => convert::f16_to_f32, convert::f32_to_f16;
-    bf16 => convert::bf16_to_f32, convert::f32_to_bf16
+    f16 => convert::f16_to_f32, convert::f32_to_f16, f32, |_| None;
+    bf16 => convert::bf16_to_f32, convert::f32_to_bf16, bf16, Some
 );

@@ -5,7 +5,7 @@
 
 use super::alloc::{assume_written, written};
 use super::blocks::{as_acc, store_blocks, write_blocks, BLOCK};
-use super::elem::{Acc, Elem, Slot};
+use super::elem::{Acc, Elem, Lane, Slot};
 use super::reduce::{moments, Moments};
 use super::rows::{affine_params, chunk_of, chunks_mut, for_segments, rows_per_task, split_rows, CHUNK};
 use super::runs::{map_rows, Rows, Run, RunOp};
@@ -18,30 +18,30 @@ use std::mem::MaybeUninit;
 /// `row`, each element of `y` written once.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn apply_forward<A: Acc, O: Slot<A>>(
+fn apply_forward<A: Acc, I: Lane<A>, O: Slot<A>>(
     spec: &Spec,
     row: usize,
     i0: usize,
-    x: &[A],
+    x: &[I],
     y: &mut [O],
     stats: (A, A),
     w: &[A],
     b: &[A],
 ) {
     match spec.act {
-        Activation::Identity => affine::<A, O, false>(spec, row, i0, x, y, stats, w, b),
-        Activation::Silu => affine::<A, O, true>(spec, row, i0, x, y, stats, w, b),
+        Activation::Identity => affine::<A, I, O, false>(spec, row, i0, x, y, stats, w, b),
+        Activation::Silu => affine::<A, I, O, true>(spec, row, i0, x, y, stats, w, b),
     }
 }
 
 /// [`apply_forward`] with SiLU after the affine step when `SILU`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn affine<A: Acc, O: Slot<A>, const SILU: bool>(
+fn affine<A: Acc, I: Lane<A>, O: Slot<A>, const SILU: bool>(
     spec: &Spec,
     row: usize,
     i0: usize,
-    x: &[A],
+    x: &[I],
     y: &mut [O],
     (mean, rstd): (A, A),
     w: &[A],
@@ -52,7 +52,7 @@ fn affine<A: Acc, O: Slot<A>, const SILU: bool>(
         let p = spec.param_offset(row) + i0;
         let (w, b) = (&w[p..p + x.len()], &b[p..p + x.len()]);
         for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-            y.set(act((x - mean) * rstd * w + b));
+            y.set(act((x.get() - mean) * rstd * w + b));
         }
     } else {
         for_segments(
@@ -64,7 +64,7 @@ fn affine<A: Acc, O: Slot<A>, const SILU: bool>(
             |p, r| {
                 let (scale, shift) = (rstd * w[p], b[p]);
                 for (y, &x) in y[r.clone()].iter_mut().zip(&x[r]) {
-                    y.set(act((x - mean) * scale + shift));
+                    y.set(act((x.get() - mean) * scale + shift));
                 }
             },
         );
@@ -81,12 +81,15 @@ fn forward_part<T: Elem>(
     stats: (T::Acc, T::Acc),
     (w, b): (&[T::Acc], &[T::Acc]),
 ) {
-    write_blocks(
-        [x],
-        y,
-        #[inline(always)]
-        |o, [xa], ya| apply_forward(spec, row, i0 + o, xa, ya, stats, w, b),
-    );
+    match (T::lanes(x), T::lanes_uninit(y)) {
+        (Some(x), Some(y)) => apply_forward(spec, row, i0, x, y, stats, w, b),
+        _ => write_blocks(
+            [x],
+            y,
+            #[inline(always)]
+            |o, [xa], ya| apply_forward(spec, row, i0 + o, xa, ya, stats, w, b),
+        ),
+    }
 }
 
 /// `h = x + residual` into memory not yet written, each sum rounded once to the
@@ -94,18 +97,25 @@ fn forward_part<T: Elem>(
 /// a narrower type rounds to the same value as the exact sum. Returns h, now written.
 #[inline(always)]
 fn add<'a, T: Elem>(x: &[T], r: &[T], h: &'a mut [MaybeUninit<T>]) -> &'a [T] {
-    write_blocks(
-        [x, r],
-        h,
-        #[inline(always)]
-        |_, [xa, ra], hb| {
-            for ((h, &x), &r) in hb.iter_mut().zip(xa).zip(ra) {
-                h.write(x + r);
-            }
-        },
-    );
+    match (T::lanes(x), T::lanes(r), T::lanes_uninit(h)) {
+        (Some(x), Some(r), Some(h)) => sum_into(x, r, h),
+        _ => write_blocks(
+            [x, r],
+            h,
+            #[inline(always)]
+            |_, [xa, ra], hb| sum_into(xa, ra, hb),
+        ),
+    }
     // SAFETY: write_blocks wrote every element of h.
     unsafe { assume_written(h) }
+}
+
+/// `h = x + r`, element by element.
+#[inline(always)]
+fn sum_into<A: Acc, I: Lane<A>, O: Slot<A>>(x: &[I], r: &[I], h: &mut [O]) {
+    for ((h, &x), &r) in h.iter_mut().zip(x).zip(r) {
+        h.set(x.get() + r.get());
+    }
 }
 
 /// What a task keeps across its rows, so that no buffer is made per row: an f16/bf16
@@ -314,7 +324,7 @@ impl<A: Acc, S, I: Fn() -> S + Sync, F: Fn(&mut S, usize) -> (A, A) + Sync> RunO
     }
 
     #[inline(always)]
-    fn run<O: Slot<A>>(&self, state: &mut S, at: Run, [x]: [&[A]; 1], y: &mut [O]) {
+    fn run<L: Lane<A>, O: Slot<A>>(&self, state: &mut S, at: Run, [x]: [&[L]; 1], y: &mut [O]) {
         let st = (self.stats)(state, at.row);
         let (w, b) = self.wb;
         apply_forward(self.spec, at.row, at.i0, x, y, st, w, b);

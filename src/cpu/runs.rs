@@ -7,8 +7,8 @@
 //! offset of the run in it.
 
 use super::alloc::filled;
-use super::blocks::{as_acc_all, direct};
-use super::elem::{Acc, Elem, Slot};
+use super::blocks::as_acc_all;
+use super::elem::{Acc, Elem, Lane, Slot};
 use super::simd::run;
 
 /// Where a run lies: elements `i0..` of `row`, which is row `cycle` (= row % period) of
@@ -29,8 +29,9 @@ pub(super) trait RunOp<A, const K: usize>: Sync {
     fn state(&self) -> Self::State;
 
     /// Writes `out[i]` for each element `i` of a run (`at`, `out.len()` elements),
-    /// whose inputs are `ins`. Every element of `out` must be written.
-    fn run<O: Slot<A>>(&self, state: &mut Self::State, at: Run, ins: [&[A]; K], out: &mut [O]);
+    /// whose inputs are `ins`, elements converted in the loop ([`Lane`]). Every element
+    /// of `out` must be written.
+    fn run<I: Lane<A>, O: Slot<A>>(&self, state: &mut Self::State, at: Run, ins: [&[I]; K], out: &mut [O]);
 }
 
 /// The rows of `len` elements whose parameters repeat every `period` rows.
@@ -65,49 +66,37 @@ fn row_runs(rows: Rows, piece: usize, start: usize, mut part: impl FnMut(Run, us
     }
 }
 
-/// Elements of an f16/bf16 piece widened, computed and rounded at a time: the inputs'
-/// and the output's buffers then stay in L1 between the three steps.
+/// Elements of an f16 piece widened, computed and rounded at a time: the inputs' and
+/// the output's buffers then stay in L1 between the three steps.
 const ROUNDED: usize = 1024;
 
 /// `op` over every element of the `rows` of `ins`, into a new vector laid out as they
-/// are, written once, never zeroed (`super::alloc::filled`). f32 and f64 runs read the
-/// inputs and write the output in place; f16/bf16 pieces are widened [`ROUNDED`]
-/// elements at a time into buffers the job keeps, computed there run by run, and
-/// rounded into the output. (Converting run by run costs a stack buffer per run, which
-/// for BatchNorm's rows of 49 was most of the time: docs/perf-notes.md, c16.)
+/// are, written once, never zeroed (`super::alloc::filled`). Elements with lanes (f32,
+/// f64, bf16) are read and written in place, converted in the op's loop; f16 pieces are
+/// widened [`ROUNDED`] elements at a time into buffers the job keeps, computed there
+/// run by run, and rounded into the output. (Converting run by run costs a stack
+/// buffer per run, which for BatchNorm's rows of 49 was most of the time:
+/// docs/perf-notes.md, c16.)
 pub(super) fn map_rows<T: Elem, const K: usize, Op: RunOp<T::Acc, K>>(rows: Rows, ins: [&[T]; K], op: &Op) -> Vec<T> {
     let n = ins.first().map_or(0, |s| s.len());
-    if let Some(xs) = direct(ins) {
-        let out = filled(
-            n,
-            || op.state(),
-            |state, start, y| {
-                run(
-                    #[inline(always)]
-                    || {
-                        row_runs(
-                            rows,
-                            y.len(),
-                            start,
-                            #[inline(always)]
-                            |run, at, m| {
-                                let part = xs.map(|x| &x[start + at..start + at + m]);
-                                op.run(state, run, part, &mut y[at..at + m]);
-                            },
-                        )
-                    },
-                )
-            },
-        );
-        if let Some(out) = T::from_acc_vec(out) {
-            return out;
-        }
-    }
-    let with_buffers = || (op.state(), std::array::from_fn::<_, K, _>(|_| Vec::new()), Vec::new());
-    filled(n, with_buffers, |(state, bufs, ybuf), start, y| {
+    let init = || (op.state(), std::array::from_fn::<_, K, _>(|_| Vec::new()), Vec::new());
+    filled(n, init, |(state, bufs, ybuf), start, y| {
         run(
             #[inline(always)]
             || {
+                if let (Some(xs), Some(y)) = (lanes(ins), T::lanes_uninit(y)) {
+                    row_runs(
+                        rows,
+                        y.len(),
+                        start,
+                        #[inline(always)]
+                        |run, at, m| {
+                            let part = std::array::from_fn(|j| &xs[j][start + at..start + at + m]);
+                            op.run(state, run, part, &mut y[at..at + m]);
+                        },
+                    );
+                    return;
+                }
                 for (k, ys) in y.chunks_mut(ROUNDED).enumerate() {
                     let (from, m) = (start + k * ROUNDED, ys.len());
                     let wide = as_acc_all(ins.map(|x| &x[from..from + m]), bufs);
@@ -127,4 +116,14 @@ pub(super) fn map_rows<T: Elem, const K: usize, Op: RunOp<T::Acc, K>>(rows: Rows
             },
         )
     })
+}
+
+/// The `K` inputs as [`Lane`]s, when their element type has them.
+#[inline(always)]
+fn lanes<T: Elem, const K: usize>(ins: [&[T]; K]) -> Option<[&[T::Lane]; K]> {
+    let mut out = [&[][..]; K];
+    for (o, x) in out.iter_mut().zip(ins) {
+        *o = T::lanes(x)?;
+    }
+    Some(out)
 }
