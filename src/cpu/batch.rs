@@ -10,7 +10,7 @@ use super::blocks::BLOCK;
 use super::elem::{Acc, Elem, Lane, Slot};
 use super::reduce::{lane_sum, lane_sum3, Moments};
 use super::rows::{affine_params, param_grads_out, CHUNK, TASK_ELEMS};
-use super::runs::{map_rows, Rows, Run, RunOp};
+use super::runs::{each, map_rows, Rows, Run, RunOp};
 use super::simd::run;
 use crate::spec::{Affine, Spec};
 use rayon::prelude::*;
@@ -318,9 +318,13 @@ impl<A: Acc> RunOp<A, 1> for Normalize<'_, A> {
     #[inline(always)]
     fn run<I: Lane<A>, O: Slot<A>>(&self, _: &mut (), at: Run, [x]: [&[I]; 1], y: &mut [O]) {
         let p = self.channels[at.cycle];
-        for (y, &x) in y.iter_mut().zip(x) {
-            y.set((x.get() - p.mean) * p.scale + p.shift);
-        }
+        each(
+            x,
+            x,
+            y,
+            #[inline(always)]
+            |x, _| (x - p.mean) * p.scale + p.shift,
+        );
     }
 }
 
@@ -349,10 +353,16 @@ impl<A: Acc> RunOp<A, 2> for Dx<'_, A> {
     #[inline(always)]
     fn run<I: Lane<A>, O: Slot<A>>(&self, _: &mut (), at: Run, [x, dy]: [&[I]; 2], dx: &mut [O]) {
         let g = self.grads[at.cycle];
-        for ((d, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-            let xh = (x.get() - g.mean) * g.rstd;
-            d.set(g.rstd * (g.gamma * dy.get() - g.mean_g - xh * g.mean_gx));
-        }
+        each(
+            x,
+            dy,
+            dx,
+            #[inline(always)]
+            |x, dy| {
+                let xh = (x - g.mean) * g.rstd;
+                g.rstd * (g.gamma * dy - g.mean_g - xh * g.mean_gx)
+            },
+        );
     }
 }
 

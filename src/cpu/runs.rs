@@ -34,6 +34,39 @@ pub(super) trait RunOp<A, const K: usize>: Sync {
     fn run<I: Lane<A>, O: Slot<A>>(&self, state: &mut Self::State, at: Run, ins: [&[I]; K], out: &mut [O]);
 }
 
+/// Elements [`each`] computes at a time: an AVX-512 register of f32, two of AVX2's.
+const WIDTH: usize = 16;
+
+/// `out[i] = f(x[i], y[i])` for every element of a run, [`WIDTH`] at a time, the last
+/// [`WIDTH`] of a run that is not a multiple of it computed again over the ones before
+/// (the op is element-wise, so they are written twice with the same value): no run
+/// ends in the narrower and scalar loops the compiler would add, where BatchNorm's runs
+/// of 49 spent as long as in the rest (docs/perf-notes.md, c23). Runs shorter than
+/// [`WIDTH`] go element by element.
+#[inline(always)]
+pub(super) fn each<A, I: Lane<A>, J: Lane<A>, O: Slot<A>>(x: &[I], y: &[J], out: &mut [O], f: impl Fn(A, A) -> A) {
+    let n = out.len();
+    let (x, y) = (&x[..n], &y[..n]);
+    if n < WIDTH {
+        for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+            o.set(f(x.get(), y.get()));
+        }
+        return;
+    }
+    let last = n - WIDTH;
+    let mut s = 0;
+    loop {
+        let (o, x, y) = (&mut out[s..s + WIDTH], &x[s..s + WIDTH], &y[s..s + WIDTH]);
+        for l in 0..WIDTH {
+            o[l].set(f(x[l].get(), y[l].get()));
+        }
+        if s == last {
+            return;
+        }
+        s = (s + WIDTH).min(last);
+    }
+}
+
 /// The rows of `len` elements whose parameters repeat every `period` rows.
 #[derive(Clone, Copy)]
 pub(super) struct Rows {
