@@ -30,6 +30,15 @@ struct ParamGrads<A> {
 }
 
 impl<A: Acc> ParamGrads<A> {
+    /// Accumulators for no gradient: a pass given them computes dx alone.
+    fn none(p_base: usize) -> Self {
+        Self {
+            p_base,
+            dg: Vec::new(),
+            db: Vec::new(),
+        }
+    }
+
     fn zeros(p_base: usize, n: usize, affine: Affine) -> Self {
         let zeros = |wanted: bool| vec![A::ZERO; if wanted { n } else { 0 }];
         Self {
@@ -142,6 +151,21 @@ struct Scratch<A, const K: usize> {
     wide: [Vec<A>; K],
     /// GroupNorm + SiLU: the gradient reaching z = x̂·γ + β, dy·silu'(z), of the row.
     dz: Vec<A>,
+    /// The row's [`SegmentSums`], when its first pass records them.
+    segments: Vec<SegmentSums<A>>,
+}
+
+/// Σdy and Σdy·(x − mean) over the part of a block that one parameter covers (norms
+/// whose parameter changes every `inner` elements), about the block's mean, as the
+/// first pass sums them anyway: once the row's mean is known they give the
+/// parameter's dβ and dγ (`Σdy·x̂ = rstd·(Σdy·(x − mean_b) + Σdy·(mean_b − mean))`),
+/// so that the second pass reads x and dy once, for dx, instead of three times.
+#[derive(Clone, Copy)]
+struct SegmentSums<A> {
+    p: usize,
+    mean: A,
+    sd: A,
+    cdx: A,
 }
 
 /// The weight and the bias as accumulators (ones and zeros where absent).
@@ -156,6 +180,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
             },
             wide: std::array::from_fn(|_| Vec::new()),
             dz: Vec::new(),
+            segments: Vec::new(),
         }
     }
 
@@ -170,9 +195,9 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         wb: Wb<A>,
         stats: Option<(A, A)>,
     ) -> GradSums<A> {
-        let Self { blocks, wide, dz } = self;
+        let Self { blocks, wide, dz, .. } = self;
         let [x, dy] = wide_ins(spec, at, as_acc_all(ins, wide), wb, stats, dz);
-        backward_sums(spec, at, (x, dy), wb.0, &mut blocks.g)
+        backward_sums(spec, at, (x, dy), wb.0, &mut blocks.g, None)
     }
 
     /// Both backward passes over a row, or the second alone when the row's
@@ -186,7 +211,12 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         (given, wb): (Option<RowGrad<A>>, Wb<A>),
         acc: &mut ParamGrads<A>,
     ) {
-        let Self { blocks, wide, dz } = self;
+        let Self {
+            blocks,
+            wide,
+            dz,
+            segments,
+        } = self;
         let mut wide = as_acc_all(ins, wide);
         let stats = match (spec.act, given) {
             (Activation::Identity, _) => None,
@@ -195,15 +225,33 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         };
         let [_, dy] = wide_ins(spec, at, [wide[0], wide[1]], wb, stats, dz);
         wide[1] = dy;
+        // dγ/dβ from the first pass's segment sums where the parameter changes every
+        // `inner` elements and the row is whole.
+        let record = given.is_none() && spec.inner > 1;
+        segments.clear();
         let stats = match given {
             Some(g) => g,
-            None => backward_sums(spec, at, (wide[0], wide[1]), wb.0, &mut blocks.g).finish(spec),
+            None => {
+                let rec = record.then_some(&mut *segments);
+                backward_sums(spec, at, (wide[0], wide[1]), wb.0, &mut blocks.g, rec).finish(spec)
+            }
         };
+        let mut none = ParamGrads::none(acc.p_base);
+        let dx_acc = if record { &mut none } else { &mut *acc };
         // dx straight into the output (rounded there for bf16), unless dh is still to
         // be added.
         match (K, T::lanes_uninit(dx)) {
-            (2, Some(dx)) => dx_direct(spec, at, [wide[0], wide[1]], dx, (stats, wb.0), acc),
-            _ => backward_dx(spec, at, wide, dx, (stats, wb.0), acc, blocks),
+            (2, Some(dx)) => dx_direct(spec, at, [wide[0], wide[1]], dx, (stats, wb.0), dx_acc),
+            _ => backward_dx(spec, at, wide, dx, (stats, wb.0), dx_acc, blocks),
+        }
+        for s in segments.iter() {
+            let o = s.p - acc.p_base;
+            if !acc.dg.is_empty() {
+                acc.dg[o] += stats.rstd * (s.cdx + s.sd * (s.mean - stats.mean));
+            }
+            if !acc.db.is_empty() {
+                acc.db[o] += s.sd;
+            }
         }
     }
 }
@@ -250,22 +298,24 @@ fn backward_sums<A: Acc>(
     (x, dy): (&[A], &[A]),
     w: &[A],
     g: &mut [A; BLOCK],
+    mut segments: Option<&mut Vec<SegmentSums<A>>>,
 ) -> GradSums<A> {
     // The first block's sums as they are: a merge into nothing would cost two divisions,
     // a row's worth of work when the row is short. (A loop, not `Iterator::fold`, which
     // stays a call compiled for the baseline.)
     let mut blocks = x.chunks(BLOCK).zip(dy.chunks(BLOCK)).enumerate();
     let mut sums = match blocks.next() {
-        Some((k, b)) => block_sums(spec, at, k, b, w, g),
+        Some((k, b)) => block_sums(spec, at, k, b, w, g, segments.as_deref_mut()),
         None => GradSums::EMPTY,
     };
     for (k, b) in blocks {
-        sums = sums.merge(block_sums(spec, at, k, b, w, g));
+        sums = sums.merge(block_sums(spec, at, k, b, w, g, segments.as_deref_mut()));
     }
     sums
 }
 
-/// The [`GradSums`] of block `k` of [`backward_sums`]'s elements.
+/// The [`GradSums`] of block `k` of [`backward_sums`]'s elements, and, with
+/// `segments`, each parameter's [`SegmentSums`] in it.
 #[inline(always)]
 fn block_sums<A: Acc>(
     spec: &Spec,
@@ -274,6 +324,7 @@ fn block_sums<A: Acc>(
     (xa, da): (&[A], &[A]),
     w: &[A],
     g: &mut [A; BLOCK],
+    mut segments: Option<&mut Vec<SegmentSums<A>>>,
 ) -> GradSums<A> {
     let (row, i0) = (at.0, at.1 + k * BLOCK);
     let n = A::from_f64(xa.len() as f64);
@@ -302,6 +353,9 @@ fn block_sums<A: Acc>(
             |p, r| {
                 let [m2, sd, cdx] = lane_sum3(&xa[r.clone()], &da[r], terms);
                 s = [s[0] + m2, s[1] + w[p] * sd, s[2] + w[p] * cdx];
+                if let Some(segs) = segments.as_deref_mut() {
+                    segs.push(SegmentSums { p, mean, sd, cdx });
+                }
             },
         );
         s
