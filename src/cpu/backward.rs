@@ -1,13 +1,18 @@
 //! The fused backward of every norm: dx, dγ and dβ in two passes over a row. The
 //! first reads x and dy from memory and gathers the moments together with Σg and the
 //! co-moment Σg·(x − mean) ([`GradSums`]); the second, from cache, accumulates dγ/dβ
-//! and writes dx. An f16/bf16 row (or chunk) is widened to f32 once, for both passes.
+//! and writes dx. f32, f64 and bf16 rows are read in place by both passes (bf16
+//! converted in their loops), and dx written straight into the output; an f16 row (or
+//! chunk), or the input of GroupNorm + SiLU or of the fused add, is widened to f32
+//! once, for both passes. Where a parameter covers runs of a row (GroupNorm,
+//! InstanceNorm), the first pass also keeps each run's sums ([`SegmentSums`]), from
+//! which its dγ and dβ follow, and the second pass computes dx alone.
 //! dγ/dβ partials are per task (or chunk) and summed in task order.
 //! The fused residual add's backward is the same over h, with the gradient reaching h
 //! directly added to dx.
 
 use super::alloc::written;
-use super::blocks::{as_acc_all, BLOCK};
+use super::blocks::{as_acc_all, lanes, BLOCK};
 use super::elem::{Acc, Elem, Lane, Slot};
 use super::forward::split_stats;
 use super::reduce::{lane_sum, lane_sum2, lane_sum3, Moments};
@@ -77,9 +82,9 @@ fn sum_partials<A: Acc>(total: &mut [A], partials: &[&[A]]) {
 /// g = dy·w for a block whose parameters change every element (`inner == 1`), from
 /// parameter `p` on, into `g`.
 #[inline(always)]
-fn dy_times_w<A: Acc>(p: usize, dy: &[A], w: &[A], g: &mut [A]) {
+fn dy_times_w<A: Acc, J: Lane<A>>(p: usize, dy: &[J], w: &[A], g: &mut [A]) {
     for ((g, &d), &w) in g.iter_mut().zip(dy).zip(&w[p..p + dy.len()]) {
-        *g = d * w;
+        *g = d.get() * w;
     }
 }
 
@@ -144,8 +149,8 @@ struct Blocks<A> {
 }
 
 /// What a backward task keeps across its rows: the block buffers, and the `K` inputs
-/// of the current row (or chunk) widened to accumulators once, when they are f16/bf16,
-/// for both passes to read.
+/// of the current row (or chunk) widened to accumulators once, when they are not read
+/// in place, for both passes to read.
 struct Scratch<A, const K: usize> {
     blocks: Blocks<A>,
     wide: [Vec<A>; K],
@@ -217,6 +222,21 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
             dz,
             segments,
         } = self;
+        // Without SiLU and dh, elements with lanes are read in place by both passes,
+        // converted in their loops, and dx written straight into the output.
+        if let (2, Activation::Identity, Some(l), Some(dxl)) = (K, spec.act, lanes(ins), T::lanes_uninit(dx)) {
+            let (x, dy) = (l[0], l[1]);
+            let (stats, recorded) = first_pass(spec, at, (x, dy), given, wb.0, &mut blocks.g, segments);
+            second_pass(
+                acc,
+                segments,
+                recorded,
+                stats,
+                #[inline(always)]
+                |acc| dx_direct(spec, at, [x, dy], dxl, (stats, wb.0), acc),
+            );
+            return;
+        }
         let mut wide = as_acc_all(ins, wide);
         let stats = match (spec.act, given) {
             (Activation::Identity, _) => None,
@@ -225,34 +245,20 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         };
         let [_, dy] = wide_ins(spec, at, [wide[0], wide[1]], wb, stats, dz);
         wide[1] = dy;
-        // dγ/dβ from the first pass's segment sums where the parameter changes every
-        // `inner` elements and the row is whole.
-        let record = given.is_none() && spec.inner > 1;
-        segments.clear();
-        let stats = match given {
-            Some(g) => g,
-            None => {
-                let rec = record.then_some(&mut *segments);
-                backward_sums(spec, at, (wide[0], wide[1]), wb.0, &mut blocks.g, rec).finish(spec)
-            }
-        };
-        let mut none = ParamGrads::none(acc.p_base);
-        let dx_acc = if record { &mut none } else { &mut *acc };
+        let (stats, recorded) = first_pass(spec, at, (wide[0], wide[1]), given, wb.0, &mut blocks.g, segments);
         // dx straight into the output (rounded there for bf16), unless dh is still to
         // be added.
-        match (K, T::lanes_uninit(dx)) {
-            (2, Some(dx)) => dx_direct(spec, at, [wide[0], wide[1]], dx, (stats, wb.0), dx_acc),
-            _ => backward_dx(spec, at, wide, dx, (stats, wb.0), dx_acc, blocks),
-        }
-        for s in segments.iter() {
-            let o = s.p - acc.p_base;
-            if !acc.dg.is_empty() {
-                acc.dg[o] += stats.rstd * (s.cdx + s.sd * (s.mean - stats.mean));
-            }
-            if !acc.db.is_empty() {
-                acc.db[o] += s.sd;
-            }
-        }
+        second_pass(
+            acc,
+            segments,
+            recorded,
+            stats,
+            #[inline(always)]
+            |acc| match (K, T::lanes_uninit(dx)) {
+                (2, Some(dx)) => dx_direct(spec, at, [wide[0], wide[1]], dx, (stats, wb.0), acc),
+                _ => backward_dx(spec, at, wide, dx, (stats, wb.0), acc, blocks),
+            },
+        );
     }
 }
 
@@ -289,13 +295,63 @@ fn wide_ins<'a, A: Acc, const K: usize>(
     [x, &dz[..]]
 }
 
+/// The first pass over a row, or its `given` statistics: the row's [`RowGrad`], and
+/// whether the pass recorded each parameter's [`SegmentSums`] into `segments`, as it
+/// does for whole rows whose parameter changes every `inner` elements.
+#[inline(always)]
+fn first_pass<A: Acc, I: Lane<A>, J: Lane<A>>(
+    spec: &Spec,
+    at: (usize, usize),
+    ins: (&[I], &[J]),
+    given: Option<RowGrad<A>>,
+    w: &[A],
+    g: &mut [A; BLOCK],
+    segments: &mut Vec<SegmentSums<A>>,
+) -> (RowGrad<A>, bool) {
+    segments.clear();
+    match given {
+        Some(stats) => (stats, false),
+        None => {
+            let record = spec.inner > 1;
+            let sums = backward_sums(spec, at, ins, w, g, record.then_some(segments));
+            (sums.finish(spec), record)
+        }
+    }
+}
+
+/// The second pass, `pass(acc)`: given `acc` itself, or, where the first pass
+/// `recorded` the segment sums, accumulators for no gradient (dx alone), the segments'
+/// dγ/dβ then added to `acc`.
+#[inline(always)]
+fn second_pass<A: Acc>(
+    acc: &mut ParamGrads<A>,
+    segments: &[SegmentSums<A>],
+    recorded: bool,
+    stats: RowGrad<A>,
+    pass: impl FnOnce(&mut ParamGrads<A>),
+) {
+    if !recorded {
+        return pass(acc);
+    }
+    pass(&mut ParamGrads::none(acc.p_base));
+    for s in segments {
+        let o = s.p - acc.p_base;
+        if !acc.dg.is_empty() {
+            acc.dg[o] += stats.rstd * (s.cdx + s.sd * (s.mean - stats.mean));
+        }
+        if !acc.db.is_empty() {
+            acc.db[o] += s.sd;
+        }
+    }
+}
+
 /// First backward pass over the elements of a row from `at = (row, i0)` on, the one
 /// that reads x and dy from memory: their [`GradSums`], block by block.
 #[inline(always)]
-fn backward_sums<A: Acc>(
+fn backward_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
-    (x, dy): (&[A], &[A]),
+    (x, dy): (&[I], &[J]),
     w: &[A],
     g: &mut [A; BLOCK],
     mut segments: Option<&mut Vec<SegmentSums<A>>>,
@@ -317,11 +373,11 @@ fn backward_sums<A: Acc>(
 /// The [`GradSums`] of block `k` of [`backward_sums`]'s elements, and, with
 /// `segments`, each parameter's [`SegmentSums`] in it.
 #[inline(always)]
-fn block_sums<A: Acc>(
+fn block_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
     k: usize,
-    (xa, da): (&[A], &[A]),
+    (xa, da): (&[I], &[J]),
     w: &[A],
     g: &mut [A; BLOCK],
     mut segments: Option<&mut Vec<SegmentSums<A>>>,
@@ -401,10 +457,10 @@ fn backward_dx<T: Elem, const K: usize>(
 /// [`backward_dx`] for elements with lanes (f32, f64, bf16) without dh: each block of
 /// dx written straight into the output.
 #[inline(always)]
-fn dx_direct<A: Acc, L: Lane<A>>(
+fn dx_direct<A: Acc, I: Lane<A>, L: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
-    [x, dy]: [&[A]; 2],
+    [x, dy]: [&[I]; 2],
     dx: &mut [MaybeUninit<L>],
     (r, w): (RowGrad<A>, &[A]),
     acc: &mut ParamGrads<A>,
@@ -418,10 +474,10 @@ fn dx_direct<A: Acc, L: Lane<A>>(
 /// The second pass over one block of elements from `at`: dx into `dx` (each element
 /// written once), dγ/dβ into `acc`.
 #[inline(always)]
-fn dx_block<A: Acc, O: Slot<A>>(
+fn dx_block<A: Acc, I: Lane<A>, O: Slot<A>>(
     spec: &Spec,
     at: (usize, usize),
-    (x, dy, w): (&[A], &[A], &[A]),
+    (x, dy, w): (&[I], &[I], &[A]),
     dx: &mut [O],
     r: RowGrad<A>,
     acc: &mut ParamGrads<A>,
@@ -438,9 +494,9 @@ fn dx_block<A: Acc, O: Slot<A>>(
 /// (`inner == 1`: LayerNorm, RMSNorm), in one loop: x̂, the dγ/dβ partials (those
 /// asked for) and dx, with `w` and the partials the block's own, from parameter `p`.
 #[inline(always)]
-fn dx_rows_block<A: Acc, O: Slot<A>>(
+fn dx_rows_block<A: Acc, I: Lane<A>, O: Slot<A>>(
     p: usize,
-    (x, dy, w): (&[A], &[A], &[A]),
+    (x, dy, w): (&[I], &[I], &[A]),
     dx: &mut [O],
     r: RowGrad<A>,
     acc: &mut ParamGrads<A>,
@@ -454,30 +510,30 @@ fn dx_rows_block<A: Acc, O: Slot<A>>(
         (false, false) => {
             let (dg, db) = (&mut dg[o..o + n], &mut db[o..o + n]);
             for i in 0..n {
-                let xh = (x[i] - r.mean) * r.rstd;
-                dg[i] += dy[i] * xh;
-                db[i] += dy[i];
-                dx[i].set(dx_of(xh, dy[i], w[i]));
+                let xh = (x[i].get() - r.mean) * r.rstd;
+                dg[i] += dy[i].get() * xh;
+                db[i] += dy[i].get();
+                dx[i].set(dx_of(xh, dy[i].get(), w[i]));
             }
         }
         (false, true) => {
             let dg = &mut dg[o..o + n];
             for i in 0..n {
-                let xh = (x[i] - r.mean) * r.rstd;
-                dg[i] += dy[i] * xh;
-                dx[i].set(dx_of(xh, dy[i], w[i]));
+                let xh = (x[i].get() - r.mean) * r.rstd;
+                dg[i] += dy[i].get() * xh;
+                dx[i].set(dx_of(xh, dy[i].get(), w[i]));
             }
         }
         (true, false) => {
             let db = &mut db[o..o + n];
             for i in 0..n {
-                db[i] += dy[i];
-                dx[i].set(dx_of((x[i] - r.mean) * r.rstd, dy[i], w[i]));
+                db[i] += dy[i].get();
+                dx[i].set(dx_of((x[i].get() - r.mean) * r.rstd, dy[i].get(), w[i]));
             }
         }
         (true, true) => {
             for i in 0..n {
-                dx[i].set(dx_of((x[i] - r.mean) * r.rstd, dy[i], w[i]));
+                dx[i].set(dx_of((x[i].get() - r.mean) * r.rstd, dy[i].get(), w[i]));
             }
         }
     }
@@ -487,10 +543,10 @@ fn dx_rows_block<A: Acc, O: Slot<A>>(
 /// elements (GroupNorm, BatchNorm), one run of a parameter at a time: dx, then the
 /// run's Σdy·x̂ and Σdy added to its parameter's dγ/dβ partials (those asked for).
 #[inline(always)]
-fn dx_segments<A: Acc, O: Slot<A>>(
+fn dx_segments<A: Acc, I: Lane<A>, O: Slot<A>>(
     spec: &Spec,
     (row, i0): (usize, usize),
-    (x, dy, w): (&[A], &[A], &[A]),
+    (x, dy, w): (&[I], &[I], &[A]),
     dx: &mut [O],
     r: RowGrad<A>,
     acc: &mut ParamGrads<A>,
@@ -506,8 +562,8 @@ fn dx_segments<A: Acc, O: Slot<A>>(
             let (x, dy) = (&x[at.clone()], &dy[at.clone()]);
             let wp = w[p];
             for ((d, &x), &g) in dx[at].iter_mut().zip(x).zip(dy) {
-                let xh = (x - r.mean) * r.rstd;
-                d.set(r.rstd * (g * wp - r.mean_g - xh * r.mean_gx));
+                let xh = (x.get() - r.mean) * r.rstd;
+                d.set(r.rstd * (g.get() * wp - r.mean_g - xh * r.mean_gx));
             }
             if !dg.is_empty() {
                 dg[p - base] += lane_sum2(x, dy, |x, d| d * ((x - r.mean) * r.rstd));

@@ -21,6 +21,16 @@ pub(super) fn direct<T: Elem, const K: usize>(ins: [&[T]; K]) -> Option<[&[T::Ac
     d.iter().all(Option::is_some).then(|| d.map(Option::unwrap_or_default))
 }
 
+/// The `K` inputs as [`Lane`]s, when their element type has them.
+#[inline(always)]
+pub(super) fn lanes<T: Elem, const K: usize>(ins: [&[T]; K]) -> Option<[&[T::Lane]; K]> {
+    let mut out = [&[][..]; K];
+    for (o, x) in out.iter_mut().zip(ins) {
+        *o = T::lanes(x)?;
+    }
+    Some(out)
+}
+
 /// Calls `f(offset, blocks)` for consecutive blocks of at most [`BLOCK`] elements of
 /// the `K` equally long inputs, seen as accumulators: slices of the inputs themselves
 /// for f32 and f64, stack buffers converted from them otherwise.

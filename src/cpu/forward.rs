@@ -118,8 +118,8 @@ fn sum_into<A: Acc, I: Lane<A>, O: Slot<A>>(x: &[I], r: &[I], h: &mut [O]) {
     }
 }
 
-/// What a task keeps across its rows, so that no buffer is made per row: an f16/bf16
-/// row converted to accumulators once, and a block of y before it is rounded.
+/// What a task keeps across its rows, so that no buffer is made per row: an f16 row
+/// converted to accumulators once, and a block of y before it is rounded.
 struct Scratch<A> {
     x: Vec<A>,
     y: [MaybeUninit<A>; BLOCK],
@@ -147,6 +147,16 @@ fn forward_rows<T: Elem>(
     let eps = T::Acc::from_f64(spec.eps);
     let Scratch { x: xbuf, y: ybuf } = scratch;
     for (i, (yr, xr)) in y.chunks_mut(spec.len).zip(src.chunks(spec.len)).enumerate() {
+        if let Some(x) = T::lanes(xr) {
+            let stats = Moments::of_blocks(x, spec.center()).stats(eps);
+            store_blocks(
+                yr,
+                ybuf,
+                #[inline(always)]
+                |o, yb| apply_forward(spec, first + i, o, &x[o..o + yb.len()], yb, stats, w, b),
+            );
+            continue;
+        }
         let xa = as_acc(xr, xbuf);
         let stats = Moments::of_blocks(xa, spec.center()).stats(eps);
         store_blocks(
@@ -203,8 +213,9 @@ pub(super) fn split_stats<T: Elem>(
 /// the output's uninitialized capacity (see [`normalized`]): each rayon job takes a
 /// row's moments at the first of its elements the job reaches and normalizes the rest
 /// of the row from cache. f16/bf16 are bound by their conversions: they, and the
-/// fused residual add, run [`by_rows`], whose tasks widen a row once for both passes
-/// and round y block by block (docs/perf-notes.md, c10, c15 and c21).
+/// fused residual add, run [`by_rows`], whose tasks read a bf16 row in place for both
+/// passes (converted in their loops) or widen an f16 row once, and round y block by
+/// block (docs/perf-notes.md, c10, c15, c21 and c23).
 pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     spec: &Spec,
     x: &[T],

@@ -6,10 +6,13 @@
 //! is too long for one task, each row is cut into chunks whose partial results are
 //! merged in chunk order.
 //!
-//! Every pass over a row walks it in blocks (`blocks`). f16 and bf16 are converted to
-//! f32 (`convert`): the row-wise forward and backward widen each row (or chunk) once
-//! into a buffer their task keeps, other passes block by block into stack buffers. A
-//! row is read from memory once and then served from L1/L2. The moments of each block
+//! Every pass over a row walks it in blocks (`blocks`). bf16 is converted in the
+//! passes' own loops, read and rounded in registers (`elem::Lane`), as f32 and f64 are
+//! read in place, except where a block of y is rounded through a buffer (the row norms'
+//! forward) or the backward's input is dy·silu' or carries dh. f16 is converted to f32
+//! (`convert`): the row-wise forward and backward widen each row (or chunk) once into a
+//! buffer their task keeps, other passes block by block into stack buffers. A row is
+//! read from memory once and then served from L1/L2. The moments of each block
 //! are taken in two passes over the block (never E[x²] − mean²) and merged across
 //! blocks and chunks with Chan's formula (`reduce`).
 //!
@@ -18,7 +21,8 @@
 //! piece by piece, f16/bf16 and the fused residual add by tasks of whole rows. The
 //! backward (`backward`) makes two passes too, the first reading x and dy from
 //! memory, the second from cache, and writes dx once into the output's uninitialized
-//! capacity.
+//! capacity; where a parameter covers runs of a row (GroupNorm, InstanceNorm), its dγ
+//! and dβ come from the first pass's sums, and the second pass computes dx alone.
 //!
 //! Channels-last GroupNorm, whose groups are column blocks rather than rows, has its
 //! own passes over tiles of rows (`channels_last`), and channels-first LayerNorm, which

@@ -2,7 +2,7 @@
 //! (count, mean, M2) moments of a block, merged with Chan et al.'s formula.
 
 use super::blocks::{read_blocks, BLOCK};
-use super::elem::{Acc, Elem};
+use super::elem::{Acc, Elem, Lane};
 
 /// f32 lanes of an AVX-512 register: the width of one of the four accumulator groups
 /// of a reduction (four, so that the adds of a pass do not wait on each other).
@@ -10,19 +10,19 @@ const LANES: usize = 16;
 
 /// `a[l] += f(x[l], y[l])` for one group of lanes.
 #[inline(always)]
-fn add_lanes<A: Acc>(a: &mut [A; LANES], x: &[A], y: &[A], f: &impl Fn(A, A) -> A) {
+fn add_lanes<A: Acc, I: Lane<A>, J: Lane<A>>(a: &mut [A; LANES], x: &[I], y: &[J], f: &impl Fn(A, A) -> A) {
     for l in 0..LANES {
-        a[l] += f(x[l], y[l]);
+        a[l] += f(x[l].get(), y[l].get());
     }
 }
 
-/// Sum of `f(x[i], y[i])` in a fixed order: over four groups of [`LANES`]
+/// Sum of `f(x[i], y[i])` (elements converted in the loop, [`Lane`]) in a fixed order: over four groups of [`LANES`]
 /// accumulators, then over the first group for what is left, then the last few
 /// elements one by one; the groups are added lane by lane and the lanes halved. The
 /// groups are four separate arrays updated by straight-line calls, which the compiler
 /// keeps in vector registers (a loop over groups makes it spill or gather them).
 #[inline(always)]
-pub(super) fn lane_sum2<A: Acc>(x: &[A], y: &[A], f: impl Fn(A, A) -> A) -> A {
+pub(super) fn lane_sum2<A: Acc, I: Lane<A>, J: Lane<A>>(x: &[I], y: &[J], f: impl Fn(A, A) -> A) -> A {
     let (mut a0, mut a1, mut a2, mut a3) = ([A::ZERO; LANES], [A::ZERO; LANES], [A::ZERO; LANES], [A::ZERO; LANES]);
     let (xw, yw) = (x.chunks_exact(4 * LANES), y.chunks_exact(4 * LANES));
     let (xr, yr) = (xw.remainder().chunks_exact(LANES), yw.remainder().chunks_exact(LANES));
@@ -46,14 +46,14 @@ pub(super) fn lane_sum2<A: Acc>(x: &[A], y: &[A], f: impl Fn(A, A) -> A) -> A {
             a0[l] += a0[l + width];
         }
     }
-    a0[0] + xt.iter().zip(yt).fold(A::ZERO, |s, (&a, &b)| s + f(a, b))
+    a0[0] + xt.iter().zip(yt).fold(A::ZERO, |s, (&a, &b)| s + f(a.get(), b.get()))
 }
 
 /// `a[k][l] += f(x[l], y[l])[k]` for one group of lanes of three sums.
 #[inline(always)]
-fn add_lanes3<A: Acc>(a: &mut [[A; LANES]; 3], x: &[A], y: &[A], f: &impl Fn(A, A) -> [A; 3]) {
+fn add_lanes3<A: Acc, I: Lane<A>, J: Lane<A>>(a: &mut [[A; LANES]; 3], x: &[I], y: &[J], f: &impl Fn(A, A) -> [A; 3]) {
     for l in 0..LANES {
-        let v = f(x[l], y[l]);
+        let v = f(x[l].get(), y[l].get());
         a[0][l] += v[0];
         a[1][l] += v[1];
         a[2][l] += v[2];
@@ -66,7 +66,7 @@ fn add_lanes3<A: Acc>(a: &mut [[A; LANES]; 3], x: &[A], y: &[A], f: &impl Fn(A, 
 /// left, then the last few elements one by one; the groups are added lane by lane and
 /// the lanes halved.
 #[inline(always)]
-pub(super) fn lane_sum3<A: Acc>(x: &[A], y: &[A], f: impl Fn(A, A) -> [A; 3]) -> [A; 3] {
+pub(super) fn lane_sum3<A: Acc, I: Lane<A>, J: Lane<A>>(x: &[I], y: &[J], f: impl Fn(A, A) -> [A; 3]) -> [A; 3] {
     let (mut a0, mut a1) = ([[A::ZERO; LANES]; 3], [[A::ZERO; LANES]; 3]);
     let (xw, yw) = (x.chunks_exact(2 * LANES), y.chunks_exact(2 * LANES));
     let (xr, yr) = (xw.remainder().chunks_exact(LANES), yw.remainder().chunks_exact(LANES));
@@ -94,7 +94,7 @@ pub(super) fn lane_sum3<A: Acc>(x: &[A], y: &[A], f: impl Fn(A, A) -> [A; 3]) ->
         out[k] = s[0];
     }
     for (&a, &b) in xt.iter().zip(yt) {
-        let v = f(a, b);
+        let v = f(a.get(), b.get());
         for k in 0..3 {
             out[k] += v[k];
         }
@@ -104,7 +104,7 @@ pub(super) fn lane_sum3<A: Acc>(x: &[A], y: &[A], f: impl Fn(A, A) -> [A; 3]) ->
 
 /// Sum of `f(x[i])`, accumulated as in [`lane_sum2`].
 #[inline(always)]
-pub(super) fn lane_sum<A: Acc>(x: &[A], f: impl Fn(A) -> A) -> A {
+pub(super) fn lane_sum<A: Acc, I: Lane<A>>(x: &[I], f: impl Fn(A) -> A) -> A {
     lane_sum2(x, x, |v, _| f(v))
 }
 
@@ -127,16 +127,17 @@ impl<A: Acc> Moments<A> {
 
     /// Two passes over a block held in L1: never E[x²] − mean².
     #[inline(always)]
-    pub(super) fn of(x: &[A], center: bool) -> Self {
+    pub(super) fn of<I: Lane<A>>(x: &[I], center: bool) -> Self {
         let n = A::from_f64(x.len() as f64);
         let mean = if center { lane_sum(x, |v| v) / n } else { A::ZERO };
         let m2 = lane_sum(x, |v| (v - mean) * (v - mean));
         Self { n, mean, m2 }
     }
 
-    /// Moments of a row of accumulators, block by block as [`moments`] takes them.
+    /// Moments of a row of accumulators (or of [`Lane`]s), block by block as
+    /// [`moments`] takes them.
     #[inline(always)]
-    pub(super) fn of_blocks(x: &[A], center: bool) -> Self {
+    pub(super) fn of_blocks<I: Lane<A>>(x: &[I], center: bool) -> Self {
         // The first block's moments as they are: a merge into nothing would cost two
         // divisions, a row's worth of work when the row is short. (A loop, not
         // `Iterator::fold`, which stays a call compiled for the baseline.)

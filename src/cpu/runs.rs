@@ -7,7 +7,7 @@
 //! offset of the run in it.
 
 use super::alloc::filled;
-use super::blocks::as_acc_all;
+use super::blocks::{as_acc_all, lanes};
 use super::elem::{Acc, Elem, Lane, Slot};
 use super::simd::run;
 
@@ -149,14 +149,4 @@ pub(super) fn map_rows<T: Elem, const K: usize, Op: RunOp<T::Acc, K>>(rows: Rows
             },
         )
     })
-}
-
-/// The `K` inputs as [`Lane`]s, when their element type has them.
-#[inline(always)]
-fn lanes<T: Elem, const K: usize>(ins: [&[T]; K]) -> Option<[&[T::Lane]; K]> {
-    let mut out = [&[][..]; K];
-    for (o, x) in out.iter_mut().zip(ins) {
-        *o = T::lanes(x)?;
-    }
-    Some(out)
 }
