@@ -6,7 +6,7 @@
 //! and dx an element-wise pass. Row r of the [`Spec`] is channel r mod C.
 
 use super::backward::GradSums;
-use super::blocks::BLOCK;
+use super::blocks::{lanes, BLOCK};
 use super::elem::{Acc, Elem, Lane, Slot};
 use super::reduce::{lane_sum, lane_sum3, Moments};
 use super::rows::{affine_params, param_grads_out, CHUNK, TASK_ELEMS};
@@ -92,16 +92,12 @@ impl Pieces {
         })
     }
 
-    /// `f(ins)` for every piece, in the order q·C + c, `ins` the piece's elements of
-    /// each input as accumulators: in place when they are one run of f32 or f64, else
-    /// gathered (and widened) into buffers the job keeps.
-    fn map<T: Elem, const K: usize, R: Copy + Send>(
-        &self,
-        ins: [&[T]; K],
-        empty: R,
-        f: impl Fn([&[T::Acc]; K]) -> R + Sync + Send,
-    ) -> Vec<R> {
-        let mut out = vec![empty; self.c * self.per_channel];
+    /// The [`GradSums`] of every piece ([`piece_sums`]), in the order q·C + c, of the
+    /// piece's elements of each input: read in place when they are one run of elements
+    /// with lanes (f32, f64, bf16), else gathered (and widened) into buffers the job
+    /// keeps.
+    fn map<T: Elem, const K: usize>(&self, ins: [&[T]; K]) -> Vec<GradSums<T::Acc>> {
+        let mut out = vec![GradSums::EMPTY; self.c * self.per_channel];
         let bufs = || std::array::from_fn::<Vec<T::Acc>, K, _>(|_| Vec::new());
         out.par_chunks_mut(self.per_job)
             .enumerate()
@@ -113,7 +109,7 @@ impl Pieces {
                         while !part.is_empty() {
                             let (q, c0) = (i / self.c, i % self.c);
                             let (seg, rest) = part.split_at_mut((self.c - c0).min(part.len()));
-                            self.segment(ins, bufs, (q, c0), seg, &f);
+                            self.segment(ins, bufs, (q, c0), seg);
                             (i, part) = (i + seg.len(), rest);
                         }
                     },
@@ -124,20 +120,20 @@ impl Pieces {
 
     /// [`Self::map`] over piece q of channels `c0..c0 + out.len()`.
     #[inline(always)]
-    fn segment<T: Elem, const K: usize, R>(
+    fn segment<T: Elem, const K: usize>(
         &self,
         ins: [&[T]; K],
         bufs: &mut [Vec<T::Acc>; K],
         (q, c0): (usize, usize),
-        out: &mut [R],
-        f: &impl Fn([&[T::Acc]; K]) -> R,
+        out: &mut [GradSums<T::Acc>],
     ) {
         let at = |r: &Range<usize>, c: usize| r.start + c * self.len..r.end + c * self.len;
         let one_run = self.samples <= 1;
-        if let (true, Some(xs)) = (one_run, super::blocks::direct(ins)) {
+        if let (true, Some(xs)) = (one_run, lanes(ins)) {
             let r = self.runs(q).next().unwrap_or_default();
             for (k, o) in out.iter_mut().enumerate() {
-                *o = f(xs.map(|x| &x[at(&r, c0 + k)]));
+                let c = c0 + k;
+                *o = piece_sums(&xs[0][at(&r, c)], &xs[K - 1][at(&r, c)], K == 2);
             }
             return;
         }
@@ -154,7 +150,8 @@ impl Pieces {
             }
         }
         for (k, o) in out.iter_mut().enumerate() {
-            *o = f(std::array::from_fn(|i| &bufs[i][k * seg..(k + 1) * seg]));
+            let piece = k * seg..(k + 1) * seg;
+            *o = piece_sums(&bufs[0][piece.clone()], &bufs[K - 1][piece], K == 2);
         }
     }
 
@@ -171,9 +168,16 @@ impl Pieces {
     }
 }
 
-/// The raw sums of a block of x and dy (no γ): x's moments, Σdy and Σdy·(x − mean).
+/// The raw sums of a block of x and dy (no γ): x's moments, Σdy and Σdy·(x − mean);
+/// x's moments alone without `grads` (the forward's).
 #[inline(always)]
-fn block_sums<A: Acc>(x: &[A], dy: &[A]) -> GradSums<A> {
+fn block_sums<A: Acc, I: Lane<A>>(x: &[I], dy: &[I], grads: bool) -> GradSums<A> {
+    if !grads {
+        return GradSums {
+            x: Moments::of(x, true),
+            ..GradSums::EMPTY
+        };
+    }
     let n = A::from_f64(x.len() as f64);
     let mean = lane_sum(x, |v| v) / n;
     let [m2, sg, cgx] = lane_sum3(x, dy, |x, d| {
@@ -189,14 +193,14 @@ fn block_sums<A: Acc>(x: &[A], dy: &[A]) -> GradSums<A> {
 
 /// [`block_sums`] of a piece, block by block as every backward takes them.
 #[inline(always)]
-fn piece_sums<A: Acc>(x: &[A], dy: &[A]) -> GradSums<A> {
+fn piece_sums<A: Acc, I: Lane<A>>(x: &[I], dy: &[I], grads: bool) -> GradSums<A> {
     let mut blocks = x.chunks(BLOCK).zip(dy.chunks(BLOCK));
     let mut sums = match blocks.next() {
-        Some((xb, db)) => block_sums(xb, db),
+        Some((xb, db)) => block_sums(xb, db, grads),
         None => GradSums::EMPTY,
     };
     for (xb, db) in blocks {
-        sums = sums.merge(block_sums(xb, db));
+        sums = sums.merge(block_sums(xb, db, grads));
     }
     sums
 }
@@ -252,15 +256,7 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
         Source::Batch if x.is_empty() => (Vec::new(), Vec::new()),
         Source::Batch => {
             let p = Pieces::of::<T>(spec);
-            let pieces = p.map(
-                [x],
-                GradSums::EMPTY,
-                #[inline(always)]
-                |[x]| GradSums {
-                    x: Moments::of_blocks(x, true),
-                    ..GradSums::EMPTY
-                },
-            );
+            let pieces = p.map([x]);
             let ch: Vec<Moments<T::Acc>> = p.per_channel(&pieces, |_, s| channel(s, None).x);
             let eps = T::Acc::from_f64(spec.eps);
             (ch.iter().map(|m| m.stats(eps)).collect(), ch)
@@ -387,12 +383,7 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
         Source::Running(mean, var) => Some(running(spec, mean, var)),
     };
     let p = Pieces::of::<T>(spec);
-    let pieces = p.map(
-        [x, dy],
-        GradSums::EMPTY,
-        #[inline(always)]
-        |[x, dy]| piece_sums(x, dy),
-    );
+    let pieces = p.map([x, dy]);
     let eps = T::Acc::from_f64(spec.eps);
     let sums = p.per_channel(&pieces, |ch, s| channel(s, running.as_ref().map(|r| r[ch].0)));
     let (mut dg, mut db) = (vec![T::Acc::ZERO; c], vec![T::Acc::ZERO; c]);
