@@ -224,7 +224,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         } = self;
         // Without SiLU and dh, elements with lanes are read in place by both passes,
         // converted in their loops, and dx written straight into the output.
-        if let (2, Activation::Identity, Some(l), Some(dxl)) = (K, spec.act, lanes(ins), T::lanes_uninit(dx)) {
+        if let (2, Activation::Identity, Some(l)) = (K, spec.act, lanes(ins)) {
             let (x, dy) = (l[0], l[1]);
             let (stats, recorded) = first_pass(spec, at, (x, dy), given, wb.0, &mut blocks.g, segments);
             second_pass(
@@ -233,7 +233,10 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
                 recorded,
                 stats,
                 #[inline(always)]
-                |acc| dx_direct(spec, at, [x, dy], dxl, (stats, wb.0), acc),
+                |acc| match T::as_acc_uninit(dx) {
+                    Some(d) => dx_direct(spec, at, [x, dy], d, (stats, wb.0), acc),
+                    None => backward_dx(spec, at, [x, dy], dx, (stats, wb.0), acc, blocks),
+                },
             );
             return;
         }
@@ -254,7 +257,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
             recorded,
             stats,
             #[inline(always)]
-            |acc| match (K, T::lanes_uninit(dx)) {
+            |acc| match (K, T::as_acc_uninit(dx)) {
                 (2, Some(dx)) => dx_direct(spec, at, [wide[0], wide[1]], dx, (stats, wb.0), acc),
                 _ => backward_dx(spec, at, wide, dx, (stats, wb.0), acc, blocks),
             },
@@ -429,10 +432,10 @@ fn block_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
 /// add, whose dh (the gradient reaching h directly) is added to dx before it is
 /// rounded.
 #[inline(always)]
-fn backward_dx<T: Elem, const K: usize>(
+fn backward_dx<T: Elem, I: Lane<T::Acc>, const K: usize>(
     spec: &Spec,
     at: (usize, usize),
-    ins: [&[T::Acc]; K],
+    ins: [&[I]; K],
     dx: &mut [MaybeUninit<T>],
     (r, w): (RowGrad<T::Acc>, &[T::Acc]),
     acc: &mut ParamGrads<T::Acc>,
@@ -447,7 +450,7 @@ fn backward_dx<T: Elem, const K: usize>(
         dx_block(spec, at, (xa, da, w), out, r, acc);
         if let Some(dh) = ins.get(2) {
             for (d, &e) in out.iter_mut().zip(&dh[o..o + n]) {
-                *d += e;
+                *d += e.get();
             }
         }
         T::store_uninit(out, dst);
@@ -457,11 +460,11 @@ fn backward_dx<T: Elem, const K: usize>(
 /// [`backward_dx`] for elements with lanes (f32, f64, bf16) without dh: each block of
 /// dx written straight into the output.
 #[inline(always)]
-fn dx_direct<A: Acc, I: Lane<A>, L: Lane<A>>(
+fn dx_direct<A: Acc, I: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
     [x, dy]: [&[I]; 2],
-    dx: &mut [MaybeUninit<L>],
+    dx: &mut [MaybeUninit<A>],
     (r, w): (RowGrad<A>, &[A]),
     acc: &mut ParamGrads<A>,
 ) {

@@ -41,18 +41,6 @@ pub(super) fn bf16_to_f32(src: &[bf16], dst: &mut [MaybeUninit<f32>]) {
     }
 }
 
-/// f32 to bf16, rounded to nearest even on the bits: add 0x7fff plus the lowest kept
-/// bit, then drop the low 16 bits; a NaN keeps its top bits with the quiet bit set.
-/// Integer steps and a select, which vectorize at every level where this is inlined
-/// into a loop (and give what `vcvtneps2bf16` gives but for subnormal results, which
-/// the instruction flushes to zero).
-#[inline(always)]
-pub(super) fn bf16_rounded(v: f32) -> bf16 {
-    let b = v.to_bits();
-    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
-    bf16::from_bits(if v.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded })
-}
-
 #[inline(always)]
 pub(super) fn f32_to_bf16(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
     let bits = bits_of(dst);
@@ -67,11 +55,14 @@ pub(super) fn f32_to_bf16(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
     f32_to_bf16_portable(src, bits)
 }
 
-/// [`bf16_rounded`] over a block, into its bits.
+/// Round to nearest even on the bits: add 0x7fff plus the lowest kept bit, then drop
+/// the low 16 bits; a NaN keeps its top bits with the quiet bit set.
 #[inline(always)]
 fn f32_to_bf16_portable(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        d.write(bf16_rounded(s).to_bits());
+    for (d, s) in dst.iter_mut().zip(src) {
+        let b = s.to_bits();
+        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+        d.write(if s.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded });
     }
 }
 

@@ -7,7 +7,15 @@ use std::ops::{Add, AddAssign, Div, Mul, Sub};
 
 /// The accumulation type: f32 for f32/f16/bf16 inputs, f64 for f64.
 pub(super) trait Acc:
-    Lane<Self> + Slot<Self> + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + AddAssign
+    Copy
+    + Send
+    + Sync
+    + Lane<Self>
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + AddAssign
 {
     const ZERO: Self;
     const ONE: Self;
@@ -85,43 +93,37 @@ macro_rules! impl_acc {
 }
 impl_acc!(f32 => exp_f32, f64 => f64::exp);
 
-/// Where a pass writes an output value: an element of a buffer of accumulators, or of
-/// an output vector's uninitialized capacity (`super::alloc::filled`), written once and
-/// rounded there as the element's [`Lane`] rounds.
+/// Where a pass writes an output value: an element of a buffer, or of an output
+/// vector's uninitialized capacity (`super::alloc::filled`), written once.
 pub(super) trait Slot<A> {
     fn set(&mut self, v: A);
 }
 
-macro_rules! impl_buffer_slot {
-    ($($t:ty),*) => {$(
-        impl Slot<$t> for $t {
-            #[inline(always)]
-            fn set(&mut self, v: $t) {
-                *self = v;
-            }
-        }
-    )*};
-}
-impl_buffer_slot!(f32, f64);
-
-impl<A, L: Lane<A>> Slot<A> for MaybeUninit<L> {
+impl<A> Slot<A> for A {
     #[inline(always)]
     fn set(&mut self, v: A) {
-        self.write(L::put(v));
+        *self = v;
     }
 }
 
-/// An element that a pass reads and writes in its own loop, converted in registers:
-/// f32 and f64 as they are, bf16 by moving its bits up (widening) and by rounding them
-/// to nearest even (narrowing), integer steps that vectorize at every level, so that an
-/// element-wise pass reads and writes each element once instead of converting blocks
-/// through buffers. (f16's conversions are single instructions that LLVM does not
-/// generate from scalar code, so f16 keeps the buffers: [`Elem::lanes`].)
+impl<A> Slot<A> for MaybeUninit<A> {
+    #[inline(always)]
+    fn set(&mut self, v: A) {
+        self.write(v);
+    }
+}
+
+/// An input element that a pass reads in place and converts in its own loop: f32 and
+/// f64 as they are, bf16 by moving its bits up, an integer step that vectorizes at
+/// every level, so that a pass reads each element where it lies instead of widening
+/// blocks into buffers first. (f16's conversion is an instruction LLVM does not
+/// generate from scalar code, so f16 keeps the buffers: [`Elem::lanes`].) Outputs are
+/// rounded to bf16 through buffers, by the block conversion: with AVX-512 BF16 one
+/// instruction per vector, where rounding in the pass's loop takes eight
+/// (docs/perf-notes.md, c23).
 pub(super) trait Lane<A>: Copy + Send + Sync {
     /// The element as an accumulator.
     fn get(self) -> A;
-    /// The accumulator rounded to the element type.
-    fn put(v: A) -> Self;
 }
 
 macro_rules! impl_identity_lane {
@@ -130,10 +132,6 @@ macro_rules! impl_identity_lane {
             #[inline(always)]
             fn get(self) -> $t {
                 self
-            }
-            #[inline(always)]
-            fn put(v: $t) -> $t {
-                v
             }
         }
     )*};
@@ -144,10 +142,6 @@ impl Lane<f32> for bf16 {
     #[inline(always)]
     fn get(self) -> f32 {
         convert::bf16_widened(self)
-    }
-    #[inline(always)]
-    fn put(v: f32) -> bf16 {
-        convert::bf16_rounded(v)
     }
 }
 
@@ -173,9 +167,6 @@ pub(super) trait Elem: candle_core::WithDType {
     /// The elements as [`Lane`]s a pass converts in its own loop, where that is the
     /// faster way (f32, f64, bf16; not f16).
     fn lanes(v: &[Self]) -> Option<&[Self::Lane]>;
-    /// Memory not yet written for elements, as memory for [`Lane`]s, where
-    /// [`Self::lanes`] gives them.
-    fn lanes_uninit(v: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<Self::Lane>]>;
 }
 
 macro_rules! impl_full_elem {
@@ -211,10 +202,6 @@ macro_rules! impl_full_elem {
             }
             #[inline(always)]
             fn lanes(v: &[$t]) -> Option<&[$t]> {
-                Some(v)
-            }
-            #[inline(always)]
-            fn lanes_uninit(v: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<$t>]> {
                 Some(v)
             }
         }
@@ -263,10 +250,6 @@ macro_rules! impl_half_elem {
             }
             #[inline(always)]
             fn lanes(v: &[$t]) -> Option<&[$lane]> {
-                $lanes(v)
-            }
-            #[inline(always)]
-            fn lanes_uninit(v: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<$lane>]> {
                 $lanes(v)
             }
         }

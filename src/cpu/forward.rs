@@ -81,9 +81,14 @@ fn forward_part<T: Elem>(
     stats: (T::Acc, T::Acc),
     (w, b): (&[T::Acc], &[T::Acc]),
 ) {
-    match (T::lanes(x), T::lanes_uninit(y)) {
-        (Some(x), Some(y)) => apply_forward(spec, row, i0, x, y, stats, w, b),
-        _ => write_blocks(
+    match T::lanes(x) {
+        Some(x) => store_blocks(
+            y,
+            &mut [MaybeUninit::uninit(); BLOCK],
+            #[inline(always)]
+            |o, yb| apply_forward(spec, row, i0 + o, &x[o..o + yb.len()], yb, stats, w, b),
+        ),
+        None => write_blocks(
             [x],
             y,
             #[inline(always)]
@@ -97,8 +102,13 @@ fn forward_part<T: Elem>(
 /// a narrower type rounds to the same value as the exact sum. Returns h, now written.
 #[inline(always)]
 fn add<'a, T: Elem>(x: &[T], r: &[T], h: &'a mut [MaybeUninit<T>]) -> &'a [T] {
-    match (T::lanes(x), T::lanes(r), T::lanes_uninit(h)) {
-        (Some(x), Some(r), Some(h)) => sum_into(x, r, h),
+    match (T::lanes(x), T::lanes(r)) {
+        (Some(x), Some(r)) => store_blocks(
+            h,
+            &mut [MaybeUninit::uninit(); BLOCK],
+            #[inline(always)]
+            |o, hb| sum_into(&x[o..o + hb.len()], &r[o..o + hb.len()], hb),
+        ),
         _ => write_blocks(
             [x, r],
             h,
@@ -106,7 +116,7 @@ fn add<'a, T: Elem>(x: &[T], r: &[T], h: &'a mut [MaybeUninit<T>]) -> &'a [T] {
             |_, [xa, ra], hb| sum_into(xa, ra, hb),
         ),
     }
-    // SAFETY: write_blocks wrote every element of h.
+    // SAFETY: store_blocks and write_blocks write every element of h.
     unsafe { assume_written(h) }
 }
 

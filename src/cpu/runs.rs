@@ -99,17 +99,19 @@ fn row_runs(rows: Rows, piece: usize, start: usize, mut part: impl FnMut(Run, us
     }
 }
 
-/// Elements of an f16 piece widened, computed and rounded at a time: the inputs' and
-/// the output's buffers then stay in L1 between the three steps.
+/// Elements of an f16/bf16 piece computed and rounded at a time (f16 widened first):
+/// the buffers then stay in L1 between the steps.
 const ROUNDED: usize = 1024;
 
 /// `op` over every element of the `rows` of `ins`, into a new vector laid out as they
-/// are, written once, never zeroed (`super::alloc::filled`). Elements with lanes (f32,
-/// f64, bf16) are read and written in place, converted in the op's loop; f16 pieces are
-/// widened [`ROUNDED`] elements at a time into buffers the job keeps, computed there
-/// run by run, and rounded into the output. (Converting run by run costs a stack
-/// buffer per run, which for BatchNorm's rows of 49 was most of the time:
-/// docs/perf-notes.md, c16.)
+/// are, written once, never zeroed (`super::alloc::filled`). Inputs with lanes (f32,
+/// f64, bf16) are read in place, converted in the op's loop; f16 pieces are widened
+/// [`ROUNDED`] elements at a time into buffers the job keeps. f32 and f64 are written
+/// in place; f16/bf16 are computed into a buffer, [`ROUNDED`] elements at a time, and
+/// rounded from it by the block conversion (one instruction per vector with AVX-512
+/// BF16, where rounding in the op's loop takes eight: docs/perf-notes.md, c23).
+/// (Converting run by run costs a stack buffer per run, which for BatchNorm's rows of
+/// 49 was most of the time: c16.)
 pub(super) fn map_rows<T: Elem, const K: usize, Op: RunOp<T::Acc, K>>(rows: Rows, ins: [&[T]; K], op: &Op) -> Vec<T> {
     let n = ins.first().map_or(0, |s| s.len());
     let init = || (op.state(), std::array::from_fn::<_, K, _>(|_| Vec::new()), Vec::new());
@@ -117,7 +119,8 @@ pub(super) fn map_rows<T: Elem, const K: usize, Op: RunOp<T::Acc, K>>(rows: Rows
         run(
             #[inline(always)]
             || {
-                if let (Some(xs), Some(y)) = (lanes(ins), T::lanes_uninit(y)) {
+                let xs = lanes(ins);
+                if let (Some(xs), Some(y)) = (xs, T::as_acc_uninit(y)) {
                     row_runs(
                         rows,
                         y.len(),
@@ -132,18 +135,32 @@ pub(super) fn map_rows<T: Elem, const K: usize, Op: RunOp<T::Acc, K>>(rows: Rows
                 }
                 for (k, ys) in y.chunks_mut(ROUNDED).enumerate() {
                     let (from, m) = (start + k * ROUNDED, ys.len());
-                    let wide = as_acc_all(ins.map(|x| &x[from..from + m]), bufs);
                     ybuf.resize(m, T::Acc::ZERO);
-                    row_runs(
-                        rows,
-                        m,
-                        from,
-                        #[inline(always)]
-                        |run, at, len| {
-                            let part = std::array::from_fn(|j| &wide[j][at..at + len]);
-                            op.run(state, run, part, &mut ybuf[at..at + len]);
-                        },
-                    );
+                    match xs {
+                        Some(xs) => row_runs(
+                            rows,
+                            m,
+                            from,
+                            #[inline(always)]
+                            |run, at, len| {
+                                let part = std::array::from_fn(|j| &xs[j][from + at..from + at + len]);
+                                op.run(state, run, part, &mut ybuf[at..at + len]);
+                            },
+                        ),
+                        None => {
+                            let wide = as_acc_all(ins.map(|x| &x[from..from + m]), bufs);
+                            row_runs(
+                                rows,
+                                m,
+                                from,
+                                #[inline(always)]
+                                |run, at, len| {
+                                    let part = std::array::from_fn(|j| &wide[j][at..at + len]);
+                                    op.run(state, run, part, &mut ybuf[at..at + len]);
+                                },
+                            );
+                        }
+                    }
                     T::store_uninit(&ybuf[..m], ys);
                 }
             },

@@ -8,8 +8,7 @@
 //! so tests and benchmarks can run every level the machine has; every level computes
 //! the same bits (the sums are written in a fixed order and Rust never contracts
 //! `a * b + c` into a fused multiply-add), except that [`CpuLevel::Avx512Bf16`]'s
-//! block conversion flushes subnormal bf16 results to zero, as the instruction does
-//! (passes that round bf16 in their own loop, `super::elem::Lane`, do not).
+//! conversion flushes subnormal bf16 results to zero, as the instruction does.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -26,8 +25,8 @@ pub enum CpuLevel {
     Avx2,
     /// x86-64 AVX-512 (F, BW, DQ, VL): 16 f32 lanes a register.
     Avx512,
-    /// AVX-512 with the BF16 extension: `vcvtneps2bf16` rounds blocks of f32 to bf16
-    /// in one instruction (subnormal results become zero).
+    /// AVX-512 with the BF16 extension: `vcvtneps2bf16` rounds f32 to bf16 in one
+    /// instruction (subnormal results become zero).
     Avx512Bf16,
 }
 
