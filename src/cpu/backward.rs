@@ -2,9 +2,9 @@
 //! first reads x and dy from memory and gathers the moments together with Σg and the
 //! co-moment Σg·(x − mean) ([`GradSums`]); the second, from cache, accumulates dγ/dβ
 //! and writes dx. f32, f64 and bf16 rows are read in place by both passes (bf16
-//! converted in their loops), and dx written straight into the output; an f16 row (or
-//! chunk), or the input of GroupNorm + SiLU or of the fused add, is widened to f32
-//! once, for both passes. Where a parameter covers runs of a row (GroupNorm,
+//! converted in their loops); an f16 row (or chunk), or the input of GroupNorm + SiLU
+//! or of the fused add, is widened to f32 once, for both passes. f32 and f64 dx is
+//! written straight into the output, f16/bf16 rounded into it block by block. Where a parameter covers runs of a row (GroupNorm,
 //! InstanceNorm), the first pass also keeps each run's sums ([`SegmentSums`]), from
 //! which its dγ and dβ follow, and the second pass computes dx alone.
 //! dγ/dβ partials are per task (or chunk) and summed in task order.
@@ -223,7 +223,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
             segments,
         } = self;
         // Without SiLU and dh, elements with lanes are read in place by both passes,
-        // converted in their loops, and dx written straight into the output.
+        // converted in their loops.
         if let (2, Activation::Identity, Some(l)) = (K, spec.act, lanes(ins)) {
             let (x, dy) = (l[0], l[1]);
             let (stats, recorded) = first_pass(spec, at, (x, dy), given, wb.0, &mut blocks.g, segments);
@@ -249,8 +249,7 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         let [_, dy] = wide_ins(spec, at, [wide[0], wide[1]], wb, stats, dz);
         wide[1] = dy;
         let (stats, recorded) = first_pass(spec, at, (wide[0], wide[1]), given, wb.0, &mut blocks.g, segments);
-        // dx straight into the output (rounded there for bf16), unless dh is still to
-        // be added.
+        // f32 and f64 dx straight into the output, unless dh is still to be added.
         second_pass(
             acc,
             segments,

@@ -1,10 +1,11 @@
 //! Walking rows in blocks of [`BLOCK`] elements, with f32 and f64 read and written in
-//! place. For f16/bf16, either each block is converted into an f32 stack buffer as it
-//! is read ([`read_blocks`]), or a pass that reads its input twice widens it once into
-//! a buffer its task keeps ([`as_acc`], [`as_acc_all`]). Outputs are memory not yet
-//! written, each element written once: f32 and f64 blocks straight into it, f16/bf16
-//! blocks through a stack buffer rounded into it ([`write_blocks`], [`store_blocks`]),
-//! where the pass does not round them in its own loop (`super::elem::Lane`).
+//! place. bf16 is read in place too where a pass converts it in its own loop
+//! ([`lanes`], `super::elem::Lane`); otherwise, and for f16, either each block is
+//! converted into an f32 stack buffer as it is read ([`read_blocks`]), or a pass that
+//! reads its input twice widens it once into a buffer its task keeps ([`as_acc`],
+//! [`as_acc_all`]). Outputs are memory not yet written, each element written once: f32
+//! and f64 blocks straight into it, f16/bf16 blocks through a stack buffer rounded into
+//! it ([`write_blocks`], [`store_blocks`]).
 
 use super::alloc::assume_written;
 use super::elem::{Acc, Elem};
@@ -53,9 +54,9 @@ pub(super) fn read_blocks<T: Elem, const K: usize>(ins: [&[T]; K], mut f: impl F
     }
 }
 
-/// As [`read_blocks`], with an output block that `f` fills, for elements without
-/// lanes (f16; the others are written in the pass's own loop, `super::elem::Lane`): a
-/// stack buffer then rounded into `out`. `f` must write every element of its block, so
+/// As [`read_blocks`], with an output block that `f` fills, for inputs without lanes
+/// (f16; the others are read in place and written through [`store_blocks`]): a stack
+/// buffer then rounded into `out`. `f` must write every element of its block, so
 /// that each element of `out` is written once.
 #[inline(always)]
 pub(super) fn write_blocks<T: Elem, const K: usize>(

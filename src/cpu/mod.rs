@@ -6,13 +6,13 @@
 //! is too long for one task, each row is cut into chunks whose partial results are
 //! merged in chunk order.
 //!
-//! Every pass over a row walks it in blocks (`blocks`). bf16 is converted in the
-//! passes' own loops, read and rounded in registers (`elem::Lane`), as f32 and f64 are
-//! read in place, except where a block of y is rounded through a buffer (the row norms'
-//! forward) or the backward's input is dy·silu' or carries dh. f16 is converted to f32
+//! Every pass over a row walks it in blocks (`blocks`). bf16 inputs are read in place,
+//! as f32 and f64 are, and widened in the passes' own loops (`elem::Lane`), except the
+//! backward's of GroupNorm + SiLU and of the fused add; f16 inputs are widened to f32
 //! (`convert`): the row-wise forward and backward widen each row (or chunk) once into a
-//! buffer their task keeps, other passes block by block into stack buffers. A row is
-//! read from memory once and then served from L1/L2. The moments of each block
+//! buffer their task keeps, other passes block by block into stack buffers. f16/bf16
+//! outputs are computed into block buffers and rounded from them. A row is read from
+//! memory once and then served from L1/L2. The moments of each block
 //! are taken in two passes over the block (never E[x²] − mean²) and merged across
 //! blocks and chunks with Chan's formula (`reduce`).
 //!
