@@ -2,8 +2,9 @@
 //! first reads x and dy from memory and gathers the moments together with Σg and the
 //! co-moment Σg·(x − mean) ([`GradSums`]); the second, from cache, accumulates dγ/dβ
 //! and writes dx. f32, f64 and bf16 rows are read in place by both passes (bf16
-//! converted in their loops); an f16 row (or chunk), or the input of GroupNorm + SiLU
-//! or of the fused add, is widened to f32 once, for both passes. f32 and f64 dx is
+//! converted in their loops; with SiLU after the norm, dy·silu' is computed from them
+//! into a buffer); an f16 row (or chunk), or the fused add's inputs, are widened to f32
+//! once, for both passes. f32 and f64 dx is
 //! written straight into the output, f16/bf16 rounded into it block by block. Where a parameter covers runs of a row (GroupNorm,
 //! InstanceNorm), the first pass also keeps each run's sums ([`SegmentSums`]), from
 //! which its dγ and dβ follow, and the second pass computes dx alone.
@@ -173,6 +174,10 @@ struct SegmentSums<A> {
     cdx: A,
 }
 
+/// A row's inputs to the backward passes: x (or h), the gradient the norm takes (dy,
+/// or dy·silu'), and for the fused add dh, the gradient reaching h directly.
+type RowIns<'a, A, I, J> = (&'a [I], &'a [J], Option<&'a [A]>);
+
 /// The weight and the bias as accumulators (ones and zeros where absent).
 type Wb<'a, A> = (&'a [A], &'a [A]);
 
@@ -201,8 +206,15 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         stats: Option<(A, A)>,
     ) -> GradSums<A> {
         let Self { blocks, wide, dz, .. } = self;
-        let [x, dy] = wide_ins(spec, at, as_acc_all(ins, wide), wb, stats, dz);
-        backward_sums(spec, at, (x, dy), wb.0, &mut blocks.g, None)
+        let wide = as_acc_all(ins, wide);
+        let (x, dy) = (wide[0], wide[1]);
+        match stats {
+            None => backward_sums(spec, at, (x, dy), wb.0, &mut blocks.g, None),
+            Some(st) => {
+                let g = silu_grads(spec, at, (x, dy), wb, st, dz);
+                backward_sums(spec, at, (x, g), wb.0, &mut blocks.g, None)
+            }
+        }
     }
 
     /// Both backward passes over a row, or the second alone when the row's
@@ -222,64 +234,86 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
             dz,
             segments,
         } = self;
-        // Without SiLU and dh, elements with lanes are read in place by both passes,
-        // converted in their loops.
-        if let (2, Activation::Identity, Some(l)) = (K, spec.act, lanes(ins)) {
+        // Without dh, elements with lanes are read in place by every pass, converted in
+        // their loops; f16, and the fused add's h, dy and dh, are widened once.
+        if let (2, Some(l)) = (K, lanes(ins)) {
             let (x, dy) = (l[0], l[1]);
-            let (stats, recorded) = first_pass(spec, at, (x, dy), given, wb.0, &mut blocks.g, segments);
-            second_pass(
-                acc,
-                segments,
-                recorded,
-                stats,
-                #[inline(always)]
-                |acc| match T::as_acc_uninit(dx) {
-                    Some(d) => dx_direct(spec, at, [x, dy], d, (stats, wb.0), acc),
-                    None => backward_dx(spec, at, [x, dy], dx, (stats, wb.0), acc, blocks),
-                },
-            );
-            return;
+            let Some(st) = silu_stats(spec, x, given) else {
+                return passes(spec, at, (x, dy, None), dx, (given, wb), acc, blocks, segments);
+            };
+            let g = silu_grads(spec, at, (x, dy), wb, st, dz);
+            return passes(spec, at, (x, g, None), dx, (given, wb), acc, blocks, segments);
         }
-        let mut wide = as_acc_all(ins, wide);
-        let stats = match (spec.act, given) {
-            (Activation::Identity, _) => None,
-            (Activation::Silu, Some(g)) => Some((g.mean, g.rstd)),
-            (Activation::Silu, None) => Some(Moments::of_blocks(wide[0], spec.center()).stats(A::from_f64(spec.eps))),
+        let wide = as_acc_all(ins, wide);
+        let x = wide[0];
+        let g = match silu_stats(spec, x, given) {
+            None => wide[1],
+            Some(st) => silu_grads(spec, at, (x, wide[1]), wb, st, dz),
         };
-        let [_, dy] = wide_ins(spec, at, [wide[0], wide[1]], wb, stats, dz);
-        wide[1] = dy;
-        let (stats, recorded) = first_pass(spec, at, (wide[0], wide[1]), given, wb.0, &mut blocks.g, segments);
-        // f32 and f64 dx straight into the output, unless dh is still to be added.
-        second_pass(
+        passes(
+            spec,
+            at,
+            (x, g, wide.get(2).copied()),
+            dx,
+            (given, wb),
             acc,
+            blocks,
             segments,
-            recorded,
-            stats,
-            #[inline(always)]
-            |acc| match (K, T::as_acc_uninit(dx)) {
-                (2, Some(dx)) => dx_direct(spec, at, [wide[0], wide[1]], dx, (stats, wb.0), acc),
-                _ => backward_dx(spec, at, wide, dx, (stats, wb.0), acc, blocks),
-            },
         );
     }
 }
 
-/// x and the gradient the norm's backward takes: dy itself, or with SiLU after the
-/// norm (and the row's `stats` given), dy·silu'(z) at z = (x − mean)·rstd·γ + β,
-/// recomputed as the forward computes it, into `dz`.
+/// With SiLU after the norm, the row's (mean, rstd), for dy·silu'(z): given, or from x.
 #[inline(always)]
-fn wide_ins<'a, A: Acc, const K: usize>(
+fn silu_stats<A: Acc, I: Lane<A>>(spec: &Spec, x: &[I], given: Option<RowGrad<A>>) -> Option<(A, A)> {
+    match (spec.act, given) {
+        (Activation::Identity, _) => None,
+        (Activation::Silu, Some(g)) => Some((g.mean, g.rstd)),
+        (Activation::Silu, None) => Some(Moments::of_blocks(x, spec.center()).stats(A::from_f64(spec.eps))),
+    }
+}
+
+/// Both passes over a row of x and g (dy, or dy·silu'), the first skipped when the
+/// row's statistics are `given`; dx (plus `dh` for the fused add) into `dx`, dγ/dβ into
+/// `acc`. f32 and f64 dx go straight into the output, unless dh is still to be added.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn passes<T: Elem, I: Lane<T::Acc>, J: Lane<T::Acc>>(
+    spec: &Spec,
+    at: (usize, usize),
+    (x, g, dh): RowIns<T::Acc, I, J>,
+    dx: &mut [MaybeUninit<T>],
+    (given, wb): (Option<RowGrad<T::Acc>>, Wb<T::Acc>),
+    acc: &mut ParamGrads<T::Acc>,
+    blocks: &mut Blocks<T::Acc>,
+    segments: &mut Vec<SegmentSums<T::Acc>>,
+) {
+    let (stats, recorded) = first_pass(spec, at, (x, g), given, wb.0, &mut blocks.g, segments);
+    second_pass(
+        acc,
+        segments,
+        recorded,
+        stats,
+        #[inline(always)]
+        |acc| match (dh, T::as_acc_uninit(dx)) {
+            (None, Some(d)) => dx_direct(spec, at, (x, g), d, (stats, wb.0), acc),
+            _ => backward_dx(spec, at, (x, g, dh), dx, (stats, wb.0), acc, blocks),
+        },
+    );
+}
+
+/// With SiLU after the norm, the gradient the norm's backward takes, dy·silu'(z) at
+/// z = (x − mean)·rstd·γ + β (the row's `stats`), recomputed as the forward computes
+/// it, into `dz`.
+#[inline(always)]
+fn silu_grads<'a, A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,
     (row, i0): (usize, usize),
-    wide: [&'a [A]; K],
+    (x, dy): (&[I], &[J]),
     (w, b): Wb<A>,
-    stats: Option<(A, A)>,
+    (mean, rstd): (A, A),
     dz: &'a mut Vec<A>,
-) -> [&'a [A]; 2] {
-    let (x, dy) = (wide[0], wide[1]);
-    let Some((mean, rstd)) = stats else {
-        return [x, dy];
-    };
+) -> &'a [A] {
     dz.resize(x.len(), A::ZERO);
     for_segments(
         spec,
@@ -290,11 +324,11 @@ fn wide_ins<'a, A: Acc, const K: usize>(
         |p, r| {
             let (scale, shift) = (rstd * w[p], b[p]);
             for ((d, &x), &g) in dz[r.clone()].iter_mut().zip(&x[r.clone()]).zip(&dy[r]) {
-                *d = g * ((x - mean) * scale + shift).silu_grad();
+                *d = g.get() * ((x.get() - mean) * scale + shift).silu_grad();
             }
         },
     );
-    [x, &dz[..]]
+    dz
 }
 
 /// The first pass over a row, or its `given` statistics: the row's [`RowGrad`], and
@@ -431,10 +465,10 @@ fn block_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
 /// add, whose dh (the gradient reaching h directly) is added to dx before it is
 /// rounded.
 #[inline(always)]
-fn backward_dx<T: Elem, I: Lane<T::Acc>, const K: usize>(
+fn backward_dx<T: Elem, I: Lane<T::Acc>, J: Lane<T::Acc>>(
     spec: &Spec,
     at: (usize, usize),
-    ins: [&[I]; K],
+    (x, dy, dh): RowIns<T::Acc, I, J>,
     dx: &mut [MaybeUninit<T>],
     (r, w): (RowGrad<T::Acc>, &[T::Acc]),
     acc: &mut ParamGrads<T::Acc>,
@@ -443,13 +477,13 @@ fn backward_dx<T: Elem, I: Lane<T::Acc>, const K: usize>(
     let dxb = &mut blocks.dx;
     for (k, dst) in dx.chunks_mut(BLOCK).enumerate() {
         let (o, n) = (k * BLOCK, dst.len());
-        let (xa, da) = (&ins[0][o..o + n], &ins[1][o..o + n]);
+        let (xa, da) = (&x[o..o + n], &dy[o..o + n]);
         let at = (at.0, at.1 + o);
         let out = &mut dxb[..n];
         dx_block(spec, at, (xa, da, w), out, r, acc);
-        if let Some(dh) = ins.get(2) {
+        if let Some(dh) = dh {
             for (d, &e) in out.iter_mut().zip(&dh[o..o + n]) {
-                *d += e.get();
+                *d += e;
             }
         }
         T::store_uninit(out, dst);
@@ -459,10 +493,10 @@ fn backward_dx<T: Elem, I: Lane<T::Acc>, const K: usize>(
 /// [`backward_dx`] for elements with lanes (f32, f64, bf16) without dh: each block of
 /// dx written straight into the output.
 #[inline(always)]
-fn dx_direct<A: Acc, I: Lane<A>>(
+fn dx_direct<A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
-    [x, dy]: [&[I]; 2],
+    (x, dy): (&[I], &[J]),
     dx: &mut [MaybeUninit<A>],
     (r, w): (RowGrad<A>, &[A]),
     acc: &mut ParamGrads<A>,
@@ -476,10 +510,10 @@ fn dx_direct<A: Acc, I: Lane<A>>(
 /// The second pass over one block of elements from `at`: dx into `dx` (each element
 /// written once), dγ/dβ into `acc`.
 #[inline(always)]
-fn dx_block<A: Acc, I: Lane<A>, O: Slot<A>>(
+fn dx_block<A: Acc, I: Lane<A>, J: Lane<A>, O: Slot<A>>(
     spec: &Spec,
     at: (usize, usize),
-    (x, dy, w): (&[I], &[I], &[A]),
+    (x, dy, w): (&[I], &[J], &[A]),
     dx: &mut [O],
     r: RowGrad<A>,
     acc: &mut ParamGrads<A>,
@@ -496,9 +530,9 @@ fn dx_block<A: Acc, I: Lane<A>, O: Slot<A>>(
 /// (`inner == 1`: LayerNorm, RMSNorm), in one loop: x̂, the dγ/dβ partials (those
 /// asked for) and dx, with `w` and the partials the block's own, from parameter `p`.
 #[inline(always)]
-fn dx_rows_block<A: Acc, I: Lane<A>, O: Slot<A>>(
+fn dx_rows_block<A: Acc, I: Lane<A>, J: Lane<A>, O: Slot<A>>(
     p: usize,
-    (x, dy, w): (&[I], &[I], &[A]),
+    (x, dy, w): (&[I], &[J], &[A]),
     dx: &mut [O],
     r: RowGrad<A>,
     acc: &mut ParamGrads<A>,
@@ -545,10 +579,10 @@ fn dx_rows_block<A: Acc, I: Lane<A>, O: Slot<A>>(
 /// elements (GroupNorm, BatchNorm), one run of a parameter at a time: dx, then the
 /// run's Σdy·x̂ and Σdy added to its parameter's dγ/dβ partials (those asked for).
 #[inline(always)]
-fn dx_segments<A: Acc, I: Lane<A>, O: Slot<A>>(
+fn dx_segments<A: Acc, I: Lane<A>, J: Lane<A>, O: Slot<A>>(
     spec: &Spec,
     (row, i0): (usize, usize),
-    (x, dy, w): (&[I], &[I], &[A]),
+    (x, dy, w): (&[I], &[J], &[A]),
     dx: &mut [O],
     r: RowGrad<A>,
     acc: &mut ParamGrads<A>,

@@ -8,7 +8,7 @@
 //!
 //! Every pass over a row walks it in blocks (`blocks`). bf16 inputs are read in place,
 //! as f32 and f64 are, and widened in the passes' own loops (`elem::Lane`), except the
-//! backward's of GroupNorm + SiLU and of the fused add; f16 inputs are widened to f32
+//! fused add's backward's; f16 inputs are widened to f32
 //! (`convert`): the row-wise forward and backward widen each row (or chunk) once into a
 //! buffer their task keeps, other passes block by block into stack buffers. f16/bf16
 //! outputs are computed into block buffers and rounded from them. A row is read from
