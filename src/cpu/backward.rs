@@ -4,8 +4,8 @@
 //! and writes dx. f32, f64 and bf16 rows are read in place by both passes (bf16
 //! converted in their loops; with SiLU after the norm, dy·silu' is computed from them
 //! into a buffer); an f16 row (or chunk), or the fused add's inputs, are widened to f32
-//! once, for both passes. f32 and f64 dx is
-//! written straight into the output, f16/bf16 rounded into it block by block. Where a parameter covers runs of a row (GroupNorm,
+//! once, for both passes. f32 and f64 dx is written straight into the output, f16/bf16
+//! rounded into it block by block. Where a parameter covers runs of a row (GroupNorm,
 //! InstanceNorm), the first pass also keeps each run's sums ([`SegmentSums`]), from
 //! which its dγ and dβ follow, and the second pass computes dx alone.
 //! dγ/dβ partials are per task (or chunk) and summed in task order.
@@ -490,8 +490,8 @@ fn backward_dx<T: Elem, I: Lane<T::Acc>, J: Lane<T::Acc>>(
     }
 }
 
-/// [`backward_dx`] for elements with lanes (f32, f64, bf16) without dh: each block of
-/// dx written straight into the output.
+/// [`backward_dx`] for f32 and f64 dx without dh (inputs read in place or widened):
+/// each block of dx written straight into the output.
 #[inline(always)]
 fn dx_direct<A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,

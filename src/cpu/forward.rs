@@ -154,28 +154,33 @@ fn forward_rows<T: Elem>(
     (w, b): (&[T::Acc], &[T::Acc]),
     scratch: &mut Scratch<T::Acc>,
 ) {
-    let eps = T::Acc::from_f64(spec.eps);
     let Scratch { x: xbuf, y: ybuf } = scratch;
     for (i, (yr, xr)) in y.chunks_mut(spec.len).zip(src.chunks(spec.len)).enumerate() {
-        if let Some(x) = T::lanes(xr) {
-            let stats = Moments::of_blocks(x, spec.center()).stats(eps);
-            store_blocks(
-                yr,
-                ybuf,
-                #[inline(always)]
-                |o, yb| apply_forward(spec, first + i, o, &x[o..o + yb.len()], yb, stats, w, b),
-            );
-            continue;
+        // Elements with lanes read in place by both passes, f16 widened once.
+        match T::lanes(xr) {
+            Some(x) => forward_row(spec, first + i, x, yr, (w, b), ybuf),
+            None => forward_row(spec, first + i, as_acc(xr, xbuf), yr, (w, b), ybuf),
         }
-        let xa = as_acc(xr, xbuf);
-        let stats = Moments::of_blocks(xa, spec.center()).stats(eps);
-        store_blocks(
-            yr,
-            ybuf,
-            #[inline(always)]
-            |o, yb| apply_forward(spec, first + i, o, &xa[o..o + yb.len()], yb, stats, w, b),
-        );
     }
+}
+
+/// Normalizes one whole row `x` into `y`: its moments, then y block by block.
+#[inline(always)]
+fn forward_row<T: Elem, I: Lane<T::Acc>>(
+    spec: &Spec,
+    row: usize,
+    x: &[I],
+    y: &mut [MaybeUninit<T>],
+    (w, b): (&[T::Acc], &[T::Acc]),
+    ybuf: &mut [MaybeUninit<T::Acc>; BLOCK],
+) {
+    let stats = Moments::of_blocks(x, spec.center()).stats(T::Acc::from_f64(spec.eps));
+    store_blocks(
+        y,
+        ybuf,
+        #[inline(always)]
+        |o, yb| apply_forward(spec, row, o, &x[o..o + yb.len()], yb, stats, w, b),
+    );
 }
 
 /// Per-row (mean, rstd) for split rows, from chunk moments merged in chunk order. With

@@ -7,14 +7,13 @@
 //! merged in chunk order.
 //!
 //! Every pass over a row walks it in blocks (`blocks`). bf16 inputs are read in place,
-//! as f32 and f64 are, and widened in the passes' own loops (`elem::Lane`), except the
-//! fused add's backward's; f16 inputs are widened to f32
-//! (`convert`): the row-wise forward and backward widen each row (or chunk) once into a
-//! buffer their task keeps, other passes block by block into stack buffers. f16/bf16
-//! outputs are computed into block buffers and rounded from them. A row is read from
-//! memory once and then served from L1/L2. The moments of each block
-//! are taken in two passes over the block (never E[x²] − mean²) and merged across
-//! blocks and chunks with Chan's formula (`reduce`).
+//! as f32 and f64 are, and widened in the passes' own loops (`elem::Lane`), except in
+//! the fused add's backward; f16 inputs are widened to f32 (`convert`): the row-wise
+//! forward and backward widen each row (or chunk) once into a buffer their task keeps,
+//! other passes block by block into stack buffers. f16/bf16 outputs are computed into
+//! block buffers and rounded from them. A row is read from memory once and then served
+//! from L1/L2. The moments of each block are taken in two passes over the block (never
+//! E[x²] − mean²) and merged across blocks and chunks with Chan's formula (`reduce`).
 //!
 //! The forward (`forward`) makes two passes over a row, moments then y, written once
 //! into the output's uninitialized capacity (`alloc`): f32 and f64 by rayon's jobs
