@@ -158,8 +158,15 @@ fn checks() -> Result<Vec<Check>> {
     ));
 
     // 9. Spectral norm: the power iteration's σ against the exact largest singular value.
-    let varmap = VarMap::new();
-    let sn = spectral_norm_linear(12, 8, 1, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    // Seeded weight and power-iteration vectors: a fresh layer's are random, and how fast
+    // the iteration converges depends on the gap between the top singular values.
+    let seeded = std::collections::HashMap::from([
+        ("weight_orig".to_string(), randn(9, &[8, 12], 0.0, 0.3)?),
+        ("bias".to_string(), randn(10, &[8], 0.0, 0.1)?),
+        ("weight_u".to_string(), randn(11, &[8], 0.0, 1.0)?),
+        ("weight_v".to_string(), randn(12, &[12], 0.0, 1.0)?),
+    ]);
+    let sn = spectral_norm_linear(12, 8, 1, VarBuilder::from_tensors(seeded, DType::F32, &Device::Cpu))?;
     let probe = randn(8, &[1, 12], 0.0, 1.0)?;
     for _ in 0..30 {
         sn.forward_t(&probe, true)?;
