@@ -11,8 +11,8 @@
 //
 // Each is a family of entry points, one per (path, width, dtype), the path chosen on
 // the host. The algorithm and its limits are in row_norm.cuh: rows up to 16 384
-// elements (8 192 backward; 6 144 and 4 096 on the scalar paths) are held in registers;
-// longer ones, up to 2^31 − 1, are re-read.
+// elements (8 192 backward; 6 144 and 4 096 on the scalar paths) are held in one
+// block's registers; longer ones, up to 2^31 − 1, are split over blocks by chunks.
 #include "row_norm.cuh"
 
 CN_ROW_NORM(layer_norm, true)

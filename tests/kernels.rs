@@ -8,7 +8,8 @@
 //! present) and the CPU emulator standing for an H100 (feature `cuda-emulator`), which
 //! runs the same kernels with the same launches and checks every memory access; the
 //! row norms also on emulated GPUs small enough that each block of the persistent
-//! backward adds many rows. Shapes of a million elements and more run on a GPU only;
+//! backward adds many rows, one with an L2 small enough that the split path runs its
+//! kernels on batches of a few rows. Shapes of a million elements and more run on a GPU only;
 //! the emulator covers the same paths with fewer rows.
 #![cfg(any(feature = "cuda", feature = "cuda-emulator"))]
 #[macro_use]
@@ -45,14 +46,19 @@ fn targets() -> Vec<Target> {
 }
 
 /// Emulated GPUs whose persistent backward grids are small: one SM of an H100, three
-/// of an A100, and a whole A100.
+/// of an A100 with 1 MiB of L2 (the split rows' kernels then run on batches of a few
+/// rows), and a whole A100.
 fn small_targets() -> Vec<Target> {
     #[cfg(feature = "cuda-emulator")]
     {
         use candle_norm::emulator::Gpu;
-        [Gpu::H100.with_sm_count(1), Gpu::A100.with_sm_count(3), Gpu::A100]
-            .map(Target::Emulated)
-            .to_vec()
+        [
+            Gpu::H100.with_sm_count(1),
+            Gpu::A100.with_sm_count(3).with_l2_bytes(1 << 20),
+            Gpu::A100,
+        ]
+        .map(Target::Emulated)
+        .to_vec()
     }
     #[cfg(not(feature = "cuda-emulator"))]
     Vec::new()
@@ -98,7 +104,7 @@ const HUGE: usize = 1 << 20;
 
 /// The kernels' shapes. Rows: N at and around every path limit, the warp team (N <=
 /// 1024 forward, 512 backward), the block team in registers (16 384 forward, 8 192
-/// backward), the multi-pass path above, up to 2^20; odd N on the scalar paths around
+/// backward), the split path above, up to 2^20; odd N on the scalar paths around
 /// their own limits (warp N <= 384 forward, 256 backward; block 6 144 forward, 4 096
 /// backward); M = 1, and odd element counts. Groups from tiny to a diffusion UNet's;
 /// channels-last with C/G off and on the vector width; BatchNorm on the scalar path (S
@@ -166,7 +172,7 @@ const KERNEL_CASES: &[(Norm, &[usize])] = &[
 ];
 
 /// Mixed precision's shapes: each path and width of every kernel that reads parameters
-/// once. Rows: warp, block and multi-pass, scalar (odd N) and vector, forward and
+/// once. Rows: warp, block and split, scalar (odd N) and vector, forward and
 /// backward; GroupNorm and BatchNorm on the scalar and the vector path.
 const MIXED_CASES: &[(Norm, &[usize])] = &[
     (Norm::Layer, &[3, 7]),
@@ -349,7 +355,14 @@ fn kernels(norm: Norm, dtype: DType, _: Backend) {
     }
     if matches!(norm, Norm::Layer | Norm::Rms | Norm::AddLayer | Norm::AddRms) {
         for t in small_targets() {
-            for shape in [&[300usize, 64][..], &[97, 257], &[40, 4096], &[21, 3001], &[9, 9000]] {
+            for shape in [
+                &[300usize, 64][..],
+                &[97, 257],
+                &[40, 4096],
+                &[21, 3001],
+                &[9, 9000],
+                &[7, 16420],
+            ] {
                 check(
                     &t,
                     &Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5),

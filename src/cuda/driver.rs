@@ -3,7 +3,7 @@
 //! addresses of its inputs and of a fresh output, runs its launches, and returns the
 //! output as candle storage.
 
-use super::module::{function, sm_count};
+use super::module::{function, l2_bytes, sm_count};
 use super::plan::{Executor, Launch, Profile};
 use super::Dtypes;
 use super::{run_backward, run_forward, Bwd, Fwd};
@@ -31,6 +31,10 @@ struct DeviceProfile<'a>(&'a CudaDevice);
 impl Profile for DeviceProfile<'_> {
     fn sm_count(&self) -> Result<usize> {
         sm_count(self.0)
+    }
+
+    fn l2_bytes(&self) -> Result<usize> {
+        l2_bytes(self.0)
     }
 
     fn resident_blocks(&self, entry: &str, block: u32, smem: u32) -> Result<usize> {

@@ -48,3 +48,12 @@ pub(super) fn sm_count(dev: &CudaDevice) -> Result<usize> {
         .w()?;
     Ok(n.max(1) as usize)
 }
+
+/// Bytes of the device's L2 cache.
+pub(super) fn l2_bytes(dev: &CudaDevice) -> Result<usize> {
+    let ctx = dev.cuda_stream().context().clone();
+    let n = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+        .w()?;
+    Ok(n.max(0) as usize)
+}

@@ -95,6 +95,73 @@ kernel_params! {
         eps: f32,
     }
 
+    /// How the split path cuts rows too long for one block's registers
+    /// (kernels/row_norm.cuh): `chunks` chunks of `span` elements a row (the last may
+    /// hold fewer), a block a chunk, over the rows `first` to `first + rows` of one
+    /// launch.
+    struct RowSplit {
+        first: i32,
+        rows: i32,
+        len: i32,
+        chunks: i32,
+        span: i32,
+        /// 0 when the backward's blocks write their dγ/dβ partial rows, 1 when they add
+        /// to them (every row batch after the first).
+        accumulate: i32,
+    }
+
+    /// The split forward's statistics: (count, mean, M2) of each block's chunk; with a
+    /// residual, h = x + residual is written and its chunk reduced.
+    struct SplitStatsArgs {
+        x: In,
+        /// The fused add's residual, or null.
+        residual: In,
+        /// The fused add's h, or null.
+        h: Out,
+        /// [rows, chunks, 3] f32.
+        moments: OutF32,
+        split: RowSplit,
+    }
+
+    /// The split forward's output: each block merges its row's moments and writes its
+    /// chunk of y (from h with a residual).
+    struct SplitFwdArgs {
+        x: In,
+        weight: Param,
+        bias: Param,
+        moments: InF32,
+        y: Out,
+        split: RowSplit,
+        eps: f32,
+    }
+
+    /// The split backward's sums: (count, mean, M2, Σg, Σg·(x − mean)) of each block's
+    /// chunk, g = dy·γ and the chunk's own mean.
+    struct SplitSumsArgs {
+        x: In,
+        weight: Param,
+        dy: In,
+        /// [rows, chunks, 5] f32.
+        sums: OutF32,
+        split: RowSplit,
+    }
+
+    /// The split backward's dx (plus dh with a residual), each block over the rows of
+    /// its chunk column that it visits, with its [blocks / chunks, len] partials.
+    struct SplitBwdArgs {
+        x: In,
+        weight: Param,
+        dy: In,
+        /// The gradient reaching the fused add's h directly, or null.
+        dh: In,
+        sums: InF32,
+        dx: Out,
+        partial_dw: OutF32,
+        partial_db: OutF32,
+        split: RowSplit,
+        eps: f32,
+    }
+
     /// The reduction of `count` partial rows of `len` columns into dγ and dβ, every
     /// family's `*_dparams` entry.
     struct PartialsArgs {

@@ -56,11 +56,14 @@ impl Launch {
     }
 }
 
-/// What the launch code needs to know of a device: its SM count and how many blocks
-/// of an entry fit on one SM at once.
+/// What the launch code needs to know of a device: its SM count, the size of its L2,
+/// and how many blocks of an entry fit on one SM at once.
 pub(crate) trait Profile {
     /// Streaming multiprocessors.
     fn sm_count(&self) -> Result<usize>;
+
+    /// Bytes of L2 cache.
+    fn l2_bytes(&self) -> Result<usize>;
 
     /// Blocks of `entry` resident on one SM at once, launched with `block` threads
     /// and `smem` bytes of dynamic shared memory.

@@ -1,6 +1,6 @@
-//! Recorded GPUs for the emulator: SM count, the per-SM resources of the architecture,
-//! and the registers and static shared memory of the entries whose grid depends on
-//! how many of their blocks an SM holds (`resources.tsv`, as ptxas of CUDA 13.0
+//! Recorded GPUs for the emulator: SM count, L2 size, the per-SM resources of the
+//! architecture, and the registers and static shared memory of the entries whose grid
+//! depends on how many of their blocks an SM holds (`resources.tsv`, as ptxas of CUDA 13.0
 //! reports them; a test of the `cuda` build checks it against the build's own report).
 //! With them the emulator sizes a persistent grid as the driver's occupancy query
 //! does on that GPU.
@@ -52,20 +52,23 @@ pub struct Gpu {
     name: &'static str,
     arch: Arch,
     sm_count: usize,
+    l2_bytes: usize,
 }
 
 impl Gpu {
-    /// NVIDIA H100 SXM: 132 SMs, compute capability 9.0 (the default).
+    /// NVIDIA H100 SXM: 132 SMs, 50 MiB of L2, compute capability 9.0 (the default).
     pub const H100: Gpu = Gpu {
         name: "H100 SXM",
         arch: SM_90,
         sm_count: 132,
+        l2_bytes: 50 << 20,
     };
-    /// NVIDIA A100: 108 SMs, compute capability 8.0.
+    /// NVIDIA A100: 108 SMs, 40 MiB of L2, compute capability 8.0.
     pub const A100: Gpu = Gpu {
         name: "A100",
         arch: SM_80,
         sm_count: 108,
+        l2_bytes: 40 << 20,
     };
 
     /// The same GPU with `sm_count` SMs (at least one): a small one makes the
@@ -73,6 +76,15 @@ impl Gpu {
     pub fn with_sm_count(self, sm_count: usize) -> Self {
         Self {
             sm_count: sm_count.max(1),
+            ..self
+        }
+    }
+
+    /// The same GPU with `bytes` of L2 (at least one): a small one makes the row norms'
+    /// split path run in many row batches.
+    pub fn with_l2_bytes(self, bytes: usize) -> Self {
+        Self {
+            l2_bytes: bytes.max(1),
             ..self
         }
     }
@@ -142,6 +154,10 @@ impl Profile for Gpu {
         Ok(self.sm_count)
     }
 
+    fn l2_bytes(&self) -> Result<usize> {
+        Ok(self.l2_bytes)
+    }
+
     fn resident_blocks(&self, entry: &str, block: u32, smem: u32) -> Result<usize> {
         let key = (self.arch.name.to_owned(), entry.to_owned());
         let Some(&r) = recorded().get(&key) else {
@@ -178,7 +194,7 @@ mod tests {
         for arch in [SM_80, SM_90] {
             for norm in ["layer_norm", "rms_norm"] {
                 for stage in ["bwd", "add_bwd"] {
-                    for path in ["warp", "block", "multi"] {
+                    for path in ["warp", "block", "split"] {
                         for width in ["vec", "scalar"] {
                             for dtype in ["f32", "f16", "bf16", "f16_f32", "bf16_f32"] {
                                 let entry = format!("{norm}_{stage}_{path}_{width}_{dtype}");

@@ -1,8 +1,11 @@
 //! LayerNorm and RMSNorm launches (kernels/row_norm.cuh): the path, block and grid of
-//! a row kernel, chosen from the row length.
+//! a row kernel, chosen from the row length; rows too long for one block's registers
+//! are split into chunks over blocks, two kernels launched on batches of rows.
 
 use super::launch::{BLOCK, MAX_THREADS, ROW_REG, ROW_REG_BWD, ROW_REG_BWD_SCALAR, ROW_REG_SCALAR};
-use super::params::{AddBwdArgs, AddFwdArgs, RowBwdArgs, RowFwdArgs};
+use super::params::{
+    AddBwdArgs, AddFwdArgs, RowBwdArgs, RowFwdArgs, RowSplit, SplitBwdArgs, SplitFwdArgs, SplitStatsArgs, SplitSumsArgs,
+};
 use super::plan::{int, Dtypes, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
 use crate::spec::Spec;
@@ -15,8 +18,8 @@ pub(super) enum Path {
     Warp,
     /// A block per row, the row in registers.
     Block,
-    /// A block per row, the row re-read from memory.
-    Multi,
+    /// A row cut into chunks, a block a chunk in registers ([`Split`]).
+    Split,
 }
 
 /// Grid, block and entry point of a row kernel.
@@ -26,16 +29,19 @@ pub(super) struct RowLaunch {
     pub block: usize,
     pub path: Path,
     pub vec: bool,
+    /// Row elements a thread holds (the launch constant of the direction and width).
+    pub reg: usize,
 }
 
 impl RowLaunch {
     /// A warp per row for short rows, a block per row while the row fits in the block's
     /// registers (`reg` elements a thread: the launch constants for the direction and
-    /// the width), else the multi-pass path. A block-per-row block is as small as lets
-    /// each thread fill its registers: the kernels' register use allows few threads per
-    /// SM, and several small blocks keep more loads in flight than one large block
-    /// stalled at its reductions. 16-byte vectors (of `elem`-byte elements) when every
-    /// pointer is aligned and N is a multiple of the width.
+    /// the width), else the split path (whose grid and block [`Split`] sizes). A
+    /// block-per-row block is as small as lets each thread fill its registers: the
+    /// kernels' register use allows few threads per SM, and several small blocks keep
+    /// more loads in flight than one large block stalled at its reductions. 16-byte
+    /// vectors (of `elem`-byte elements) when every pointer is aligned and N is a
+    /// multiple of the width.
     pub(super) fn new(spec: &Spec, elem: usize, aligned: bool, backward: bool) -> Self {
         let (m, n) = (spec.rows, spec.len);
         let v = 16 / elem;
@@ -53,32 +59,116 @@ impl RowLaunch {
             let block = items.div_ceil(per_thread).next_multiple_of(32).min(MAX_THREADS);
             (m, block, Path::Block)
         } else {
-            (m, MAX_THREADS, Path::Multi)
+            (m, MAX_THREADS, Path::Split)
         };
         Self {
             grid: grid.max(1),
             block,
             path,
             vec,
+            reg,
         }
     }
 
-    /// The entry point `{kind}_{stage}_{path}_{width}_{dtypes}` of kernels/row_norm.cuh
-    /// (every row kernel reads γ).
+    /// The width: elements a vector access moves (1 on the scalar paths).
+    fn width(&self, elem: usize) -> usize {
+        if self.vec {
+            16 / elem
+        } else {
+            1
+        }
+    }
+
+    /// The entry point `{kind}_{stage}_{path}_{width}_{suffix}` of kernels/row_norm.cuh:
+    /// `path` named as given (the split path's first kernels are `stats` and `sums`),
+    /// `suffix` one of the dtypes' suffixes.
+    fn entry_named(&self, spec: &Spec, stage: &str, path: &str, suffix: &str) -> String {
+        let width = if self.vec { "vec" } else { "scalar" };
+        format!("{}_{stage}_{path}_{width}_{suffix}", spec.kind.name())
+    }
+
+    /// The entry point of this path for `stage` (every such kernel reads γ).
     pub(super) fn entry(&self, spec: &Spec, stage: &str, d: Dtypes) -> String {
         let path = match self.path {
             Path::Warp => "warp",
             Path::Block => "block",
-            Path::Multi => "multi",
+            Path::Split => "split",
         };
-        let width = if self.vec { "vec" } else { "scalar" };
-        format!("{}_{stage}_{path}_{width}_{}", spec.kind.name(), d.params_suffix)
+        self.entry_named(spec, stage, path, d.params_suffix)
+    }
+}
+
+/// The largest grid height a launch takes.
+const MAX_GRID_Y: usize = 65535;
+
+/// The split path's cut: `chunks` chunks of `span` elements a row (the last may hold
+/// fewer), blocks of `block` threads, and its kernel pair launched on `batch` rows at a
+/// time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Split {
+    pub chunks: usize,
+    pub span: usize,
+    pub block: usize,
+    pub batch: usize,
+}
+
+impl Split {
+    /// As few chunks as let each fit one block's registers, or, when there are too
+    /// few rows to give every SM two blocks, more chunks (down to one warp's worth)
+    /// until there are; chunks of equal size in whole vectors. A batch is as many rows
+    /// as fit in half of the L2 (`reread` bytes a row: what the second kernel reads
+    /// again), so that the second kernel reads them from L2 rather than memory, and at
+    /// most a grid's height (the kernels' grid is (chunks, rows)).
+    pub(super) fn new(
+        spec: &Spec,
+        l: &RowLaunch,
+        elem: usize,
+        sm_count: usize,
+        l2_bytes: usize,
+        reread: usize,
+    ) -> Self {
+        let (m, n) = (spec.rows, spec.len);
+        let v = l.width(elem);
+        let items = n / v;
+        let per_thread = l.reg / v;
+        let fewest = items.div_ceil(MAX_THREADS * per_thread);
+        let fill = (2 * sm_count).div_ceil(m).min(items / (32 * per_thread));
+        let span_items = items.div_ceil(fewest.max(fill));
+        Self {
+            chunks: items.div_ceil(span_items),
+            span: span_items * v,
+            block: span_items.div_ceil(per_thread).next_multiple_of(32).min(MAX_THREADS),
+            batch: (l2_bytes / 2 / reread.max(1)).clamp(1, m.min(MAX_GRID_Y)),
+        }
+    }
+
+    /// The kernels' description of batch `first..first + rows`.
+    fn args(&self, spec: &Spec, first: usize, rows: usize) -> Result<RowSplit> {
+        Ok(RowSplit {
+            first: int(spec, "rows", first)?,
+            rows: int(spec, "rows", rows)?,
+            len: int(spec, "row length", spec.len)?,
+            chunks: int(spec, "chunks", self.chunks)?,
+            span: int(spec, "chunk", self.span)?,
+            accumulate: i32::from(first > 0),
+        })
+    }
+
+    /// The batches: (first row, rows).
+    fn batches(&self, m: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..m)
+            .step_by(self.batch)
+            .map(move |first| (first, self.batch.min(m - first)))
     }
 }
 
 /// The forward: y (and h, with a residual) for the `M·N` elements of x.
 pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -> Result<()> {
-    let l = RowLaunch::new(spec, d.x.size_in_bytes(), p.aligned(), false);
+    let elem = d.x.size_in_bytes();
+    let l = RowLaunch::new(spec, elem, p.aligned(), false);
+    if l.path == Path::Split {
+        return split_forward(ex, spec, d, p, &l);
+    }
     let (rows, len, eps) = (
         int(spec, "rows", spec.rows)?,
         int(spec, "row length", spec.len)?,
@@ -117,6 +207,43 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -
     ex.launch(&launch)
 }
 
+/// The split forward, batch by batch: each chunk's moments (after writing h, with a
+/// residual), then y from x (or h).
+fn split_forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd, l: &RowLaunch) -> Result<()> {
+    let elem = d.x.size_in_bytes();
+    let profile = ex.profile();
+    let s = Split::new(spec, l, elem, profile.sm_count()?, profile.l2_bytes()?, spec.len * elem);
+    let moments = ex.scratch(s.batch * s.chunks * 3 * 4, false, "chunk moments")?;
+    let (stage, residual, h) = match (p.residual, p.h) {
+        (Some(r), Some(h)) => ("add_fwd", r, h),
+        _ => ("fwd", 0, 0),
+    };
+    let normalized = if h != 0 { h } else { p.x };
+    for (first, rows) in s.batches(spec.rows) {
+        let split = s.args(spec, first, rows)?;
+        let grid = (s.chunks, rows);
+        let stats = SplitStatsArgs {
+            x: p.x,
+            residual,
+            h,
+            moments,
+            split,
+        };
+        let entry = l.entry_named(spec, stage, "stats", d.x_suffix);
+        ex.launch(&Launch::new(spec, entry, grid, s.block, 0, stats)?)?;
+        let out = SplitFwdArgs {
+            x: normalized,
+            weight: p.w.unwrap_or(0),
+            bias: p.b.unwrap_or(0),
+            moments,
+            y: p.y,
+            split,
+            eps: spec.eps as f32,
+        };
+        ex.launch(&Launch::new(spec, l.entry(spec, "fwd", d), grid, s.block, 0, out)?)?;
+    }
+    Ok(())
+}
 /// Bytes of shared memory the warp path's backward needs: a block's 2·N partial sums.
 fn warp_partial_bytes(spec: &Spec, l: &RowLaunch) -> usize {
     if l.path == Path::Warp {
@@ -131,6 +258,9 @@ fn warp_partial_bytes(spec: &Spec, l: &RowLaunch) -> usize {
 pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
     let l = RowLaunch::new(spec, d.x.size_in_bytes(), p.aligned(), true);
+    if l.path == Path::Split {
+        return split_backward(ex, spec, d, p, &l);
+    }
     let smem = warp_partial_bytes(spec, &l);
     let entry = l.entry(spec, if p.dh.is_some() { "add_bwd" } else { "bwd" }, d);
     // Persistent: as many blocks as fit on the GPU at once, each adding its rows
@@ -138,10 +268,8 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) 
     let profile = ex.profile();
     let resident = profile.resident_blocks(&entry, l.block as u32, smem as u32)?;
     let grid = l.grid.min(profile.sm_count()? * resident.max(1));
-    // The multi-pass kernel adds into its partial row; the others write all of it.
-    let zeroed = l.path == Path::Multi;
-    let partial_dw = ex.scratch(grid * np * 4, zeroed, "dγ partials")?;
-    let partial_db = ex.scratch(grid * np * 4, zeroed, "dβ partials")?;
+    let partial_dw = ex.scratch(grid * np * 4, false, "dγ partials")?;
+    let partial_db = ex.scratch(grid * np * 4, false, "dβ partials")?;
     let (rows, len, eps) = (
         int(spec, "rows", spec.rows)?,
         int(spec, "row length", spec.len)?,
@@ -187,6 +315,68 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) 
     })
 }
 
+/// The split backward, batch by batch: each chunk's sums, then dx, P blocks a chunk
+/// (as many as fit on the GPU at once, at most a batch's rows) each adding dγ/dβ over
+/// its rows in registers into its partial row, written by the first batch and added
+/// to by the others.
+fn split_backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd, l: &RowLaunch) -> Result<Partials> {
+    let elem = d.x.size_in_bytes();
+    let profile = ex.profile();
+    let s = Split::new(
+        spec,
+        l,
+        elem,
+        profile.sm_count()?,
+        profile.l2_bytes()?,
+        2 * spec.len * elem,
+    );
+    let entry = l.entry(spec, if p.dh.is_some() { "add_bwd" } else { "bwd" }, d);
+    let resident = profile.resident_blocks(&entry, s.block as u32, 0)?;
+    let per_chunk = (profile.sm_count()? * resident.max(1) / s.chunks).clamp(1, s.batch);
+    let np = spec.params();
+    let sums = ex.scratch(s.batch * s.chunks * 5 * 4, false, "chunk sums")?;
+    let partial_dw = ex.scratch(per_chunk * np * 4, false, "dγ partials")?;
+    let partial_db = ex.scratch(per_chunk * np * 4, false, "dβ partials")?;
+    let weight = p.w.unwrap_or(0);
+    for (first, rows) in s.batches(spec.rows) {
+        let split = s.args(spec, first, rows)?;
+        let args = SplitSumsArgs {
+            x: p.x,
+            weight,
+            dy: p.dy,
+            sums,
+            split,
+        };
+        let sums_entry = l.entry_named(spec, "bwd", "sums", d.params_suffix);
+        ex.launch(&Launch::new(spec, sums_entry, (s.chunks, rows), s.block, 0, args)?)?;
+        let args = SplitBwdArgs {
+            x: p.x,
+            weight,
+            dy: p.dy,
+            dh: p.dh.unwrap_or(0),
+            sums,
+            dx: p.dx,
+            partial_dw,
+            partial_db,
+            split,
+            eps: spec.eps as f32,
+        };
+        ex.launch(&Launch::new(
+            spec,
+            entry.clone(),
+            (s.chunks, per_chunk),
+            s.block,
+            0,
+            args,
+        )?)?;
+    }
+    Ok(Partials {
+        dw: partial_dw,
+        db: partial_db,
+        count: per_chunk,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,17 +394,17 @@ mod tests {
         assert_eq!(path(32 * ROW_REG, 4, true, false).path, Path::Warp);
         assert_eq!(path(32 * ROW_REG + 4, 4, true, false).path, Path::Block);
         assert_eq!(path(MAX_THREADS * ROW_REG, 4, true, false).path, Path::Block);
-        assert_eq!(path(MAX_THREADS * ROW_REG + 4, 4, true, false).path, Path::Multi);
+        assert_eq!(path(MAX_THREADS * ROW_REG + 4, 4, true, false).path, Path::Split);
         assert_eq!(path(32 * ROW_REG_BWD, 2, true, true).path, Path::Warp);
         assert_eq!(path(32 * ROW_REG_BWD + 8, 2, true, true).path, Path::Block);
-        assert_eq!(path(MAX_THREADS * ROW_REG_BWD + 8, 2, true, true).path, Path::Multi);
+        assert_eq!(path(MAX_THREADS * ROW_REG_BWD + 8, 2, true, true).path, Path::Split);
         // Odd N or a misaligned pointer: the scalar limits.
         assert!(!path(32 * ROW_REG_SCALAR - 1, 4, true, false).vec);
         assert_eq!(path(32 * ROW_REG_SCALAR - 1, 4, true, false).path, Path::Warp);
         assert_eq!(path(32 * ROW_REG_SCALAR + 1, 4, true, false).path, Path::Block);
         assert_eq!(
             path(MAX_THREADS * ROW_REG_BWD_SCALAR + 8, 4, false, true).path,
-            Path::Multi
+            Path::Split
         );
         assert!(!path(1024, 4, false, false).vec);
     }
@@ -231,6 +421,49 @@ mod tests {
             (l.path, l.block, l.grid),
             (Path::Warp, BLOCK, 1000usize.div_ceil(BLOCK / 32))
         );
+    }
+
+    /// The split path's chunks cover each row once, in whole vectors, each within one
+    /// block's registers; few rows get more chunks, up to two blocks an SM; a batch
+    /// fits in half the L2.
+    #[test]
+    fn split_chunks_cover_rows_and_fill_the_gpu() {
+        let (sms, l2) = (132, 50 << 20);
+        for m in [1, 2, 7, 300, 5000] {
+            for n in [8200, 16392, 65536, 65539, 1 << 20, 3_000_001] {
+                for (elem, aligned, bwd) in [(4, true, false), (2, true, true), (4, false, true), (2, false, false)] {
+                    let spec = rows(m, n);
+                    let l = RowLaunch::new(&spec, elem, aligned, bwd);
+                    if l.path != Path::Split {
+                        continue;
+                    }
+                    let s = Split::new(&spec, &l, elem, sms, l2, n * elem);
+                    let what = format!("{m} x {n}, {elem} bytes, aligned {aligned}, backward {bwd}: {s:?}");
+                    let v = l.width(elem);
+                    assert!(
+                        s.span.is_multiple_of(v) && s.chunks * s.span >= n && (s.chunks - 1) * s.span < n,
+                        "{what}"
+                    );
+                    assert!(
+                        s.block <= MAX_THREADS && s.block.is_multiple_of(32) && s.block * l.reg >= s.span,
+                        "{what}"
+                    );
+                    assert!(s.chunks * m >= sms.min(n / (64 * l.reg)), "{what}");
+                    assert!(
+                        s.batch >= 1 && s.batch <= m && (s.batch == 1 || s.batch * n * elem <= l2 / 2),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        // One row of 2^20 f32: 264 chunks (two blocks an SM) of 993 vectors.
+        let spec = rows(1, 1 << 20);
+        let s = Split::new(&spec, &RowLaunch::new(&spec, 4, true, false), 4, sms, l2, 4 << 20);
+        assert_eq!((s.chunks, s.span, s.block, s.batch), (264, 3972, 128, 1));
+        // 4096 rows of 32 768 bf16, backward: four chunks of 8192, 200 rows a batch.
+        let spec = rows(4096, 32768);
+        let s = Split::new(&spec, &RowLaunch::new(&spec, 2, true, true), 2, sms, l2, 2 * 32768 * 2);
+        assert_eq!((s.chunks, s.span, s.block, s.batch), (4, 8192, 512, 200));
     }
 
     #[test]
