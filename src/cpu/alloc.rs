@@ -60,6 +60,17 @@ pub(super) unsafe fn assume_written<T>(s: &[MaybeUninit<T>]) -> &[T] {
     unsafe { &*(std::ptr::from_ref(s) as *const [T]) }
 }
 
+/// Elements that a pass has written, seen as the values they now hold, to be read and
+/// overwritten in place.
+///
+/// # Safety
+/// Every element of `s` must have been written.
+pub(super) unsafe fn assume_written_mut<T>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: MaybeUninit<T> has T's layout, and the caller guarantees that every
+    // element is initialized.
+    unsafe { &mut *(std::ptr::from_mut(s) as *mut [T]) }
+}
+
 /// Asks Linux to back the whole 2 MiB pages inside `v`'s allocation with transparent
 /// huge pages, before anything touches them. Large outputs are mostly fresh memory
 /// (glibc maps allocations of 32 MiB and more anew each time and gives trimmed heap

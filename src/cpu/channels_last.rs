@@ -7,10 +7,10 @@
 //! from run to run. The normalize and dx passes then apply per-channel values to each
 //! row.
 
-use super::alloc::{assume_written, written};
+use super::alloc::{assume_written, assume_written_mut, written};
 use super::backward::{GradSums, RowGrad, Wp};
 use super::blocks::{as_acc, as_acc_all};
-use super::elem::{Acc, Elem};
+use super::elem::{Acc, Elem, Slot};
 use super::reduce::Moments;
 use super::rows::{affine_params, param_grads_out, TASK_ELEMS};
 use super::simd::run;
@@ -361,24 +361,38 @@ struct TileGrads<A> {
 }
 
 /// The first backward pass over a tile of x and dy; with `z` (GroupNorm + SiLU), over
-/// x and dy·silu'(z).
+/// x and dy·silu'(z), which it writes into `keep` when given (the tile of dx, for the
+/// second pass to read back), else into a buffer of its own.
 #[inline(always)]
 fn tile_grads<T: Elem>(
     t: &Tiles,
     (x, dy): (&[T], &[T]),
     w: &[T::Acc],
     z: Option<Z<T::Acc>>,
+    keep: Option<&mut [MaybeUninit<T::Acc>]>,
     cols: &mut Cols<T::Acc>,
 ) -> TileGrads<T::Acc> {
     let (mut xbuf, mut dybuf) = (std::mem::take(&mut cols.x), std::mem::take(&mut cols.dy));
     let (xa, mut da) = (as_acc(x, &mut xbuf), as_acc(dy, &mut dybuf));
     let mut dzbuf = std::mem::take(&mut cols.dz);
     if let Some(z) = z {
-        dzbuf.resize(da.len(), T::Acc::ZERO);
-        for ((dzr, xr), dr) in dzbuf.chunks_mut(t.c).zip(xa.chunks(t.c)).zip(da.chunks(t.c)) {
-            silu_dz(xr, dr, z, dzr);
+        match keep {
+            Some(out) => {
+                for ((dzr, xr), dr) in out.chunks_mut(t.c).zip(xa.chunks(t.c)).zip(da.chunks(t.c)) {
+                    silu_dz(xr, dr, z, dzr);
+                }
+                // SAFETY: silu_dz wrote every element of each row, and the rows cover
+                // `out`, which is as long as the tile.
+                da = unsafe { assume_written(out) };
+            }
+            None => {
+                dzbuf.resize(da.len(), T::Acc::ZERO);
+                for ((dzr, xr), dr) in dzbuf.chunks_mut(t.c).zip(xa.chunks(t.c)).zip(da.chunks(t.c)) {
+                    silu_dz(xr, dr, z, dzr);
+                }
+                da = &dzbuf;
+            }
         }
-        da = &dzbuf;
     }
     let means = cols.group_means(t, xa);
     let (mut sdy, mut sdyx) = (vec![T::Acc::ZERO; t.c], vec![T::Acc::ZERO; t.c]);
@@ -447,16 +461,20 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
                 shift: &beta[..t.c],
             })
         };
-        let tiles: Vec<TileGrads<T::Acc>> = (0..t.count)
-            .into_par_iter()
-            .with_min_len(t.min_len())
+        // GroupNorm + SiLU with dx of the accumulators' type (f32, f64): the first pass
+        // leaves dy·silu'(z) in dx, where the second reads it back instead of
+        // computing it again (an exponential and a division an element).
+        let keep = zs.is_some() && T::as_acc_uninit(&mut dx[..0]).is_some();
+        let tiles: Vec<TileGrads<T::Acc>> = t
+            .tiles_mut(dx)
             .map_init(
                 || Cols::new(t.c),
-                |cols, k| {
+                |cols, (k, dxt)| {
                     let ins = (t.tile_of(x, k), t.tile_of(dy, k));
+                    let kept = if keep { T::as_acc_uninit(dxt) } else { None };
                     run(
                         #[inline(always)]
-                        || tile_grads(&t, ins, &gamma, z_of(k), cols),
+                        || tile_grads(&t, ins, &gamma, z_of(k), kept, cols),
                     )
                 },
             )
@@ -479,6 +497,18 @@ pub(super) fn backward<T: Elem, P: Elem<Acc = T::Acc>>(
             let [m, r, mg, mgx] = [&mean, &rstd, &mean_g, &mean_gx].map(|v| &v[at..at + t.c]);
             let g = &gamma[..t.c];
             let (xt, dyt) = (t.tile_of(x, k), t.tile_of(dy, k));
+            if keep {
+                let (Some(xa), Some(dz)) = (T::as_acc(xt), T::as_acc_uninit(dxt)) else {
+                    unreachable!("keep is set for f32 and f64 only")
+                };
+                // SAFETY: the first pass wrote dy·silu'(z) into every element of this
+                // tile of dx (the same tiles, `keep` set).
+                let dz = unsafe { assume_written_mut(dz) };
+                return run(
+                    #[inline(always)]
+                    || dx_rows_kept(t.c, xa, dz, [m, r, mg, mgx, g]),
+                );
+            }
             run(
                 #[inline(always)]
                 || {
@@ -534,12 +564,28 @@ fn dx_rows<A: Acc>(
     }
 }
 
-/// dz = dy·silu'(z) over one row of channels.
+/// dx of a tile's rows of `c` channels, as [`dx_rows`] with SiLU, from dy·silu'(z) that
+/// the first pass left in `dx`, overwritten in place.
 #[inline(always)]
-fn silu_dz<A: Acc>(x: &[A], dy: &[A], z: Z<A>, dz: &mut [A]) {
+fn dx_rows_kept<A: Acc>(c: usize, x: &[A], dx: &mut [A], stats: [&[A]; 5]) {
+    for (dxr, xr) in dx.chunks_mut(c).zip(x.chunks(c)) {
+        let n = dxr.len();
+        let xr = &xr[..n];
+        let [m, r, mg, mgx, g] = stats.map(|v| &v[..n]);
+        for i in 0..n {
+            let xh = (xr[i] - m[i]) * r[i];
+            dxr[i] = r[i] * (dxr[i] * g[i] - mg[i] - xh * mgx[i]);
+        }
+    }
+}
+
+/// dz = dy·silu'(z) over one row of channels, into a buffer or into memory not yet
+/// written.
+#[inline(always)]
+fn silu_dz<A: Acc, S: Slot<A>>(x: &[A], dy: &[A], z: Z<A>, dz: &mut [S]) {
     let params = z.mean.iter().zip(z.scale).zip(z.shift);
     for ((d, (&x, &g)), ((&m, &s), &b)) in dz.iter_mut().zip(x.iter().zip(dy)).zip(params) {
-        *d = g * ((x - m) * s + b).silu_grad();
+        d.set(g * ((x - m) * s + b).silu_grad());
     }
 }
 
