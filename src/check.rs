@@ -176,8 +176,9 @@ pub(crate) fn unsupported_dtype(op: &str, dtype: DType, device: &str, supported:
 }
 
 /// The one `match` on the dtype of each backend: calls `$run::<T>(args)` with `T` the
-/// element type listed for `$dtype`, or returns [`unsupported_dtype`].
-#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
+/// element type listed for `$dtype`, or returns [`unsupported_dtype`]. (The CUDA
+/// driver's; the emulator dispatches on the dtypes of x and the parameters.)
+#[cfg(feature = "cuda")]
 macro_rules! dispatch_dtype {
     ($op:expr, $dtype:expr, $device:literal, [$($variant:ident => $t:ty),+], $run:ident $args:tt) => {
         match $dtype {
@@ -186,7 +187,7 @@ macro_rules! dispatch_dtype {
         }
     };
 }
-#[cfg(any(feature = "cuda", feature = "cuda-emulator"))]
+#[cfg(feature = "cuda")]
 pub(crate) use dispatch_dtype;
 
 /// The same over the dtypes of x and of the parameters: calls `$run::<T, P>(args)` for
