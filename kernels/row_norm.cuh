@@ -258,13 +258,20 @@ __device__ __forceinline__ Chunk chunk_of(const RowSplit& s) {
     return {s.first + (int)blockIdx.y, start, min(start + s.span, s.len)};
 }
 
-// Loads the chunk's elements that this thread owns, V at a time from e = start +
-// (threadIdx.x + k·blockDim.x)·V, into v[k·V...]; calls f(k, e) for each loaded run.
+// The first of the V elements of run k that this thread owns in chunk c: the block's
+// threads take consecutive runs, k = 0 .. REG / V − 1 in turn. At c.end or beyond, the
+// run is not the chunk's.
+template <int V> __device__ __forceinline__ int chunk_elem(const Chunk& c, int k) {
+    return c.start + (int)(threadIdx.x + k * blockDim.x) * V;
+}
+
+// Loads the chunk's elements that this thread owns (chunk_elem) into v[k·V...]; calls
+// f(k, e) for each loaded run k starting at element e.
 template <typename T, int V, int REG, typename F>
 __device__ __forceinline__ void chunk_load(const T* p, const Chunk& c, float* v, F f) {
 #pragma unroll
     for (int k = 0; k < REG / V; k++) {
-        const int e = c.start + (int)(threadIdx.x + k * blockDim.x) * V;
+        const int e = chunk_elem<V>(c, k);
         if (e < c.end) {
             load<T, V>(p + e, v + k * V);
             f(k, e);
@@ -303,7 +310,7 @@ __device__ void row_split_stats(const T* x, const T* r, T* h, float* moments, co
     float m2 = 0.f;
 #pragma unroll
     for (int k = 0; k < REG / V; k++) {
-        if (c.start + (int)(threadIdx.x + k * blockDim.x) * V < c.end) {
+        if (chunk_elem<V>(c, k) < c.end) {
 #pragma unroll
             for (int i = 0; i < V; i++) m2 += (v[k * V + i] - mean) * (v[k * V + i] - mean);
         }
@@ -330,7 +337,7 @@ __device__ void row_split_fwd(const T* x, const W* w, const W* b, const float* m
     const float mean = CENTER ? m.mean : 0.f, rstd = rsqrtf(m.m2 * __frcp_rn((float)s.len) + eps);
 #pragma unroll
     for (int k = 0; k < REG / V; k++) {
-        const int e = c.start + (int)(threadIdx.x + k * blockDim.x) * V;
+        const int e = chunk_elem<V>(c, k);
         if (e < c.end) {
             float o[V], wv[V], bv[V];
             params_or<W, V>(w, e, 1.f, wv);
@@ -365,7 +372,7 @@ __device__ void row_split_sums(const T* x, const W* w, const T* dy, float* sums,
     float m2 = 0.f, sg = 0.f, sgx = 0.f;
 #pragma unroll
     for (int k = 0; k < REG / V; k++) {
-        if (c.start + (int)(threadIdx.x + k * blockDim.x) * V < c.end) {
+        if (chunk_elem<V>(c, k) < c.end) {
 #pragma unroll
             for (int i = 0; i < V; i++) {
                 const float d = xv[k * V + i] - mean;
@@ -420,7 +427,7 @@ __device__ void row_split_bwd(const T* x, const W* w, const T* dy, const T* dh, 
         const float mean_gx = team_sum<false>(sgx, smem) * rstd * inv_n;
 #pragma unroll
         for (int k = 0; k < ITEMS; k++) {
-            const int e = c.start + (int)(threadIdx.x + k * blockDim.x) * V;
+            const int e = chunk_elem<V>(c, k);
             if (e < c.end) {
                 float wv[V], o[V];
                 params_or<W, V>(w, e, 1.f, wv);
@@ -440,7 +447,7 @@ __device__ void row_split_bwd(const T* x, const W* w, const T* dy, const T* dh, 
     float* db = partial_db + (size_t)blockIdx.y * s.len;
 #pragma unroll
     for (int k = 0; k < ITEMS; k++) {
-        const int e = c.start + (int)(threadIdx.x + k * blockDim.x) * V;
+        const int e = chunk_elem<V>(c, k);
         if (e < c.end) {
 #pragma unroll
             for (int i = 0; i < V; i++) {

@@ -378,18 +378,14 @@ fn tile_grads<T: Elem>(
     if let Some(z) = z {
         match keep {
             Some(out) => {
-                for ((dzr, xr), dr) in out.chunks_mut(t.c).zip(xa.chunks(t.c)).zip(da.chunks(t.c)) {
-                    silu_dz(xr, dr, z, dzr);
-                }
-                // SAFETY: silu_dz wrote every element of each row, and the rows cover
-                // `out`, which is as long as the tile.
+                silu_dz_rows(t.c, xa, da, z, out);
+                // SAFETY: silu_dz_rows wrote every element of `out`, which is as long
+                // as the tile.
                 da = unsafe { assume_written(out) };
             }
             None => {
                 dzbuf.resize(da.len(), T::Acc::ZERO);
-                for ((dzr, xr), dr) in dzbuf.chunks_mut(t.c).zip(xa.chunks(t.c)).zip(da.chunks(t.c)) {
-                    silu_dz(xr, dr, z, dzr);
-                }
+                silu_dz_rows(t.c, xa, da, z, &mut dzbuf);
                 da = &dzbuf;
             }
         }
@@ -558,8 +554,7 @@ fn dx_rows<A: Acc>(
         }
         let [m, r, mg, mgx, g] = stats.map(|v| &v[..n]);
         for i in 0..n {
-            let xh = (xr[i] - m[i]) * r[i];
-            dxr[i].write(r[i] * (dr[i] * g[i] - mg[i] - xh * mgx[i]));
+            dxr[i].write(dx_of(xr[i], dr[i], [m[i], r[i], mg[i], mgx[i], g[i]]));
         }
     }
 }
@@ -573,9 +568,24 @@ fn dx_rows_kept<A: Acc>(c: usize, x: &[A], dx: &mut [A], stats: [&[A]; 5]) {
         let xr = &xr[..n];
         let [m, r, mg, mgx, g] = stats.map(|v| &v[..n]);
         for i in 0..n {
-            let xh = (xr[i] - m[i]) * r[i];
-            dxr[i] = r[i] * (dxr[i] * g[i] - mg[i] - xh * mgx[i]);
+            dxr[i] = dx_of(xr[i], dxr[i], [m[i], r[i], mg[i], mgx[i], g[i]]);
         }
+    }
+}
+
+/// dx of one element from x, the gradient g reaching z, and its channel's (mean, rstd,
+/// mean(g), mean(g·x̂), γ): rstd · (g·γ − mean(g) − x̂ · mean(g·x̂)).
+#[inline(always)]
+fn dx_of<A: Acc>(x: A, g: A, [m, r, mg, mgx, w]: [A; 5]) -> A {
+    let xh = (x - m) * r;
+    r * (g * w - mg - xh * mgx)
+}
+
+/// dz = dy·silu'(z) over a tile's rows of `c` channels.
+#[inline(always)]
+fn silu_dz_rows<A: Acc, S: Slot<A>>(c: usize, x: &[A], dy: &[A], z: Z<A>, dz: &mut [S]) {
+    for ((dzr, xr), dr) in dz.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+        silu_dz(xr, dr, z, dzr);
     }
 }
 

@@ -40,20 +40,19 @@ pub(super) fn function(dev: &CudaDevice, entry: &str) -> Result<CudaFunction> {
     module.load_function(entry).w()
 }
 
+/// One of the device's attributes, as the driver reports it.
+fn attribute(dev: &CudaDevice, attr: sys::CUdevice_attribute) -> Result<i32> {
+    dev.cuda_stream().context().attribute(attr).w()
+}
+
 /// The number of streaming multiprocessors of the device.
 pub(super) fn sm_count(dev: &CudaDevice) -> Result<usize> {
-    let ctx = dev.cuda_stream().context().clone();
-    let n = ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .w()?;
+    let n = attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     Ok(n.max(1) as usize)
 }
 
 /// Bytes of the device's L2 cache.
 pub(super) fn l2_bytes(dev: &CudaDevice) -> Result<usize> {
-    let ctx = dev.cuda_stream().context().clone();
-    let n = ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
-        .w()?;
+    let n = attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?;
     Ok(n.max(0) as usize)
 }

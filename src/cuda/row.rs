@@ -214,11 +214,12 @@ fn split_forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd, l: &Ro
     let profile = ex.profile();
     let s = Split::new(spec, l, elem, profile.sm_count()?, profile.l2_bytes()?, spec.len * elem);
     let moments = ex.scratch(s.batch * s.chunks * 3 * 4, false, "chunk moments")?;
-    let (stage, residual, h) = match (p.residual, p.h) {
-        (Some(r), Some(h)) => ("add_fwd", r, h),
-        _ => ("fwd", 0, 0),
+    // With a residual, the statistics kernel writes h, which the output kernel reads.
+    let (stage, residual, h, normalized) = match (p.residual, p.h) {
+        (Some(r), Some(h)) => ("add_fwd", r, h, h),
+        _ => ("fwd", 0, 0, p.x),
     };
-    let normalized = if h != 0 { h } else { p.x };
+    let (stats_entry, out_entry) = (l.entry_named(spec, stage, "stats", d.x_suffix), l.entry(spec, "fwd", d));
     for (first, rows) in s.batches(spec.rows) {
         let split = s.args(spec, first, rows)?;
         let grid = (s.chunks, rows);
@@ -229,8 +230,7 @@ fn split_forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd, l: &Ro
             moments,
             split,
         };
-        let entry = l.entry_named(spec, stage, "stats", d.x_suffix);
-        ex.launch(&Launch::new(spec, entry, grid, s.block, 0, stats)?)?;
+        ex.launch(&Launch::new(spec, stats_entry.clone(), grid, s.block, 0, stats)?)?;
         let out = SplitFwdArgs {
             x: normalized,
             weight: p.w.unwrap_or(0),
@@ -240,7 +240,7 @@ fn split_forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd, l: &Ro
             split,
             eps: spec.eps as f32,
         };
-        ex.launch(&Launch::new(spec, l.entry(spec, "fwd", d), grid, s.block, 0, out)?)?;
+        ex.launch(&Launch::new(spec, out_entry.clone(), grid, s.block, 0, out)?)?;
     }
     Ok(())
 }
@@ -331,6 +331,7 @@ fn split_backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd, l: &R
         2 * spec.len * elem,
     );
     let entry = l.entry(spec, if p.dh.is_some() { "add_bwd" } else { "bwd" }, d);
+    let sums_entry = l.entry_named(spec, "bwd", "sums", d.params_suffix);
     let resident = profile.resident_blocks(&entry, s.block as u32, 0)?;
     let per_chunk = (profile.sm_count()? * resident.max(1) / s.chunks).clamp(1, s.batch);
     let np = spec.params();
@@ -347,8 +348,14 @@ fn split_backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd, l: &R
             sums,
             split,
         };
-        let sums_entry = l.entry_named(spec, "bwd", "sums", d.params_suffix);
-        ex.launch(&Launch::new(spec, sums_entry, (s.chunks, rows), s.block, 0, args)?)?;
+        ex.launch(&Launch::new(
+            spec,
+            sums_entry.clone(),
+            (s.chunks, rows),
+            s.block,
+            0,
+            args,
+        )?)?;
         let args = SplitBwdArgs {
             x: p.x,
             weight,
