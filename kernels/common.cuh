@@ -257,12 +257,23 @@ template <typename T> __device__ void reduce_param_partials(const PartialsArgs& 
     CN_ENTRY(NAME, f16, BODY, ARGS, __half)                  \
     CN_ENTRY(NAME, bf16, BODY, ARGS, __nv_bfloat16)
 
-// The entry points of a kernel that reads parameters (`Param` fields), calling
-// BODY<T, W>: parameters of the elements' dtype (NAME_f32, NAME_f16, NAME_bf16), and
-// f32 parameters with f16 and bf16 elements (NAME_f16_f32, NAME_bf16_f32).
-#define CN_INSTANTIATE_PARAMS(NAME, BODY, ARGS)                  \
-    CN_ENTRY(NAME, f32, BODY, ARGS, float, float)                \
-    CN_ENTRY(NAME, f16, BODY, ARGS, __half, __half)              \
-    CN_ENTRY(NAME, bf16, BODY, ARGS, __nv_bfloat16, __nv_bfloat16) \
-    CN_ENTRY(NAME, f16_f32, BODY, ARGS, __half, float)           \
-    CN_ENTRY(NAME, bf16_f32, BODY, ARGS, __nv_bfloat16, float)
+// An entry point as CN_ENTRY's whose threads keep their data in registers, under
+// __launch_bounds__(MAX_THREADS, 1): up to 128 registers a thread (with the maximum
+// alone, ptxas held some such entries to 64 and spilled).
+#define CN_ENTRY_REG(NAME, SUFFIX, BODY, ARGS, ...)                                                    \
+    extern "C" __global__ void __launch_bounds__(cn::MAX_THREADS, 1) NAME##_##SUFFIX(CN_PARAMS_##ARGS(__VA_ARGS__)) { \
+        BODY<__VA_ARGS__>(CN_ARGS_##ARGS);                                                             \
+    }
+
+// The entry points of a kernel that reads parameters (`Param` fields), made by ENTRY
+// (CN_ENTRY or CN_ENTRY_REG) and calling BODY<T, W>: parameters of the elements' dtype
+// (NAME_f32, NAME_f16, NAME_bf16), and f32 parameters with f16 and bf16 elements
+// (NAME_f16_f32, NAME_bf16_f32).
+#define CN_PARAMS_DTYPES(ENTRY, NAME, BODY, ARGS)                 \
+    ENTRY(NAME, f32, BODY, ARGS, float, float)                    \
+    ENTRY(NAME, f16, BODY, ARGS, __half, __half)                  \
+    ENTRY(NAME, bf16, BODY, ARGS, __nv_bfloat16, __nv_bfloat16)   \
+    ENTRY(NAME, f16_f32, BODY, ARGS, __half, float)               \
+    ENTRY(NAME, bf16_f32, BODY, ARGS, __nv_bfloat16, float)
+#define CN_INSTANTIATE_PARAMS(NAME, BODY, ARGS) CN_PARAMS_DTYPES(CN_ENTRY, NAME, BODY, ARGS)
+#define CN_INSTANTIATE_PARAMS_REG(NAME, BODY, ARGS) CN_PARAMS_DTYPES(CN_ENTRY_REG, NAME, BODY, ARGS)

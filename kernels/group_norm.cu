@@ -6,8 +6,9 @@
 // Each (b, g) is a "row" of K = (C/G)·S elements (S = prod(spatial)): contiguous when
 // channels-first; channels-last, the C/G columns of group g in each of the sample's S
 // rows of C, element i at spatial row i / (C/G), channel i mod (C/G) of the group. A
-// row can be huge while B·G is small (a diffusion UNet: 32 rows of 40 960), so every
-// row is split across `splits` blocks and the whole GPU works on it:
+// row can be huge while B·G is small (a diffusion UNet: 32 rows of 40 960), so a row
+// larger than one block holds (the group path, below) is split across `splits` blocks
+// and the whole GPU works on it, the split path:
 //
 // group_norm[_channels_last]_stats_*: (count, mean, M2) of each block's slice,
 //                       Chan-merged within the block → part[rows, splits, 3]
@@ -31,6 +32,21 @@
 // y = silu(z), z = x̂·γ + β, in the forward, and dy·silu'(z) in dy's place in both
 // backward kernels, z recomputed from x, γ and β where dy is read: the pre-activation
 // is never stored.
+//
+// Groups small enough for one block (K ≤ 16 384 forward, 8 192 backward) take the
+// group path instead (entries `group_norm[_channels_last][_silu]_reg_{fwd,bwd}_*`,
+// vector accesses only, chosen on the host): the
+// block holds the whole group in registers (ROW_REG elements a thread forward,
+// ROW_REG_BWD backward, as the row kernels), so x is read once forward and x and dy
+// once backward, in one launch (the backward's dγ/dβ partials, one row of C a
+// sample, then summed by the dparams kernel). Thread t holds the vectors t + k·T of
+// the group. Per-channel sums (Σ dz·x̂ and Σ dz, the dγ/dβ partials) in a fixed order:
+// channels-first, each vector lies in one channel (S a multiple of V); its sums go to
+// shared memory, one slot a vector, and a warp adds each channel's slots. Channels-
+// last, the V channels of a thread's vectors are the same in every vector (T·V a
+// multiple of C/G: C/G/V divides 32), so each thread keeps V sums in registers, the
+// lanes of a warp with the same channels are added by shuffles, and the warps' sums
+// in order through shared memory.
 //
 // No atomics: results are the same bit for bit from run to run. 16-byte accesses when
 // every pointer is aligned and a vector stays in one channel (channels-first: S a
@@ -239,6 +255,222 @@ __device__ __forceinline__ void gn_bwd_dx(const T* x, const W* w, const W* bias,
     }
 }
 
+// The group path's forward: block `row` normalizes its group from registers.
+template <typename T, typename W, int V, bool LAST, bool SILU>
+__device__ void gn_reg_fwd(const T* x, const W* w, const W* b, T* y, GroupShape g, float eps) {
+    constexpr int ITEMS = ROW_REG / V;
+    __shared__ float smem[32];
+    const int row = blockIdx.x, nitems = g.len / V, p0 = (row % g.groups) * g.per_group;
+    const int tid = threadIdx.x, threads = blockDim.x;
+    const size_t off = row_start<LAST>(g, row);
+    const float inv_n = __frcp_rn((float)g.len);
+    float v[ROW_REG];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++) {
+        const int it = tid + k * threads;
+        if (it < nitems) {
+            load<T, V>(x + off + elem<LAST>(g, it * V), v + k * V);
+#pragma unroll
+            for (int i = 0; i < V; i++) s += v[k * V + i];
+        }
+    }
+    const float mean = team_sum<false>(s, smem) * inv_n;
+    float m2 = 0.f;
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++) {
+        if (tid + k * threads < nitems) {
+#pragma unroll
+            for (int i = 0; i < V; i++) m2 += (v[k * V + i] - mean) * (v[k * V + i] - mean);
+        }
+    }
+    const float rstd = rsqrtf(team_sum<false>(m2, smem) * inv_n + eps);
+    // Channels-last, this thread's channels are the same in each of its vectors.
+    float wv[V], bv[V];
+    if constexpr (LAST) {
+        params_or<W, V>(w, p0 + tid * V % g.per_group, 1.f, wv);
+        params_or<W, V>(b, p0 + tid * V % g.per_group, 0.f, bv);
+    }
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++) {
+        const int it = tid + k * threads;
+        if (it < nitems) {
+            float o[V];
+            if constexpr (LAST) {
+#pragma unroll
+                for (int i = 0; i < V; i++) o[i] = gn_y(v[k * V + i], mean, rstd * wv[i], bv[i]);
+            } else {
+                const int c = p0 + it * V / g.spatial;
+                const float scale = rstd * param_or(w, c, 1.f), shift = param_or(b, c, 0.f);
+#pragma unroll
+                for (int i = 0; i < V; i++) o[i] = gn_y(v[k * V + i], mean, scale, shift);
+            }
+            if constexpr (SILU) {
+#pragma unroll
+                for (int i = 0; i < V; i++) o[i] = gn_silu(o[i]);
+            }
+            store<T, V>(y + off + elem<LAST>(g, it * V), o);
+        }
+    }
+}
+
+// The group path's backward: block `row` = (b, group) writes dx of its group and the
+// group's channels of partial row b of [B, C] (Σ dz·x̂, Σ dz). Dynamic shared memory:
+// 2 floats a vector of the group (channels-first), 2·(warps)·(C/G) (channels-last).
+template <typename T, typename W, int V, bool LAST, bool SILU>
+__device__ void gn_reg_bwd(const T* x, const W* w, const W* bias, const T* dy, T* dx, float* partial_dw,
+                           float* partial_db, GroupShape g, float eps) {
+    constexpr int ITEMS = ROW_REG_BWD / V;
+    __shared__ float smem[32];
+    CN_DYNAMIC_SHARED(float, sums);
+    const int row = blockIdx.x, nitems = g.len / V, p0 = (row % g.groups) * g.per_group;
+    const int tid = threadIdx.x, threads = blockDim.x;
+    const size_t off = row_start<LAST>(g, row);
+    const float inv_n = __frcp_rn((float)g.len);
+    float xv[ROW_REG_BWD], gv[ROW_REG_BWD];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++) {
+        const int it = tid + k * threads;
+        if (it < nitems) {
+            load<T, V>(x + off + elem<LAST>(g, it * V), xv + k * V);
+            load<T, V>(dy + off + elem<LAST>(g, it * V), gv + k * V);
+#pragma unroll
+            for (int i = 0; i < V; i++) s += xv[k * V + i];
+        }
+    }
+    const float mean = team_sum<false>(s, smem) * inv_n;
+    float m2 = 0.f;
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++) {
+        if (tid + k * threads < nitems) {
+#pragma unroll
+            for (int i = 0; i < V; i++) m2 += (xv[k * V + i] - mean) * (xv[k * V + i] - mean);
+        }
+    }
+    const float rstd = rsqrtf(team_sum<false>(m2, smem) * inv_n + eps);
+    // γ (and β for SiLU) of each element: channels-last, V values the same in every
+    // vector of this thread; channels-first, one a vector.
+    const int c0 = p0 + tid * V % g.per_group;
+    float wv[V], bv[V], wk[ITEMS], bk[ITEMS];
+    if constexpr (LAST) {
+        params_or<W, V>(w, c0, 1.f, wv);
+        if constexpr (SILU) params_or<W, V>(bias, c0, 0.f, bv);
+    }
+    // x̂ and dz in place of x and dy; the per-vector (channels-first) or per-channel
+    // (channels-last, aw and ab) sums of dz·x̂ and dz.
+    float aw[V], ab[V];
+#pragma unroll
+    for (int i = 0; i < V; i++) aw[i] = ab[i] = 0.f;
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++) {
+        const int it = tid + k * threads;
+        if (it < nitems) {
+            if constexpr (!LAST) {
+                const int c = p0 + it * V / g.spatial;
+                wk[k] = param_or(w, c, 1.f);
+                bk[k] = SILU ? param_or(bias, c, 0.f) : 0.f;
+            }
+            float pw = 0.f, pb = 0.f;
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                const int e = k * V + i;
+                const float xh = (xv[e] - mean) * rstd;
+                float dz;
+                if constexpr (LAST) dz = gn_dz<SILU>(gv[e], xh, wv[i], SILU ? bv[i] : 0.f);
+                else dz = gn_dz<SILU>(gv[e], xh, wk[k], bk[k]);
+                xv[e] = xh;
+                gv[e] = dz;
+                if constexpr (LAST) {
+                    aw[i] += dz * xh;
+                    ab[i] += dz;
+                } else {
+                    pw += dz * xh;
+                    pb += dz;
+                }
+            }
+            if constexpr (!LAST) {
+                sums[it] = pw;
+                sums[nitems + it] = pb;
+            }
+        }
+    }
+    // Each channel's sums, then Σ g = Σ_c γ_c·Σ dz and Σ g·x̂ = Σ_c γ_c·Σ dz·x̂ over
+    // the group (this thread's share of them in sg, sgx).
+    const int lane = tid & 31, warp = tid >> 5, warps = threads >> 5;
+    const size_t prow = (size_t)(row / g.groups) * g.channels + p0;
+    float sg = 0.f, sgx = 0.f;
+    if constexpr (LAST) {
+        // Lanes l and l ^ o hold the same channels for o a multiple of (C/G)/V.
+        const int period = g.per_group / V;
+        for (int o = 16; o >= period; o >>= 1) {
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                aw[i] += __shfl_xor_sync(0xffffffffu, aw[i], o);
+                ab[i] += __shfl_xor_sync(0xffffffffu, ab[i], o);
+            }
+        }
+        const int cw = warps * g.per_group;
+        if (lane < period) {
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                sums[warp * g.per_group + lane * V + i] = aw[i];
+                sums[cw + warp * g.per_group + lane * V + i] = ab[i];
+            }
+        }
+        __syncthreads();
+        for (int j = tid; j < g.per_group; j += threads) {
+            float pw = 0.f, pb = 0.f;
+            for (int q = 0; q < warps; q++) {
+                pw += sums[q * g.per_group + j];
+                pb += sums[cw + q * g.per_group + j];
+            }
+            partial_dw[prow + j] = pw;
+            partial_db[prow + j] = pb;
+            const float wc = param_or(w, p0 + j, 1.f);
+            sg += wc * pb;
+            sgx += wc * pw;
+        }
+    } else {
+        __syncthreads();
+        const int per = g.spatial / V;
+        for (int c = warp; c < g.per_group; c += warps) {
+            float pw = 0.f, pb = 0.f;
+            for (int j = lane; j < per; j += 32) {
+                pw += sums[c * per + j];
+                pb += sums[nitems + c * per + j];
+            }
+            pw = warp_sum(pw);
+            pb = warp_sum(pb);
+            if (lane == 0) {
+                partial_dw[prow + c] = pw;
+                partial_db[prow + c] = pb;
+                const float wc = param_or(w, p0 + c, 1.f);
+                sg += wc * pb;
+                sgx += wc * pw;
+            }
+        }
+    }
+    const float mean_g = team_sum<false>(sg, smem) * inv_n;
+    const float mean_gx = team_sum<false>(sgx, smem) * inv_n;
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++) {
+        const int it = tid + k * threads;
+        if (it < nitems) {
+            float o[V];
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                const int e = k * V + i;
+                float wi;
+                if constexpr (LAST) wi = wv[i];
+                else wi = wk[k];
+                o[i] = rstd * (gv[e] * wi - mean_g - xv[e] * mean_gx);
+            }
+            store<T, V>(dx + off + elem<LAST>(g, it * V), o);
+        }
+    }
+}
+
 }  // namespace cn
 
 // The entry bodies: each reads its tensors from its kernel's arguments (params.h), and
@@ -259,6 +491,18 @@ template <bool LAST, bool SILU> struct GroupNorm {
     template <typename T, typename W> static __device__ __forceinline__ void fwd(const cn::GroupFwdArgs& a) {
         CN_GN_DISPATCH(gn_fwd, (T, W), cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias),
                        cn::in<float>(a.moments), cn::out<T>(a.y), a.shape, a.eps)
+    }
+
+    // The group path (one block a group).
+    template <typename T, typename W> static __device__ __forceinline__ void reg_fwd(const cn::GroupRegFwdArgs& a) {
+        cn::gn_reg_fwd<T, W, cn::pack_of<T>(), LAST, SILU>(cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias),
+                                                         cn::out<T>(a.y), a.shape, a.eps);
+    }
+
+    template <typename T, typename W> static __device__ __forceinline__ void reg_bwd(const cn::GroupRegBwdArgs& a) {
+        cn::gn_reg_bwd<T, W, cn::pack_of<T>(), LAST, SILU>(
+            cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias), cn::in<T>(a.dy), cn::out<T>(a.dx),
+            cn::out<float>(a.partial_dw), cn::out<float>(a.partial_db), a.shape, a.eps);
     }
 
     // dx from sums in R slices a sample (channels-last) or one (channels-first).
@@ -316,3 +560,11 @@ CN_INSTANTIATE_PARAMS(group_norm_silu_bwd_dx, GroupNormBwd<true>::first_dx, Grou
 CN_INSTANTIATE_PARAMS(group_norm_channels_last_silu_fwd, GroupNormLastSilu::fwd, GroupFwdArgs)
 CN_INSTANTIATE_PARAMS(group_norm_channels_last_silu_bwd_sums, GroupNormBwd<true>::last_sums, GroupLastSumsArgs)
 CN_INSTANTIATE_PARAMS(group_norm_channels_last_silu_bwd_dx, GroupNormBwd<true>::last_dx, GroupLastDxArgs)
+CN_INSTANTIATE_PARAMS_REG(group_norm_reg_fwd, GroupNormFirst::reg_fwd, GroupRegFwdArgs)
+CN_INSTANTIATE_PARAMS_REG(group_norm_reg_bwd, GroupNormFirst::reg_bwd, GroupRegBwdArgs)
+CN_INSTANTIATE_PARAMS_REG(group_norm_channels_last_reg_fwd, GroupNormLast::reg_fwd, GroupRegFwdArgs)
+CN_INSTANTIATE_PARAMS_REG(group_norm_channels_last_reg_bwd, GroupNormLast::reg_bwd, GroupRegBwdArgs)
+CN_INSTANTIATE_PARAMS_REG(group_norm_silu_reg_fwd, GroupNormFirstSilu::reg_fwd, GroupRegFwdArgs)
+CN_INSTANTIATE_PARAMS_REG(group_norm_silu_reg_bwd, GroupNormFirstSilu::reg_bwd, GroupRegBwdArgs)
+CN_INSTANTIATE_PARAMS_REG(group_norm_channels_last_silu_reg_fwd, GroupNormLastSilu::reg_fwd, GroupRegFwdArgs)
+CN_INSTANTIATE_PARAMS_REG(group_norm_channels_last_silu_reg_bwd, GroupNormLastSilu::reg_bwd, GroupRegBwdArgs)

@@ -106,8 +106,10 @@ const HUGE: usize = 1 << 20;
 /// 1024 forward, 512 backward), the block team in registers (16 384 forward, 8 192
 /// backward), the split path above, up to 2^20; odd N on the scalar paths around
 /// their own limits (warp N <= 384 forward, 256 backward; block 6 144 forward, 4 096
-/// backward); M = 1, and odd element counts. Groups from tiny to a diffusion UNet's;
-/// channels-last with C/G off and on the vector width; BatchNorm on the scalar path (S
+/// backward); M = 1, and odd element counts. Groups from tiny to a diffusion UNet's,
+/// on the group path (one block a group: 16 384 elements forward, 8 192 backward, at
+/// and past both) and the split path; channels-last with C/G off and on the vector
+/// width, and (C/G)/V from 1 to 32 lanes and past it; BatchNorm on the scalar path (S
 /// off the vector width, S = 1) and the vector path, B = 1, C = 1, and a channel split
 /// over many blocks.
 const KERNEL_CASES: &[(Norm, &[usize])] = &[
@@ -146,6 +148,10 @@ const KERNEL_CASES: &[(Norm, &[usize])] = &[
     (Norm::Group(32), &[1, 320, 64, 64]),
     (Norm::Group(1), &[1, 4, 512, 512]),
     (Norm::Group(3), &[2, 6, 7, 7]),
+    (Norm::Group(2), &[1, 4, 64, 64]),
+    (Norm::Group(2), &[1, 4, 64, 72]),
+    (Norm::Group(1), &[1, 4, 64, 64]),
+    (Norm::Group(1), &[1, 4, 64, 66]),
     (Norm::GroupLast(3), &[2, 5, 6]),
     (Norm::GroupLast(4), &[2, 4, 4, 8]),
     (Norm::GroupLast(2), &[3, 1, 1, 8]),
@@ -158,6 +164,11 @@ const KERNEL_CASES: &[(Norm, &[usize])] = &[
     (Norm::GroupLast(32), &[16, 16, 16, 512]),
     (Norm::GroupLast(1), &[1, 512, 512, 4]),
     (Norm::GroupLast(3), &[2, 9999, 6]),
+    (Norm::GroupLast(2), &[2, 8, 8, 64]),
+    (Norm::GroupLast(1), &[2, 4, 4, 128]),
+    (Norm::GroupLast(1), &[1, 2, 2, 256]),
+    (Norm::GroupLast(4), &[1, 32, 32, 32]),
+    (Norm::GroupLast(4), &[1, 33, 32, 32]),
     (Norm::Instance, &[2, 3, 5, 7]),
     (Norm::Instance, &[1, 32, 32, 32]),
     (Norm::Instance, &[1, 320, 64, 64]),

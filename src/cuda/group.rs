@@ -1,10 +1,13 @@
-//! GroupNorm launches (kernels/group_norm.cu), channels-first and channels-last: each
-//! group is split over enough blocks to fill the GPU, a statistics kernel first, then
-//! the forward or the two backward kernels.
+//! GroupNorm launches (kernels/group_norm.cu), channels-first and channels-last: a
+//! group that fits one block's registers takes the group path (one kernel forward,
+//! one backward before the dγ/dβ reduction); a larger one, or one read by scalar
+//! accesses, is split over enough blocks to fill the GPU, a statistics kernel first,
+//! then the forward or the two backward kernels.
 
-use super::launch::{BLOCK, GVEC};
+use super::launch::{BLOCK, GVEC, MAX_THREADS, ROW_REG, ROW_REG_BWD};
 use super::params::{
-    GroupDxArgs, GroupFwdArgs, GroupLastDxArgs, GroupLastSumsArgs, GroupShape, GroupStatsArgs, GroupSumsArgs,
+    GroupDxArgs, GroupFwdArgs, GroupLastDxArgs, GroupLastSumsArgs, GroupRegBwdArgs, GroupRegFwdArgs, GroupShape,
+    GroupStatsArgs, GroupSumsArgs,
 };
 use super::plan::{entry, int, Dtypes, Executor, Launch};
 use super::{Bwd, Fwd, Partials};
@@ -61,6 +64,27 @@ pub(super) fn row_slices(spec: &Spec, sm: usize, b: usize) -> (usize, usize) {
     (s.div_ceil(rows), rows)
 }
 
+/// The group path's block for `spec`'s groups, whose threads hold `reg` elements each
+/// (ROW_REG forward, ROW_REG_BWD backward): the fewest warps that hold a group, or
+/// None when a group takes the split path: scalar accesses (`flags` without GVEC),
+/// more than MAX_THREADS·`reg` elements, or channels-last with (C/G)/V not dividing
+/// 32 (the kernel adds a channel's sums across a warp's lanes by shuffles). Returns
+/// the threads and the bytes of dynamic shared memory of the backward's channel sums.
+pub(super) fn reg_block(spec: &Spec, elem: usize, flags: i32, reg: usize) -> Option<(usize, usize)> {
+    let v = 16 / elem;
+    let per_group = spec.params_per_row;
+    if flags & GVEC == 0 || spec.len > MAX_THREADS * reg {
+        return None;
+    }
+    let threads = spec.len.div_ceil(reg).next_multiple_of(32);
+    if spec.kind == Kind::GroupLast {
+        let period = per_group / v;
+        (32 % period == 0).then_some((threads, 2 * (threads / 32) * per_group * 4))
+    } else {
+        Some((threads, 2 * (spec.len / v) * 4))
+    }
+}
+
 /// A stage's name among the entries: GroupNorm + SiLU has its own forward and backward
 /// entries (`silu_fwd`, ...), beside the plain statistics and dparams kernels.
 fn stage(spec: &Spec, stage: &str) -> String {
@@ -70,18 +94,14 @@ fn stage(spec: &Spec, stage: &str) -> String {
     }
 }
 
-/// GroupNorm's first kernel, shared by forward and backward: the per-slice partial
-/// statistics of every group (rows·splits·3 floats). Returns the launch shape, its
-/// flags, and the statistics.
-fn group_stats(
-    ex: &mut impl Executor,
-    spec: &Spec,
-    d: Dtypes,
-    x: u64,
-    aligned: bool,
-) -> Result<(GroupShape, i32, u64)> {
-    let sm = ex.profile().sm_count()?;
-    let (shape, flags) = group_shape(spec, d.x.size_in_bytes(), aligned, sm)?;
+/// The launch shape of `spec`'s groups on this device and its flags (`group_shape`).
+fn shape_on(ex: &impl Executor, spec: &Spec, d: Dtypes, aligned: bool) -> Result<(GroupShape, i32)> {
+    group_shape(spec, d.x.size_in_bytes(), aligned, ex.profile().sm_count()?)
+}
+
+/// The split path's first kernel, shared by forward and backward: the per-slice
+/// partial statistics of every group (rows·splits·3 floats), returned.
+fn group_stats(ex: &mut impl Executor, spec: &Spec, d: Dtypes, x: u64, shape: GroupShape, flags: i32) -> Result<u64> {
     let splits = shape.splits as usize;
     let moments = ex.scratch(spec.rows * splits * 3 * 4, true, "statistics partials")?;
     let args = GroupStatsArgs {
@@ -98,12 +118,34 @@ fn group_stats(
         0,
         args,
     )?)?;
-    Ok((shape, flags, moments))
+    Ok(moments)
+}
+
+/// The group path's shape: one slice a group.
+fn whole(shape: GroupShape) -> GroupShape {
+    GroupShape {
+        splits: 1,
+        chunk: shape.len,
+        ..shape
+    }
 }
 
 /// The forward: y for every element of x.
 pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -> Result<()> {
-    let (shape, flags, moments) = group_stats(ex, spec, d, p.x, p.aligned())?;
+    let (shape, flags) = shape_on(ex, spec, d, p.aligned())?;
+    if let Some((threads, _)) = reg_block(spec, d.x.size_in_bytes(), flags, ROW_REG) {
+        let args = GroupRegFwdArgs {
+            x: p.x,
+            weight: p.w.unwrap_or(0),
+            bias: p.b.unwrap_or(0),
+            y: p.y,
+            shape: whole(shape),
+            eps: spec.eps as f32,
+        };
+        let name = entry(spec, &stage(spec, "reg_fwd"), d.params_suffix);
+        return ex.launch(&Launch::new(spec, name, (spec.rows, 1), threads, 0, args)?);
+    }
+    let moments = group_stats(ex, spec, d, p.x, shape, flags)?;
     let args = GroupFwdArgs {
         x: p.x,
         weight: p.w.unwrap_or(0),
@@ -125,13 +167,37 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -
     )?)
 }
 
-/// The backward: per-(sample, channel) sums, then dx; the sums are the dγ/dβ partials,
-/// one row per sample (channels-first) or per slice of a sample's spatial rows
-/// (channels-last, whose sums kernel reads whole rows of channels).
+/// The backward: dx and the dγ/dβ partials, one row per sample (the group path and
+/// channels-first) or per slice of a sample's spatial rows (channels-last, whose
+/// split path's sums kernel reads whole rows of channels); the split path computes
+/// per-(sample, channel) sums, then dx.
 pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
-    let (shape, flags, moments) = group_stats(ex, spec, d, p.x, p.aligned())?;
     let b = spec.rows / spec.param_blocks;
+    let (shape, flags) = shape_on(ex, spec, d, p.aligned())?;
+    if let Some((threads, smem)) = reg_block(spec, d.x.size_in_bytes(), flags, ROW_REG_BWD) {
+        let partial_dw = ex.scratch(b * np * 4, false, "Σ dy·x̂ partials")?;
+        let partial_db = ex.scratch(b * np * 4, false, "Σ dy partials")?;
+        let args = GroupRegBwdArgs {
+            x: p.x,
+            weight: p.w.unwrap_or(0),
+            bias: p.b.unwrap_or(0),
+            dy: p.dy,
+            dx: p.dx,
+            partial_dw,
+            partial_db,
+            shape: whole(shape),
+            eps: spec.eps as f32,
+        };
+        let name = entry(spec, &stage(spec, "reg_bwd"), d.params_suffix);
+        ex.launch(&Launch::new(spec, name, (spec.rows, 1), threads, smem, args)?)?;
+        return Ok(Partials {
+            dw: partial_dw,
+            db: partial_db,
+            count: b,
+        });
+    }
+    let moments = group_stats(ex, spec, d, p.x, shape, flags)?;
     let last = spec.kind == Kind::GroupLast;
     let (r, rows) = if last {
         row_slices(spec, ex.profile().sm_count()?, b)
@@ -240,6 +306,29 @@ mod tests {
         assert_eq!((g.splits, g.chunk), (17, 2416));
         let (_, flags) = group_shape(&spec, 2, false, 132).unwrap();
         assert_eq!(flags, 0);
+    }
+
+    /// Groups that fit a block's registers, read by vectors, take the group path with
+    /// the fewest warps that hold them; channels-last only where a channel's lanes
+    /// repeat within a warp.
+    #[test]
+    fn small_groups_take_the_group_path() {
+        let first = Spec::group(&[8, 128, 32, 32], 32, 1e-5);
+        assert_eq!(reg_block(&first, 4, GVEC, ROW_REG), Some((128, 2 * 1024 * 4)));
+        assert_eq!(reg_block(&first, 2, GVEC, ROW_REG_BWD), Some((256, 2 * 512 * 4)));
+        assert_eq!(reg_block(&first, 4, 0, ROW_REG), None);
+        let at = |shape: &[usize], g: usize, reg: usize| reg_block(&Spec::group(shape, g, 1e-5), 4, GVEC, reg);
+        assert!(at(&[1, 4, 64, 64], 1, ROW_REG).is_some());
+        assert!(at(&[1, 4, 64, 64], 1, ROW_REG_BWD).is_none());
+        assert!(at(&[1, 4, 64, 66], 1, ROW_REG).is_none());
+        assert_eq!(at(&[64, 64, 2, 2], 64, ROW_REG), Some((32, 2 * 4)));
+        let last = |c: usize, elem: usize| reg_block(&Spec::group_last(&[2, 8, 8, c], 1, 1e-5), elem, GVEC, ROW_REG);
+        // C/G/V lanes: 32 of f32 at C/G = 128, 64 at 256 (split); bf16 32 at 256.
+        assert_eq!(last(128, 4), Some((256, 2 * 8 * 128 * 4)));
+        assert_eq!(last(256, 4), None);
+        assert_eq!(last(256, 2), Some((512, 2 * 16 * 256 * 4)));
+        // 12 lanes: not a divisor of 32.
+        assert_eq!(last(48, 4), None);
     }
 
     #[test]

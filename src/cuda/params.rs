@@ -282,6 +282,36 @@ kernel_params! {
         slices: i32,
     }
 
+    /// GroupNorm's forward on the group path (one block a group), both layouts.
+    struct GroupRegFwdArgs {
+        x: In,
+        /// [C]: γ, or null for ones.
+        weight: Param,
+        /// [C]: β, or null for zeros.
+        bias: Param,
+        y: Out,
+        /// One split a group.
+        shape: GroupShape,
+        eps: f32,
+    }
+
+    /// GroupNorm's backward on the group path, both layouts: dx, and the dγ/dβ partials
+    /// of each sample.
+    struct GroupRegBwdArgs {
+        x: In,
+        weight: Param,
+        /// β (or null), read by GroupNorm + SiLU's entries only.
+        bias: Param,
+        dy: In,
+        dx: Out,
+        /// [B, C] f32.
+        partial_dw: OutF32,
+        partial_db: OutF32,
+        /// One split a group.
+        shape: GroupShape,
+        eps: f32,
+    }
+
     /// How BatchNorm's channels are split over blocks (kernels/batch_norm.cu).
     struct BatchShape {
         channels: i32,
