@@ -64,6 +64,21 @@ fn small_targets() -> Vec<Target> {
     Vec::new()
 }
 
+/// An emulated A100 of 3 SMs and 96 KiB of L2, where GroupNorm's split path runs on
+/// batches of one to five samples.
+fn small_l2_targets() -> Vec<Target> {
+    #[cfg(feature = "cuda-emulator")]
+    {
+        vec![Target::Emulated(
+            candle_norm::emulator::Gpu::A100
+                .with_sm_count(3)
+                .with_l2_bytes(96 << 10),
+        )]
+    }
+    #[cfg(not(feature = "cuda-emulator"))]
+    Vec::new()
+}
+
 impl Target {
     /// The device the inputs live on.
     fn device(&self) -> Device {
@@ -180,6 +195,16 @@ const KERNEL_CASES: &[(Norm, &[usize])] = &[
     (Norm::Batch, &[5, 1, 7]),
     (Norm::Batch, &[2, 2, 256, 256]),
     (Norm::Batch, &[16, 2, 256, 256]),
+];
+
+/// GroupNorm's split path batch by batch ([`small_l2_targets`]): channels-first and
+/// channels-last, scalar (S, or C/G, off the vector width) and vector (groups past the
+/// group path's 16 384 elements), the last batch smaller than the others.
+const SMALL_L2_CASES: &[(Norm, &[usize])] = &[
+    (Norm::Group(2), &[5, 4, 33, 33]),
+    (Norm::Group(1), &[3, 4, 64, 66]),
+    (Norm::GroupLast(2), &[5, 33, 33, 4]),
+    (Norm::GroupLast(1), &[3, 64, 66, 4]),
 ];
 
 /// Mixed precision's shapes: each path and width of every kernel that reads parameters
@@ -380,6 +405,16 @@ fn kernels(norm: Norm, dtype: DType, _: Backend) {
                     &mut rng,
                 );
             }
+        }
+    }
+    let split_groups = matches!(norm.without_silu(), Norm::Group(_) | Norm::GroupLast(_));
+    for t in small_l2_targets().into_iter().filter(|_| split_groups) {
+        for (norm, shape) in shapes_of(SMALL_L2_CASES, norm) {
+            check(
+                &t,
+                &Case::new(&mut rng, norm, shape, dtype, Affine::WeightBias, 1e-5),
+                &mut rng,
+            );
         }
     }
 }

@@ -72,7 +72,7 @@ fn prepare(
     if eval {
         return Ok((l, 0));
     }
-    let moments = ex.scratch(l.grid.0 * l.grid.1 * 3 * 4, true, "statistics partials")?;
+    let moments = ex.scratch(l.grid.0 * l.grid.1 * 3 * 4, false, "statistics partials")?;
     let args = BatchStatsArgs {
         x,
         moments,
@@ -125,8 +125,8 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd, 
     let [running_mean, running_var] = p.running.unwrap_or_default();
     let len = l.grid.0 * l.grid.1 * 4;
     let (partial_dw, partial_db) = (
-        ex.scratch(len, true, "Σ dy·x̂ partials")?,
-        ex.scratch(len, true, "Σ dy partials")?,
+        ex.scratch(len, false, "Σ dy·x̂ partials")?,
+        ex.scratch(len, false, "Σ dy partials")?,
     );
     let (shape, eps, flags) = (l.shape, spec.eps as f32, l.flags);
     if !eval || sums {

@@ -17,20 +17,30 @@ use candle_core::Result;
 /// Elements a GroupNorm block should own at least when a group is split.
 const MIN_SLICE: usize = 2048;
 
-/// GroupNorm launch shape for `elem`-byte elements on a device of `sm` SMs: each group
-/// cut into slices by [`slice_len`]. Vectors stay in one channel (channels-first) or
-/// in one row of a group (channels-last). Returns the shape and the kernels' flags.
-pub(super) fn group_shape(spec: &Spec, elem: usize, aligned: bool, sm: usize) -> Result<(GroupShape, i32)> {
-    let v = 16 / elem;
+/// The kernels' flags for `spec`'s tensors of `elem`-byte elements: GVEC (16-byte
+/// vectors) when every pointer is `aligned` and a vector stays in one channel
+/// (channels-first) or in one row of a group (channels-last).
+pub(super) fn group_flags(spec: &Spec, elem: usize, aligned: bool) -> i32 {
     let run = if spec.kind == Kind::GroupLast {
         spec.params_per_row
     } else {
         spec.inner
     };
-    let vec = aligned && run.is_multiple_of(v);
-    let chunk = slice_len(sm, spec.rows, spec.len, if vec { v } else { 1 });
+    if aligned && run.is_multiple_of(16 / elem) {
+        GVEC
+    } else {
+        0
+    }
+}
+
+/// GroupNorm launch shape for `rows` of `spec`'s groups (all, or a batch's) of
+/// `elem`-byte elements on a device of `sm` SMs: each group cut into slices by
+/// [`slice_len`], on the vector width with GVEC in `flags`.
+pub(super) fn group_shape(spec: &Spec, rows: usize, elem: usize, flags: i32, sm: usize) -> Result<GroupShape> {
+    let v = if flags & GVEC != 0 { 16 / elem } else { 1 };
+    let chunk = slice_len(sm, rows, spec.len, v);
     let g = GroupShape {
-        rows: int(spec, "B·G", spec.rows)?,
+        rows: int(spec, "B·G", rows)?,
         len: int(spec, "group size", spec.len)?,
         spatial: int(spec, "spatial size", spec.inner)?,
         per_group: int(spec, "channels per group", spec.params_per_row)?,
@@ -41,8 +51,48 @@ pub(super) fn group_shape(spec: &Spec, elem: usize, aligned: bool, sm: usize) ->
     };
     int(spec, "element count", spec.rows * spec.len)?;
     // The kernels' int indices run up to a slice, then a block's stride, past K.
-    int(spec, "group size, with a slice's margin", spec.len + chunk + BLOCK * v)?;
-    Ok((g, if vec { GVEC } else { 0 }))
+    int(
+        spec,
+        "group size, with a slice's margin",
+        spec.len + chunk + BLOCK * 16 / elem,
+    )?;
+    Ok(g)
+}
+
+/// The split path's batches of whole samples: as many a batch as fit in half of the
+/// L2 with `tensors` tensors re-read (x forward, x and dy backward), at least one, so
+/// that the kernels after the statistics find them in L2, as the row norms' split
+/// path does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Batches {
+    samples: usize,
+    /// Samples a batch (the last may hold fewer).
+    pub size: usize,
+    /// Bytes of one sample of x.
+    sample_bytes: usize,
+}
+
+impl Batches {
+    pub(super) fn new(spec: &Spec, elem: usize, tensors: usize, l2_bytes: usize) -> Self {
+        let samples = spec.rows / spec.param_blocks;
+        let sample_bytes = spec.params() * spec.inner * elem;
+        Self {
+            samples,
+            size: (l2_bytes / 2 / (tensors * sample_bytes).max(1)).clamp(1, samples.max(1)),
+            sample_bytes,
+        }
+    }
+
+    /// The batches: (first sample, samples, byte offset of the first in x).
+    fn iter(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
+        (0..self.samples).step_by(self.size).map(|first| {
+            (
+                first,
+                self.size.min(self.samples - first),
+                (first * self.sample_bytes) as u64,
+            )
+        })
+    }
 }
 
 /// The elements of each slice when `rows` reductions of `len` elements are each cut
@@ -94,72 +144,27 @@ fn stage(spec: &Spec, stage: &str) -> String {
     }
 }
 
-/// The launch shape of `spec`'s groups on this device and its flags (`group_shape`).
-fn shape_on(ex: &impl Executor, spec: &Spec, d: Dtypes, aligned: bool) -> Result<(GroupShape, i32)> {
-    group_shape(spec, d.x.size_in_bytes(), aligned, ex.profile().sm_count()?)
-}
-
 /// The split path's first kernel, shared by forward and backward: the per-slice
-/// partial statistics of every group (rows·splits·3 floats), returned.
-fn group_stats(ex: &mut impl Executor, spec: &Spec, d: Dtypes, x: u64, shape: GroupShape, flags: i32) -> Result<u64> {
-    let splits = shape.splits as usize;
-    let moments = ex.scratch(spec.rows * splits * 3 * 4, true, "statistics partials")?;
+/// partial statistics of `rows` groups from x (rows·splits·3 floats, into `moments`).
+fn group_stats(
+    ex: &mut impl Executor,
+    spec: &Spec,
+    d: Dtypes,
+    x: u64,
+    (shape, flags): (GroupShape, i32),
+    rows: usize,
+    moments: u64,
+) -> Result<()> {
     let args = GroupStatsArgs {
         x,
         moments,
         shape,
         flags,
     };
+    let grid = (rows, shape.splits as usize);
     ex.launch(&Launch::new(
         spec,
         entry(spec, "stats", d.x_suffix),
-        (spec.rows, splits),
-        BLOCK,
-        0,
-        args,
-    )?)?;
-    Ok(moments)
-}
-
-/// The group path's shape: one slice a group.
-fn whole(shape: GroupShape) -> GroupShape {
-    GroupShape {
-        splits: 1,
-        chunk: shape.len,
-        ..shape
-    }
-}
-
-/// The forward: y for every element of x.
-pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -> Result<()> {
-    let (shape, flags) = shape_on(ex, spec, d, p.aligned())?;
-    if let Some((threads, _)) = reg_block(spec, d.x.size_in_bytes(), flags, ROW_REG) {
-        let args = GroupRegFwdArgs {
-            x: p.x,
-            weight: p.w.unwrap_or(0),
-            bias: p.b.unwrap_or(0),
-            y: p.y,
-            shape: whole(shape),
-            eps: spec.eps as f32,
-        };
-        let name = entry(spec, &stage(spec, "reg_fwd"), d.params_suffix);
-        return ex.launch(&Launch::new(spec, name, (spec.rows, 1), threads, 0, args)?);
-    }
-    let moments = group_stats(ex, spec, d, p.x, shape, flags)?;
-    let args = GroupFwdArgs {
-        x: p.x,
-        weight: p.w.unwrap_or(0),
-        bias: p.b.unwrap_or(0),
-        moments,
-        y: p.y,
-        shape,
-        eps: spec.eps as f32,
-        flags,
-    };
-    let grid = (spec.rows, shape.splits as usize);
-    ex.launch(&Launch::new(
-        spec,
-        entry(spec, &stage(spec, "fwd"), d.params_suffix),
         grid,
         BLOCK,
         0,
@@ -167,27 +172,95 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -
     )?)
 }
 
+/// The split path's batches (re-reading `tensors` tensors), the launch shape of a
+/// batch, and the statistics partials of a batch's groups.
+fn split(
+    ex: &mut impl Executor,
+    spec: &Spec,
+    elem: usize,
+    flags: i32,
+    tensors: usize,
+) -> Result<(Batches, GroupShape, u64)> {
+    let batches = Batches::new(spec, elem, tensors, ex.profile().l2_bytes()?);
+    let rows = batches.size * spec.param_blocks;
+    let shape = group_shape(spec, rows, elem, flags, ex.profile().sm_count()?)?;
+    let moments = ex.scratch(rows * shape.splits as usize * 3 * 4, false, "statistics partials")?;
+    Ok((batches, shape, moments))
+}
+
+/// The group path's shape: one slice a group (`group_shape`'s slicing set aside).
+fn whole(spec: &Spec, elem: usize, flags: i32) -> Result<GroupShape> {
+    let shape = group_shape(spec, spec.rows, elem, flags, 1)?;
+    Ok(GroupShape {
+        splits: 1,
+        chunk: shape.len,
+        ..shape
+    })
+}
+
+/// The forward: y for every element of x, on the group path or the split path batch
+/// by batch.
+pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -> Result<()> {
+    let elem = d.x.size_in_bytes();
+    let flags = group_flags(spec, elem, p.aligned());
+    let eps = spec.eps as f32;
+    let (weight, bias) = (p.w.unwrap_or(0), p.b.unwrap_or(0));
+    if let Some((threads, _)) = reg_block(spec, elem, flags, ROW_REG) {
+        let args = GroupRegFwdArgs {
+            x: p.x,
+            weight,
+            bias,
+            y: p.y,
+            shape: whole(spec, elem, flags)?,
+            eps,
+        };
+        let name = entry(spec, &stage(spec, "reg_fwd"), d.params_suffix);
+        return ex.launch(&Launch::new(spec, name, (spec.rows, 1), threads, 0, args)?);
+    }
+    let (batches, shape, moments) = split(ex, spec, elem, flags, 1)?;
+    let g = spec.param_blocks;
+    let name = entry(spec, &stage(spec, "fwd"), d.params_suffix);
+    for (_, n, off) in batches.iter() {
+        group_stats(ex, spec, d, p.x + off, (shape, flags), n * g, moments)?;
+        let args = GroupFwdArgs {
+            x: p.x + off,
+            weight,
+            bias,
+            moments,
+            y: p.y + off,
+            shape,
+            eps,
+            flags,
+        };
+        let grid = (n * g, shape.splits as usize);
+        ex.launch(&Launch::new(spec, name.clone(), grid, BLOCK, 0, args)?)?;
+    }
+    Ok(())
+}
+
 /// The backward: dx and the dγ/dβ partials, one row per sample (the group path and
 /// channels-first) or per slice of a sample's spatial rows (channels-last, whose
-/// split path's sums kernel reads whole rows of channels); the split path computes
-/// per-(sample, channel) sums, then dx.
+/// split path's sums kernel reads whole rows of channels). The split path runs batch
+/// by batch: statistics, per-(sample, channel) sums, then dx.
 pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) -> Result<Partials> {
     let np = spec.params();
     let b = spec.rows / spec.param_blocks;
-    let (shape, flags) = shape_on(ex, spec, d, p.aligned())?;
-    if let Some((threads, smem)) = reg_block(spec, d.x.size_in_bytes(), flags, ROW_REG_BWD) {
+    let elem = d.x.size_in_bytes();
+    let flags = group_flags(spec, elem, p.aligned());
+    let (weight, bias, eps) = (p.w.unwrap_or(0), p.b.unwrap_or(0), spec.eps as f32);
+    if let Some((threads, smem)) = reg_block(spec, elem, flags, ROW_REG_BWD) {
         let partial_dw = ex.scratch(b * np * 4, false, "Σ dy·x̂ partials")?;
         let partial_db = ex.scratch(b * np * 4, false, "Σ dy partials")?;
         let args = GroupRegBwdArgs {
             x: p.x,
-            weight: p.w.unwrap_or(0),
-            bias: p.b.unwrap_or(0),
+            weight,
+            bias,
             dy: p.dy,
             dx: p.dx,
             partial_dw,
             partial_db,
-            shape: whole(shape),
-            eps: spec.eps as f32,
+            shape: whole(spec, elem, flags)?,
+            eps,
         };
         let name = entry(spec, &stage(spec, "reg_bwd"), d.params_suffix);
         ex.launch(&Launch::new(spec, name, (spec.rows, 1), threads, smem, args)?)?;
@@ -197,88 +270,95 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) 
             count: b,
         });
     }
-    let moments = group_stats(ex, spec, d, p.x, shape, flags)?;
+    let (batches, shape, moments) = split(ex, spec, elem, flags, 2)?;
+    let g = spec.param_blocks;
     let last = spec.kind == Kind::GroupLast;
     let (r, rows) = if last {
-        row_slices(spec, ex.profile().sm_count()?, b)
+        row_slices(spec, ex.profile().sm_count()?, batches.size)
     } else {
         (1, spec.inner)
     };
-    let partial_dw = ex.scratch(b * r * np * 4, true, "Σ dy·x̂ partials")?;
-    let partial_db = ex.scratch(b * r * np * 4, true, "Σ dy partials")?;
-    let (x, dy, dx, eps) = (p.x, p.dy, p.dx, spec.eps as f32);
-    let (weight, bias) = (p.w.unwrap_or(0), p.b.unwrap_or(0));
-    let grid = (spec.rows, shape.splits as usize);
+    let partial_dw = ex.scratch(b * r * np * 4, false, "Σ dy·x̂ partials")?;
+    let partial_db = ex.scratch(b * r * np * 4, false, "Σ dy partials")?;
     let (sums, dx_entry) = (
         entry(spec, &stage(spec, "bwd_sums"), d.params_suffix),
         entry(spec, &stage(spec, "bwd_dx"), d.params_suffix),
     );
     let slices = int(spec, "row slices", r)?;
-    let [sums, dx] = if last {
-        let sums_args = GroupLastSumsArgs {
-            x,
-            weight,
-            bias,
-            dy,
-            moments,
-            partial_dw,
-            partial_db,
-            shape,
-            eps,
-            slices,
-            slice_rows: int(spec, "rows per slice", rows)?,
+    let slice_rows = int(spec, "rows per slice", rows)?;
+    for (first, n, off) in batches.iter() {
+        let (x, dy, dx) = (p.x + off, p.dy + off, p.dx + off);
+        // This batch's partial rows: r a sample.
+        let poff = (first * r * np * 4) as u64;
+        let (partial_dw, partial_db) = (partial_dw + poff, partial_db + poff);
+        group_stats(ex, spec, d, x, (shape, flags), n * g, moments)?;
+        let grid = (n * g, shape.splits as usize);
+        let [sums, dx] = if last {
+            let sums_args = GroupLastSumsArgs {
+                x,
+                weight,
+                bias,
+                dy,
+                moments,
+                partial_dw,
+                partial_db,
+                shape,
+                eps,
+                slices,
+                slice_rows,
+            };
+            let dx_args = GroupLastDxArgs {
+                x,
+                weight,
+                bias,
+                dy,
+                moments,
+                partial_dw,
+                partial_db,
+                dx,
+                shape,
+                eps,
+                flags,
+                slices,
+            };
+            [
+                Launch::new(spec, sums.clone(), (n, r), BLOCK, 0, sums_args)?,
+                Launch::new(spec, dx_entry.clone(), grid, BLOCK, 0, dx_args)?,
+            ]
+        } else {
+            let sums_args = GroupSumsArgs {
+                x,
+                weight,
+                bias,
+                dy,
+                moments,
+                partial_dw,
+                partial_db,
+                shape,
+                eps,
+                flags,
+            };
+            let dx_args = GroupDxArgs {
+                x,
+                weight,
+                bias,
+                dy,
+                moments,
+                partial_dw,
+                partial_db,
+                dx,
+                shape,
+                eps,
+                flags,
+            };
+            [
+                Launch::new(spec, sums.clone(), (n * np, 1), BLOCK, 0, sums_args)?,
+                Launch::new(spec, dx_entry.clone(), grid, BLOCK, 0, dx_args)?,
+            ]
         };
-        let dx_args = GroupLastDxArgs {
-            x,
-            weight,
-            bias,
-            dy,
-            moments,
-            partial_dw,
-            partial_db,
-            dx,
-            shape,
-            eps,
-            flags,
-            slices,
-        };
-        [
-            Launch::new(spec, sums, (b, r), BLOCK, 0, sums_args)?,
-            Launch::new(spec, dx_entry, grid, BLOCK, 0, dx_args)?,
-        ]
-    } else {
-        let sums_args = GroupSumsArgs {
-            x,
-            weight,
-            bias,
-            dy,
-            moments,
-            partial_dw,
-            partial_db,
-            shape,
-            eps,
-            flags,
-        };
-        let dx_args = GroupDxArgs {
-            x,
-            weight,
-            bias,
-            dy,
-            moments,
-            partial_dw,
-            partial_db,
-            dx,
-            shape,
-            eps,
-            flags,
-        };
-        [
-            Launch::new(spec, sums, (b * np, 1), BLOCK, 0, sums_args)?,
-            Launch::new(spec, dx_entry, grid, BLOCK, 0, dx_args)?,
-        ]
-    };
-    ex.launch(&sums)?;
-    ex.launch(&dx)?;
+        ex.launch(&sums)?;
+        ex.launch(&dx)?;
+    }
     Ok(Partials {
         dw: partial_dw,
         db: partial_db,
@@ -301,11 +381,27 @@ mod tests {
         // Many rows: one slice each.
         assert_eq!(slice_len(132, 10_000, 4096, 4), 4096);
         let spec = Spec::group(&[1, 320, 64, 64], 32, 1e-5);
-        let (g, flags) = group_shape(&spec, 2, true, 132).unwrap();
-        assert_eq!(flags, GVEC);
+        assert_eq!(group_flags(&spec, 2, true), GVEC);
+        assert_eq!(group_flags(&spec, 2, false), 0);
+        let g = group_shape(&spec, 32, 2, GVEC, 132).unwrap();
         assert_eq!((g.splits, g.chunk), (17, 2416));
-        let (_, flags) = group_shape(&spec, 2, false, 132).unwrap();
-        assert_eq!(flags, 0);
+    }
+
+    /// The split path's batches fill half of the L2 with whole samples of the tensors
+    /// it re-reads: one batch when the tensors fit.
+    #[test]
+    fn split_groups_run_in_batches_that_fit_half_the_l2() {
+        let l2 = 50 << 20;
+        let big = Spec::group(&[8, 512, 64, 64], 32, 1e-5);
+        // 8 MiB a sample of f32: 3 samples forward, 1 backward (x and dy).
+        assert_eq!(Batches::new(&big, 4, 1, l2).size, 3);
+        assert_eq!(Batches::new(&big, 4, 2, l2).size, 1);
+        assert_eq!(Batches::new(&big, 2, 2, l2).size, 3);
+        let b = Batches::new(&big, 4, 1, l2);
+        let all: Vec<_> = b.iter().collect();
+        assert_eq!(all, [(0, 3, 0), (3, 3, 3 << 23), (6, 2, 6 << 23)]);
+        let small = Spec::group_last(&[1, 64, 64, 320], 32, 1e-5);
+        assert_eq!(Batches::new(&small, 4, 2, l2).iter().count(), 1);
     }
 
     /// Groups that fit a block's registers, read by vectors, take the group path with
