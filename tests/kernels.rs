@@ -65,7 +65,7 @@ fn small_targets() -> Vec<Target> {
 }
 
 /// An emulated A100 of 3 SMs and 96 KiB of L2, where GroupNorm's split path runs on
-/// batches of one to five samples.
+/// batches of one to five samples, and BatchNorm on batches of one to seven channels.
 fn small_l2_targets() -> Vec<Target> {
     #[cfg(feature = "cuda-emulator")]
     {
@@ -197,14 +197,17 @@ const KERNEL_CASES: &[(Norm, &[usize])] = &[
     (Norm::Batch, &[16, 2, 256, 256]),
 ];
 
-/// GroupNorm's split path batch by batch ([`small_l2_targets`]): channels-first and
-/// channels-last, scalar (S, or C/G, off the vector width) and vector (groups past the
-/// group path's 16 384 elements), the last batch smaller than the others.
+/// GroupNorm's split path and BatchNorm batch by batch ([`small_l2_targets`]):
+/// GroupNorm channels-first and channels-last, scalar (S, or C/G, off the vector
+/// width) and vector (groups past the group path's 16 384 elements); BatchNorm scalar
+/// and vector; the last batch smaller than the others.
 const SMALL_L2_CASES: &[(Norm, &[usize])] = &[
     (Norm::Group(2), &[5, 4, 33, 33]),
     (Norm::Group(1), &[3, 4, 64, 66]),
     (Norm::GroupLast(2), &[5, 33, 33, 4]),
     (Norm::GroupLast(1), &[3, 64, 66, 4]),
+    (Norm::Batch, &[2, 5, 64, 64]),
+    (Norm::Batch, &[3, 5, 33, 33]),
 ];
 
 /// Mixed precision's shapes: each path and width of every kernel that reads parameters
@@ -407,8 +410,11 @@ fn kernels(norm: Norm, dtype: DType, _: Backend) {
             }
         }
     }
-    let split_groups = matches!(norm.without_silu(), Norm::Group(_) | Norm::GroupLast(_));
-    for t in small_l2_targets().into_iter().filter(|_| split_groups) {
+    let batched = matches!(
+        norm.without_silu(),
+        Norm::Group(_) | Norm::GroupLast(_) | Norm::Batch | Norm::BatchEval
+    );
+    for t in small_l2_targets().into_iter().filter(|_| batched) {
         for (norm, shape) in shapes_of(SMALL_L2_CASES, norm) {
             check(
                 &t,
