@@ -8,10 +8,13 @@
 // Channel c gathers K = B·S elements (S = prod(spatial)): B runs of S contiguous
 // elements, run b at b·C·S + c·S. Element i of the channel is element i mod S of run
 // i / S. A channel is long while C can be small (64 channels of 100 352 at
-// [32, 64, 56, 56]), so each is split across `splits` blocks, a block per (c, slice):
+// [32, 64, 56, 56]), so each is split across `splits` blocks, a block per (c, slice).
+// The host launches the kernels on batches of channels that fit in half of the L2: c
+// is then a channel of the batch, x, dy, y, dx and every per-channel pointer start at
+// the batch's first channel, and the strides are the whole tensor's (C).
 //
 // batch_norm_stats_*:   (count, mean, M2) of each block's slice, Chan-merged within the
-//                       block → part[C, splits, 3]
+//                       block → part[channels of the batch, splits, 3]
 // batch_norm_fwd_*:     each block merges its channel's partials in order (so every
 //                       block of a channel sees the same statistics) and writes its
 //                       slice of y; the first block of a channel also writes the
@@ -35,7 +38,7 @@
 
 namespace cn {
 
-// Offset of element i of channel c.
+// Offset of element i of channel c (of the batch) from the batch's first channel.
 __device__ __forceinline__ size_t bn_at(const BatchShape& s, int c, int i) {
     return (size_t)(i / s.spatial) * s.channels * s.spatial + (size_t)c * s.spatial + i % s.spatial;
 }

@@ -37,6 +37,18 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 // Elements of T in one 16-byte access.
 template <typename T> __host__ __device__ constexpr int pack_of() { return 16 / sizeof(T); }
 
+// One 16-byte access at p, as loaded, and its pack_of<T>() elements widened to f32:
+// `load` in two steps, so that a load can be issued long before its values are used.
+template <typename T> __device__ __forceinline__ uint4 load_raw(const T* p) {
+    return *reinterpret_cast<const uint4*>(p);
+}
+
+template <typename T> __device__ __forceinline__ void widen(uint4 raw, float* out) {
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < pack_of<T>(); i++) out[i] = to_f32(e[i]);
+}
+
 // Loads V consecutive elements as f32: one element, or whole 16-byte accesses (V =
 // pack_of<T>() for the elements, and as many f32 parameters beside f16 or bf16
 // elements: two accesses).
@@ -47,12 +59,7 @@ template <typename T, int V> __device__ __forceinline__ void load(const T* p, fl
         static_assert(V * sizeof(T) % 16 == 0, "vector accesses are 16 bytes");
         constexpr int PACK = pack_of<T>();
 #pragma unroll
-        for (int k = 0; k < V / PACK; k++) {
-            uint4 raw = reinterpret_cast<const uint4*>(p)[k];
-            const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-            for (int i = 0; i < PACK; i++) out[k * PACK + i] = to_f32(e[i]);
-        }
+        for (int k = 0; k < V / PACK; k++) widen<T>(load_raw(p + k * PACK), out + k * PACK);
     }
 }
 

@@ -129,6 +129,25 @@ __device__ void row_bwd_reg(const T* x, const W* w, const T* dy, const T* dh, T*
     float ag[REG], ab[REG];
 #pragma unroll
     for (int i = 0; i < REG; i++) ag[i] = ab[i] = 0.f;
+    // Half precision on the vector paths: the team's next row of x and dy is loaded,
+    // as 16-byte vectors not yet widened, before this row's sums, so that memory stays
+    // busy through them (docs/perf-notes.md, v8); 16 registers.
+    constexpr bool PIPE = V > 1 && sizeof(T) == 2;
+    static_assert(!PIPE || V == pack_of<T>(), "one 16-byte vector an item");
+    uint4 nx[PIPE ? ITEMS : 1], ndy[PIPE ? ITEMS : 1];
+    const auto fetch = [&](int row) {
+#pragma unroll
+        for (int k = 0; k < ITEMS; k++) {
+            const int it = t.tid + k * t.size;
+            if (it < nitems) {
+                nx[k] = load_raw(x + (size_t)row * N + it * V);
+                ndy[k] = load_raw(dy + (size_t)row * N + it * V);
+            }
+        }
+    };
+    if constexpr (PIPE) {
+        if (t.first < M) fetch(t.first);
+    }
     for (int row = t.first; row < M; row += t.stride) {
         const size_t off = (size_t)row * N;
         float xv[REG], gv[REG];
@@ -137,11 +156,19 @@ __device__ void row_bwd_reg(const T* x, const W* w, const T* dy, const T* dh, T*
         for (int k = 0; k < ITEMS; k++) {
             const int it = t.tid + k * t.size;
             if (it < nitems) {
-                load<T, V>(x + off + it * V, xv + k * V);
-                load<T, V>(dy + off + it * V, gv + k * V);
+                if constexpr (PIPE) {
+                    widen<T>(nx[k], xv + k * V);
+                    widen<T>(ndy[k], gv + k * V);
+                } else {
+                    load<T, V>(x + off + it * V, xv + k * V);
+                    load<T, V>(dy + off + it * V, gv + k * V);
+                }
 #pragma unroll
                 for (int i = 0; i < V; i++) s += xv[k * V + i];
             }
+        }
+        if constexpr (PIPE) {
+            if (row + t.stride < M) fetch(row + t.stride);
         }
         const float mean = CENTER ? team_sum<WARP>(s, smem) * inv_n : 0.f;
         float m2 = 0.f;

@@ -65,7 +65,7 @@ fn small_targets() -> Vec<Target> {
 }
 
 /// An emulated A100 of 3 SMs and 96 KiB of L2, where GroupNorm's split path runs on
-/// batches of one to five samples, and BatchNorm on batches of one to seven channels.
+/// batches of one to five samples, and BatchNorm on batches of one to five channels.
 fn small_l2_targets() -> Vec<Target> {
     #[cfg(feature = "cuda-emulator")]
     {

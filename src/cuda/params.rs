@@ -177,7 +177,8 @@ kernel_params! {
 
     /// How GroupNorm's groups are split over blocks (kernels/group_norm.cu).
     struct GroupShape {
-        /// B·G (sample, group) pairs, each of `len` = (C/G)·spatial elements.
+        /// (sample, group) pairs of a launch (B·G, or a batch's), each of `len` =
+        /// (C/G)·spatial elements.
         rows: i32,
         len: i32,
         /// The product of the spatial dimensions.
@@ -327,7 +328,7 @@ kernel_params! {
     /// BatchNorm's statistics (training): (count, mean, M2) of each block's slice.
     struct BatchStatsArgs {
         x: In,
-        /// [C, splits, 3] f32.
+        /// [channels of the launch (a batch's), splits, 3] f32.
         moments: OutF32,
         shape: BatchShape,
         /// BVEC: 16-byte vector accesses.
