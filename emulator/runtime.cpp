@@ -20,7 +20,7 @@
 //   arena): not a read of bytes this block has not written, and no race: between two
 //   barriers, a byte written by one thread is read or written by no other, and a byte
 //   read by one thread is written by no other;
-// - 16-byte vectors (uint4 copies): aligned to 16 bytes.
+// - vectors (uint4 and uint2 copies): aligned to their 16 or 8 bytes.
 //
 // The first error stops the launch (the access that found it is not made) and is
 // returned as text naming the kernel, the block, the thread and the memory. The stack
@@ -756,12 +756,13 @@ uint64_t cn_emu_warp(unsigned mask, int kind, uint64_t value, int operand, int w
     return collective(mask, kind, value, operand, width, file, line);
 }
 
-void cn_emu_vector_access(const void* p, int write) {
+void cn_emu_vector_access(const void* p, int write, int bytes) {
     Lane* l = current;
     if (!l || ((uintptr_t)p >= (uintptr_t)l->stack_lo && (uintptr_t)p < (uintptr_t)l->stack_hi)) return;
-    if ((uintptr_t)p % 16) {
-        fail(l, format("16-byte vector %s at %p, which is not 16-byte aligned (the device faults: misaligned address)",
-                       verb(write), p),
+    if ((uintptr_t)p % bytes) {
+        fail(l,
+             format("%d-byte vector %s at %p, which is not %d-byte aligned (the device faults: misaligned address)",
+                    bytes, verb(write), p, bytes),
              __builtin_return_address(0));
     }
 }

@@ -49,25 +49,39 @@ template <typename T> __device__ __forceinline__ void widen(uint4 raw, float* ou
     for (int i = 0; i < pack_of<T>(); i++) out[i] = to_f32(e[i]);
 }
 
-// Loads V consecutive elements as f32: one element, or whole 16-byte accesses (V =
-// pack_of<T>() for the elements, and as many f32 parameters beside f16 or bf16
-// elements: two accesses).
+// Loads V consecutive elements as f32: one element, one 8-byte access (GroupNorm's
+// group path where a run of 16 bytes would cross a channel-group boundary), or whole
+// 16-byte accesses (V = pack_of<T>() for the elements, and as many f32 parameters
+// beside f16 or bf16 elements: two accesses).
 template <typename T, int V> __device__ __forceinline__ void load(const T* p, float* out) {
     if constexpr (V == 1) {
         out[0] = to_f32(p[0]);
+    } else if constexpr (V * sizeof(T) == 8) {
+        const uint2 raw = *reinterpret_cast<const uint2*>(p);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < V; i++) out[i] = to_f32(e[i]);
     } else {
-        static_assert(V * sizeof(T) % 16 == 0, "vector accesses are 16 bytes");
+        static_assert(V * sizeof(T) % 16 == 0, "vector accesses are 8 or 16 bytes");
         constexpr int PACK = pack_of<T>();
 #pragma unroll
         for (int k = 0; k < V / PACK; k++) widen<T>(load_raw(p + k * PACK), out + k * PACK);
     }
 }
 
-// Stores V f32 values as V consecutive elements of T, rounding each once.
+// Stores V f32 values as V consecutive elements of T, rounding each once: one element,
+// one 8-byte access or one 16-byte access.
 template <typename T, int V> __device__ __forceinline__ void store(T* p, const float* in) {
     if constexpr (V == 1) {
         p[0] = from_f32<T>(in[0]);
+    } else if constexpr (V * sizeof(T) == 8) {
+        uint2 raw;
+        T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < V; i++) e[i] = from_f32<T>(in[i]);
+        *reinterpret_cast<uint2*>(p) = raw;
     } else {
+        static_assert(V * sizeof(T) == 16, "vector stores are 8 or 16 bytes");
         uint4 raw;
         T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll

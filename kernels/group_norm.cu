@@ -35,7 +35,8 @@
 //
 // Groups small enough for one block (K ≤ 16 384 forward, 8 192 backward) take the
 // group path instead (entries `group_norm[_channels_last][_silu]_reg_{fwd,bwd}_*`,
-// vector accesses only, chosen on the host): the
+// vector accesses only, 16 bytes, or 8 channels-last where C/G is a multiple of 8
+// bytes but not of 16, as f16/bf16 at C/G = 4; chosen on the host): the
 // block holds the whole group in registers (ROW_REG elements a thread forward,
 // ROW_REG_BWD backward, as the row kernels), so x is read once forward and x and dy
 // once backward, in one launch (the backward's dγ/dβ partials, one row of C a
@@ -51,7 +52,9 @@
 // No atomics: results are the same bit for bit from run to run. 16-byte accesses when
 // every pointer is aligned and a vector stays in one channel (channels-first: S a
 // multiple of the vector width) or in one row's group (channels-last: C/G a multiple
-// of it), else scalar. Limits: B·C·S < 2^31.
+// of it); else 8-byte ones on the channels-last group path where they fit so, and
+// scalar ones.
+// Limits: B·C·S < 2^31.
 #include "common.cuh"
 
 namespace cn {
@@ -493,16 +496,34 @@ template <bool LAST, bool SILU> struct GroupNorm {
                        cn::in<float>(a.moments), cn::out<T>(a.y), a.shape, a.eps)
     }
 
-    // The group path (one block a group).
+    // The group path (one block a group), by 16-byte vectors, or channels-last by 8-byte
+    // ones (GVEC8; channels-first would pay for that variant in every launch: the f32
+    // forward's entry took 88 registers instead of 62).
     template <typename T, typename W> static __device__ __forceinline__ void reg_fwd(const cn::GroupRegFwdArgs& a) {
-        cn::gn_reg_fwd<T, W, cn::pack_of<T>(), LAST, SILU>(cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias),
-                                                         cn::out<T>(a.y), a.shape, a.eps);
+        if constexpr (LAST) {
+            if (a.flags & cn::GVEC8) return reg_fwd_by<T, W, cn::pack_of<T>() / 2>(a);
+        }
+        reg_fwd_by<T, W, cn::pack_of<T>()>(a);
     }
 
     template <typename T, typename W> static __device__ __forceinline__ void reg_bwd(const cn::GroupRegBwdArgs& a) {
-        cn::gn_reg_bwd<T, W, cn::pack_of<T>(), LAST, SILU>(
-            cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias), cn::in<T>(a.dy), cn::out<T>(a.dx),
-            cn::out<float>(a.partial_dw), cn::out<float>(a.partial_db), a.shape, a.eps);
+        if constexpr (LAST) {
+            if (a.flags & cn::GVEC8) return reg_bwd_by<T, W, cn::pack_of<T>() / 2>(a);
+        }
+        reg_bwd_by<T, W, cn::pack_of<T>()>(a);
+    }
+
+    template <typename T, typename W, int V>
+    static __device__ __forceinline__ void reg_fwd_by(const cn::GroupRegFwdArgs& a) {
+        cn::gn_reg_fwd<T, W, V, LAST, SILU>(cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias), cn::out<T>(a.y),
+                                            a.shape, a.eps);
+    }
+
+    template <typename T, typename W, int V>
+    static __device__ __forceinline__ void reg_bwd_by(const cn::GroupRegBwdArgs& a) {
+        cn::gn_reg_bwd<T, W, V, LAST, SILU>(cn::in<T>(a.x), cn::in<W>(a.weight), cn::in<W>(a.bias), cn::in<T>(a.dy),
+                                            cn::out<T>(a.dx), cn::out<float>(a.partial_dw),
+                                            cn::out<float>(a.partial_db), a.shape, a.eps);
     }
 
     // dx from sums in R slices a sample (channels-last) or one (channels-first).

@@ -124,7 +124,8 @@ const HUGE: usize = 1 << 20;
 /// backward); M = 1, and odd element counts. Groups from tiny to a diffusion UNet's,
 /// on the group path (one block a group: 16 384 elements forward, 8 192 backward, at
 /// and past both) and the split path; channels-last with C/G off and on the vector
-/// width, and (C/G)/V from 1 to 32 lanes and past it; BatchNorm on the scalar path (S
+/// width, and (C/G)/V from 1 to 32 lanes and past it, C/G = 4 (8-byte vectors of
+/// f16/bf16 on the group path) at and past both limits, and C/G = 12; BatchNorm on the scalar path (S
 /// off the vector width, S = 1) and the vector path, B = 1, C = 1, and a channel split
 /// over many blocks.
 const KERNEL_CASES: &[(Norm, &[usize])] = &[
@@ -184,6 +185,11 @@ const KERNEL_CASES: &[(Norm, &[usize])] = &[
     (Norm::GroupLast(1), &[1, 2, 2, 256]),
     (Norm::GroupLast(4), &[1, 32, 32, 32]),
     (Norm::GroupLast(4), &[1, 33, 32, 32]),
+    (Norm::GroupLast(16), &[1, 64, 32, 64]),
+    (Norm::GroupLast(16), &[1, 65, 32, 64]),
+    (Norm::GroupLast(8), &[1, 128, 32, 32]),
+    (Norm::GroupLast(8), &[1, 129, 32, 32]),
+    (Norm::GroupLast(4), &[2, 8, 8, 48]),
     (Norm::Instance, &[2, 3, 5, 7]),
     (Norm::Instance, &[1, 32, 32, 32]),
     (Norm::Instance, &[1, 320, 64, 64]),
@@ -212,7 +218,8 @@ const SMALL_L2_CASES: &[(Norm, &[usize])] = &[
 
 /// Mixed precision's shapes: each path and width of every kernel that reads parameters
 /// once. Rows: warp, block and split, scalar (odd N) and vector, forward and
-/// backward; GroupNorm and BatchNorm on the scalar and the vector path.
+/// backward; GroupNorm and BatchNorm on the scalar and the vector path, channels-last
+/// GroupNorm by 8- and 16-byte vectors.
 const MIXED_CASES: &[(Norm, &[usize])] = &[
     (Norm::Layer, &[3, 7]),
     (Norm::Layer, &[64, 512]),
@@ -226,6 +233,7 @@ const MIXED_CASES: &[(Norm, &[usize])] = &[
     (Norm::Group(4), &[2, 8, 4, 4]),
     (Norm::GroupLast(3), &[2, 5, 6]),
     (Norm::GroupLast(8), &[2, 7, 7, 64]),
+    (Norm::GroupLast(32), &[2, 4, 4, 128]),
     (Norm::Instance, &[2, 3, 5, 7]),
     (Norm::Instance, &[1, 32, 32, 32]),
     (Norm::Batch, &[8, 16, 9, 9]),

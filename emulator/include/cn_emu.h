@@ -12,8 +12,8 @@
 //   block or warp, each knowing its call site, so that divergence is an error.
 // - `__half` and `__nv_bfloat16` convert bit for bit as the device does (round to
 //   nearest even, subnormals kept, NaN to the canonical 0x7fff).
-// - `uint4` copies are 16-byte accesses, checked for alignment as the device checks
-//   vector loads and stores.
+// - `uint4` and `uint2` copies are 16- and 8-byte accesses, checked for alignment as
+//   the device checks vector loads and stores.
 //
 // Every global and shared memory access of a kernel compiled for the emulator is
 // checked by the runtime (compiled with -fsanitize=kernel-address, whose hooks the
@@ -54,6 +54,7 @@ struct int2 {
 };
 
 typedef unsigned int cn_emu_v4u __attribute__((vector_size(16), may_alias));
+typedef unsigned int cn_emu_v2u __attribute__((vector_size(8), may_alias));
 
 extern "C" {
 // The running fiber's built-in variables: constant for the life of a CUDA thread.
@@ -66,8 +67,8 @@ void cn_emu_syncthreads(const char* file, int line);
 // A warp collective: kind (CN_EMU_SHFL_*), the lane's value and operand; returns what
 // the lane receives.
 uint64_t cn_emu_warp(unsigned mask, int kind, uint64_t value, int operand, int width, const char* file, int line);
-// A 16-byte vector access at p (checked for 16-byte alignment).
-void cn_emu_vector_access(const void* p, int write);
+// A vector access of `bytes` (8 or 16) at p (checked for that alignment).
+void cn_emu_vector_access(const void* p, int write, int bytes);
 }
 
 enum { CN_EMU_SHFL_IDX, CN_EMU_SHFL_UP, CN_EMU_SHFL_DOWN, CN_EMU_SHFL_XOR, CN_EMU_BALLOT, CN_EMU_SYNCWARP };
@@ -83,13 +84,29 @@ struct alignas(16) uint4 {
     unsigned int x, y, z, w;
     uint4() = default;
     uint4(const uint4& o) noexcept {
-        cn_emu_vector_access(&o, 0);
+        cn_emu_vector_access(&o, 0, 16);
         *reinterpret_cast<cn_emu_v4u*>(this) = *reinterpret_cast<const cn_emu_v4u*>(&o);
     }
     uint4& operator=(const uint4& o) noexcept {
-        cn_emu_vector_access(&o, 0);
-        cn_emu_vector_access(this, 1);
+        cn_emu_vector_access(&o, 0, 16);
+        cn_emu_vector_access(this, 1, 16);
         *reinterpret_cast<cn_emu_v4u*>(this) = *reinterpret_cast<const cn_emu_v4u*>(&o);
+        return *this;
+    }
+};
+
+// An 8-byte vector, checked as uint4 is.
+struct alignas(8) uint2 {
+    unsigned int x, y;
+    uint2() = default;
+    uint2(const uint2& o) noexcept {
+        cn_emu_vector_access(&o, 0, 8);
+        *reinterpret_cast<cn_emu_v2u*>(this) = *reinterpret_cast<const cn_emu_v2u*>(&o);
+    }
+    uint2& operator=(const uint2& o) noexcept {
+        cn_emu_vector_access(&o, 0, 8);
+        cn_emu_vector_access(this, 1, 8);
+        *reinterpret_cast<cn_emu_v2u*>(this) = *reinterpret_cast<const cn_emu_v2u*>(&o);
         return *this;
     }
 };

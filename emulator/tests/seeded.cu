@@ -122,6 +122,13 @@ extern "C" __global__ void seeded_misaligned_vector(const float* x, float* y) {
     y[threadIdx.x] = v[0];
 }
 
+// An 8-byte vector load one float past an aligned address.
+extern "C" __global__ void seeded_misaligned_vector8(const float* x, float* y) {
+    float v[2];
+    cn::load<float, 2>(x + 1 + threadIdx.x * 2, v);
+    y[threadIdx.x] = v[0];
+}
+
 // Block 1 reads what block 0 wrote in the same launch.
 extern "C" __global__ void seeded_cross_block(float* buf) {
     if (blockIdx.x == 0) buf[threadIdx.x] = 1.f;

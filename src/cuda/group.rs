@@ -4,7 +4,7 @@
 //! accesses, is split over enough blocks to fill the GPU, a statistics kernel first,
 //! then the forward or the two backward kernels.
 
-use super::launch::{BLOCK, GVEC, MAX_THREADS, ROW_REG, ROW_REG_BWD};
+use super::launch::{BLOCK, GVEC, GVEC8, MAX_THREADS, ROW_REG, ROW_REG_BWD};
 use super::params::{
     GroupDxArgs, GroupFwdArgs, GroupLastDxArgs, GroupLastSumsArgs, GroupRegBwdArgs, GroupRegFwdArgs, GroupShape,
     GroupStatsArgs, GroupSumsArgs,
@@ -17,17 +17,19 @@ use candle_core::Result;
 /// Elements a GroupNorm block should own at least when a group is split.
 const MIN_SLICE: usize = 2048;
 
-/// The kernels' flags for `spec`'s tensors of `elem`-byte elements: GVEC (16-byte
-/// vectors) when every pointer is `aligned` and a vector stays in one channel
-/// (channels-first) or in one row of a group (channels-last).
+/// The kernels' flags for `spec`'s tensors of `elem`-byte elements, when every pointer
+/// is `aligned` and a vector stays in one channel (channels-first) or in one row of a
+/// group (channels-last): GVEC (16-byte vectors), else channels-last GVEC8 (8-byte
+/// vectors, which only the group path reads by; the split path reads by elements).
 pub(super) fn group_flags(spec: &Spec, elem: usize, aligned: bool) -> i32 {
-    let run = if spec.kind == Kind::GroupLast {
-        spec.params_per_row
-    } else {
-        spec.inner
-    };
-    if aligned && run.is_multiple_of(16 / elem) {
+    let last = spec.kind == Kind::GroupLast;
+    let run = if last { spec.params_per_row } else { spec.inner };
+    if !aligned {
+        0
+    } else if run.is_multiple_of(16 / elem) {
         GVEC
+    } else if last && run.is_multiple_of(8 / elem) {
+        GVEC8
     } else {
         0
     }
@@ -116,14 +118,21 @@ pub(super) fn row_slices(spec: &Spec, sm: usize, b: usize) -> (usize, usize) {
 
 /// The group path's block for `spec`'s groups, whose threads hold `reg` elements each
 /// (ROW_REG forward, ROW_REG_BWD backward): the fewest warps that hold a group, or
-/// None when a group takes the split path: scalar accesses (`flags` without GVEC),
-/// more than MAX_THREADS·`reg` elements, or channels-last with (C/G)/V not dividing
-/// 32 (the kernel adds a channel's sums across a warp's lanes by shuffles). Returns
-/// the threads and the bytes of dynamic shared memory of the backward's channel sums.
+/// None when a group takes the split path: scalar accesses (`flags` without GVEC or
+/// GVEC8), more than MAX_THREADS·`reg` elements, or channels-last with (C/G)/V not
+/// dividing 32 (the kernel adds a channel's sums across a warp's lanes by shuffles).
+/// Returns the threads and the bytes of dynamic shared memory of the backward's
+/// channel sums.
 pub(super) fn reg_block(spec: &Spec, elem: usize, flags: i32, reg: usize) -> Option<(usize, usize)> {
-    let v = 16 / elem;
+    let v = if flags & GVEC != 0 {
+        16 / elem
+    } else if flags & GVEC8 != 0 {
+        8 / elem
+    } else {
+        return None;
+    };
     let per_group = spec.params_per_row;
-    if flags & GVEC == 0 || spec.len > MAX_THREADS * reg {
+    if spec.len > MAX_THREADS * reg {
         return None;
     }
     let threads = spec.len.div_ceil(reg).next_multiple_of(32);
@@ -213,6 +222,7 @@ pub(super) fn forward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Fwd) -
             y: p.y,
             shape: whole(spec, elem, flags)?,
             eps,
+            flags,
         };
         let name = entry(spec, &stage(spec, "reg_fwd"), d.params_suffix);
         return ex.launch(&Launch::new(spec, name, (spec.rows, 1), threads, 0, args)?);
@@ -261,6 +271,7 @@ pub(super) fn backward(ex: &mut impl Executor, spec: &Spec, d: Dtypes, p: &Bwd) 
             partial_db,
             shape: whole(spec, elem, flags)?,
             eps,
+            flags,
         };
         let name = entry(spec, &stage(spec, "reg_bwd"), d.params_suffix);
         ex.launch(&Launch::new(spec, name, (spec.rows, 1), threads, smem, args)?)?;
@@ -425,6 +436,28 @@ mod tests {
         assert_eq!(last(256, 2), Some((512, 2 * 16 * 256 * 4)));
         // 12 lanes: not a divisor of 32.
         assert_eq!(last(48, 4), None);
+    }
+
+    /// Channels-last runs of C/G a multiple of 8 bytes but not of 16 take the group
+    /// path by 8-byte vectors and the split path by elements.
+    #[test]
+    fn eight_byte_runs_take_the_group_path_by_8_byte_vectors() {
+        let last = Spec::group_last(&[8, 32, 32, 128], 32, 1e-5);
+        assert_eq!(group_flags(&last, 4, true), GVEC);
+        assert_eq!(group_flags(&last, 2, true), GVEC8);
+        assert_eq!(group_flags(&last, 2, false), 0);
+        // 4 096 elements a group, one channel-group of 4 a vector: one lane a period.
+        assert_eq!(reg_block(&last, 2, GVEC8, ROW_REG_BWD), Some((256, 2 * 8 * 4 * 4)));
+        // C/G = 12: 8-byte vectors, but 3 lanes a period take the split path.
+        let twelve = Spec::group_last(&[2, 8, 8, 48], 4, 1e-5);
+        assert_eq!(group_flags(&twelve, 2, true), GVEC8);
+        assert_eq!(reg_block(&twelve, 2, GVEC8, ROW_REG), None);
+        let chunk = |flags| group_shape(&twelve, 8, 2, flags, 132).unwrap().chunk;
+        assert_eq!(chunk(GVEC8), chunk(0));
+        // Channels-first, S = 36: 16-byte runs in f32; in f16 not, and no 8-byte ones.
+        let first = Spec::group(&[2, 8, 6, 6], 4, 1e-5);
+        assert_eq!(group_flags(&first, 4, true), GVEC);
+        assert_eq!(group_flags(&first, 2, true), 0);
     }
 
     #[test]

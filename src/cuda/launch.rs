@@ -20,8 +20,12 @@ launch_constants! {
     ROW_REG_SCALAR: usize = 12;
     /// The same for the row backward's scalar paths.
     ROW_REG_BWD_SCALAR: usize = 8;
-    /// GroupNorm flag: 16-byte vector accesses (aligned pointers, S a multiple of the width).
+    /// GroupNorm flag: 16-byte vector accesses (aligned pointers, the runs of a
+    /// channel or of a group's channels a multiple of the width).
     GVEC: i32 = 1;
+    /// GroupNorm flag, the channels-last group path only: 8-byte vector accesses where
+    /// C/G is a multiple of that width but not of 16 bytes (f16/bf16 at C/G = 4).
+    GVEC8: i32 = 2;
     /// BatchNorm flag: 16-byte vector accesses (aligned pointers, S a multiple of the width).
     BVEC: i32 = 1;
     /// Threads of the dγ/dβ reduction's block: 8 warps over 32 columns.

@@ -294,6 +294,8 @@ kernel_params! {
         /// One split a group.
         shape: GroupShape,
         eps: f32,
+        /// GVEC, or GVEC8 channels-last.
+        flags: i32,
     }
 
     /// GroupNorm's backward on the group path, both layouts: dx, and the dγ/dβ partials
@@ -311,6 +313,8 @@ kernel_params! {
         /// One split a group.
         shape: GroupShape,
         eps: f32,
+        /// GVEC, or GVEC8 channels-last.
+        flags: i32,
     }
 
     /// How BatchNorm's channels are split over blocks (kernels/batch_norm.cu).

@@ -261,6 +261,15 @@ fn a_misaligned_vector_is_caught() {
         vec![KArg::Ptr(x), KArg::Ptr(y)],
     );
     fails(r, &["not 16-byte aligned"]);
+    let r = launch(
+        &mut dev,
+        "seeded_misaligned_vector8",
+        1,
+        32,
+        0,
+        vec![KArg::Ptr(x), KArg::Ptr(y)],
+    );
+    fails(r, &["8-byte vector read", "not 8-byte aligned"]);
 }
 
 #[test]
