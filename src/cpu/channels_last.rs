@@ -10,7 +10,7 @@
 use super::alloc::{assume_written, assume_written_mut, written};
 use super::backward::{GradSums, RowGrad, Wp};
 use super::blocks::{as_acc, as_acc_all};
-use super::elem::{Acc, Elem, Slot};
+use super::elem::{Acc, Elem, Lane, Slot};
 use super::reduce::Moments;
 use super::rows::{affine_params, param_grads_out, TASK_ELEMS};
 use super::simd::run;
@@ -89,24 +89,25 @@ fn for_rows<A, const K: usize>(c: usize, tiles: [&[A]; K], mut f: impl FnMut([&[
 
 /// `acc[c] += f(v[c], m[c])` over a block.
 #[inline(always)]
-fn add_cols<A: Acc>(acc: &mut [A], v: &[A], m: &[A], f: impl Fn(A, A) -> A) {
+fn add_cols<A: Acc, I: Lane<A>>(acc: &mut [A], v: &[I], m: &[A], f: impl Fn(A, A) -> A) {
     for ((a, &v), &m) in acc.iter_mut().zip(v).zip(m) {
-        *a += f(v, m);
+        *a += f(v.get(), m);
     }
 }
 
-/// `acc[c] += Σ_r f(x[r][c], m[c])` over the rows of `c` channels of a tile, four
-/// rows at a time, added pairwise before they reach `acc`: one load and one store of
-/// each accumulator per four rows rather than per row, which bound the pass.
+/// `acc[c] += Σ_r f(x[r][c], m[c])` over the rows of `c` channels of a tile (elements
+/// converted in the loop, [`Lane`]), four rows at a time, added pairwise before they
+/// reach `acc`: one load and one store of each accumulator per four rows rather than
+/// per row, which bound the pass.
 #[inline(always)]
-fn col_sums<A: Acc>(c: usize, x: &[A], m: &[A], acc: &mut [A], f: impl Fn(A, A) -> A) {
+fn col_sums<A: Acc, I: Lane<A>>(c: usize, x: &[I], m: &[A], acc: &mut [A], f: impl Fn(A, A) -> A) {
     let (acc, m) = (&mut acc[..c], &m[..c]);
     let mut quads = x.chunks_exact(4 * c);
     for q in &mut quads {
         let (r0, r1, r2, r3) = (&q[..c], &q[c..2 * c], &q[2 * c..3 * c], &q[3 * c..4 * c]);
         for i in 0..c {
             let m = m[i];
-            acc[i] += (f(r0[i], m) + f(r1[i], m)) + (f(r2[i], m) + f(r3[i], m));
+            acc[i] += (f(r0[i].get(), m) + f(r1[i].get(), m)) + (f(r2[i].get(), m) + f(r3[i].get(), m));
         }
     }
     for r in quads.remainder().chunks_exact(c) {
@@ -141,7 +142,7 @@ impl<A: Acc> Cols<A> {
     /// broadcast to its channels in `self.mean`; `self.m2` is zeroed for the second
     /// pass.
     #[inline(always)]
-    fn group_means(&mut self, t: &Tiles, x: &[A]) -> Vec<A> {
+    fn group_means<I: Lane<A>>(&mut self, t: &Tiles, x: &[I]) -> Vec<A> {
         self.sum.fill(A::ZERO);
         self.m2.fill(A::ZERO);
         col_sums(t.c, x, &self.mean, &mut self.sum, |v, _| v);
@@ -180,16 +181,25 @@ fn sum<A: Acc>(v: &[A]) -> A {
 }
 
 /// The moments of each group of a tile: its means from column sums, then its squared
-/// deviations from them, both passes from cache.
+/// deviations from them, both passes from cache; elements with lanes read in place,
+/// f16 widened once into the job's buffer.
 #[inline(always)]
 fn tile_moments<T: Elem>(t: &Tiles, x: &[T], cols: &mut Cols<T::Acc>) -> Vec<Moments<T::Acc>> {
+    if let Some(xl) = T::lanes(x) {
+        return lane_moments(t, xl, cols);
+    }
     let mut buf = std::mem::take(&mut cols.x);
-    let xa = as_acc(x, &mut buf);
-    let means = cols.group_means(t, xa);
-    col_sums(t.c, xa, &cols.mean, &mut cols.m2, |v, m| (v - m) * (v - m));
-    let moments = cols.group_moments(t, xa.len(), &means);
+    let moments = lane_moments(t, as_acc(x, &mut buf), cols);
     cols.x = buf;
     moments
+}
+
+/// [`tile_moments`] of a tile of elements converted in the passes' loops.
+#[inline(always)]
+fn lane_moments<A: Acc, I: Lane<A>>(t: &Tiles, x: &[I], cols: &mut Cols<A>) -> Vec<Moments<A>> {
+    let means = cols.group_means(t, x);
+    col_sums(t.c, x, &cols.mean, &mut cols.m2, |v, m| (v - m) * (v - m));
+    cols.group_moments(t, x.len(), &means)
 }
 
 /// Each (sample, group)'s value, merged over the sample's tiles in order from the G
@@ -232,27 +242,39 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     let t = Tiles::of(spec);
     let stats = group_stats(spec, &t, x);
     let (w, b) = affine_params(spec, w, b);
-    // The mean and rstd·γ of each (sample, channel).
-    let mean = per_channel(&t, &stats, |(mean, _), _| mean);
+    // y = x·scale + shift for each (sample, channel): scale = rstd·γ, shift =
+    // β − mean·scale, one multiply and one add an element and two loads of parameters
+    // (docs/perf-notes.md, c25).
     let scale = per_channel(&t, &stats, |(_, rstd), c| rstd * w[c]);
+    let shift = per_channel(&t, &stats, |(mean, rstd), c| b[c] - mean * (rstd * w[c]));
     let (out, ()) = written(x.len(), |out| {
         t.tiles_mut(out).for_each_init(TileBufs::new, |bufs, (k, yt)| {
             let at = k / t.per_sample * t.c;
-            let (mean, scale) = (&mean[at..at + t.c], &scale[at..at + t.c]);
+            let p = (&scale[at..at + t.c], &shift[at..at + t.c]);
             let xt = t.tile_of(x, k);
             run(
                 #[inline(always)]
-                || {
-                    bufs.fill(
+                || match T::lanes(xt) {
+                    Some(xl) => bufs.fill_lanes(
+                        t.c,
+                        xl,
+                        yt,
+                        #[inline(always)]
+                        |xa, ya| match spec.act {
+                            Activation::Identity => normalize_rows::<_, _, false>(t.c, xa, ya, p),
+                            Activation::Silu => normalize_rows::<_, _, true>(t.c, xa, ya, p),
+                        },
+                    ),
+                    None => bufs.fill(
                         t.c,
                         [xt],
                         yt,
                         #[inline(always)]
                         |[xa], ya| match spec.act {
-                            Activation::Identity => normalize_rows::<_, false>(t.c, xa, ya, (mean, scale, &b)),
-                            Activation::Silu => normalize_rows::<_, true>(t.c, xa, ya, (mean, scale, &b)),
+                            Activation::Identity => normalize_rows::<_, _, false>(t.c, xa, ya, p),
+                            Activation::Silu => normalize_rows::<_, _, true>(t.c, xa, ya, p),
                         },
-                    )
+                    ),
                 },
             )
         })
@@ -283,18 +305,20 @@ fn group_stats<T: Elem>(spec: &Spec, t: &Tiles, x: &[T]) -> Vec<(T::Acc, T::Acc)
         .collect()
 }
 
-/// y of a tile's rows of `c` channels: `(x − mean)·scale + shift` per channel, then
-/// SiLU when `SILU`.
+/// y of a tile's rows of `c` channels: `x·scale + shift` per channel, then SiLU when
+/// `SILU`. (With shift = β − mean·scale, y carries the rounding of mean·scale, about
+/// u·|mean|·rstd·|γ|: the same order as the error that rounding the mean to the
+/// accumulator type puts into x − mean, which the tests allow on data far from zero.)
 #[inline(always)]
-fn normalize_rows<A: Acc, const SILU: bool>(
+fn normalize_rows<A: Acc, I: Lane<A>, const SILU: bool>(
     c: usize,
-    x: &[A],
+    x: &[I],
     y: &mut [MaybeUninit<A>],
-    (mean, scale, shift): (&[A], &[A], &[A]),
+    (scale, shift): (&[A], &[A]),
 ) {
     for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
-        for ((((y, &x), &m), &s), &b) in yr.iter_mut().zip(xr).zip(mean).zip(scale).zip(shift) {
-            let z = (x - m) * s + b;
+        for (((y, &x), &s), &b) in yr.iter_mut().zip(xr).zip(scale).zip(shift) {
+            let z = x.get() * s + b;
             y.write(if SILU { z.silu() } else { z });
         }
     }
@@ -335,19 +359,62 @@ impl<A: Acc, const K: usize> TileBufs<A, K> {
         out: &mut [MaybeUninit<T>],
         mut f: impl FnMut([&[A]; K], &mut [MaybeUninit<A>]),
     ) {
-        if let Some(o) = T::as_acc_uninit(out) {
-            return f(as_acc_all(ins, &mut self.ins), o);
-        }
-        let step = (ROUNDED_ELEMS / c).max(1) * c;
-        for (k, o) in out.chunks_mut(step).enumerate() {
-            let n = o.len();
-            let wide = as_acc_all(ins.map(|x| &x[k * step..k * step + n]), &mut self.ins);
-            self.out.resize(n, MaybeUninit::uninit());
-            f(wide, &mut self.out[..n]);
-            // SAFETY: `f` wrote every element of its output (its contract, which the
-            // forward and backward tests check: an element left out would be garbage).
-            T::store_uninit(unsafe { assume_written(&self.out[..n]) }, o);
-        }
+        let Self {
+            ins: bufs,
+            out: rounding,
+        } = self;
+        rounded(
+            c,
+            out,
+            rounding,
+            #[inline(always)]
+            |r, o| f(as_acc_all(ins.map(|x| &x[r.clone()]), bufs), o),
+        );
+    }
+
+    /// As [`Self::fill`] for one input tile of elements with lanes, read in place by
+    /// `f`.
+    #[inline(always)]
+    fn fill_lanes<T: Elem<Acc = A>>(
+        &mut self,
+        c: usize,
+        x: &[T::Lane],
+        out: &mut [MaybeUninit<T>],
+        mut f: impl FnMut(&[T::Lane], &mut [MaybeUninit<A>]),
+    ) {
+        rounded(
+            c,
+            out,
+            &mut self.out,
+            #[inline(always)]
+            |r, o| f(&x[r], o),
+        );
+    }
+}
+
+/// Calls `f(range, output)` on whole rows of `c` elements of `out`, memory not yet
+/// written, as accumulators: `out` itself in one call for f32 and f64, else
+/// [`ROUNDED_ELEMS`] at a time in `buf`, then rounded into `out`. `f` must write every
+/// element of its output.
+#[inline(always)]
+fn rounded<T: Elem>(
+    c: usize,
+    out: &mut [MaybeUninit<T>],
+    buf: &mut Vec<MaybeUninit<T::Acc>>,
+    mut f: impl FnMut(std::ops::Range<usize>, &mut [MaybeUninit<T::Acc>]),
+) {
+    let len = out.len();
+    if let Some(o) = T::as_acc_uninit(out) {
+        return f(0..len, o);
+    }
+    let step = (ROUNDED_ELEMS / c).max(1) * c;
+    for (k, o) in out.chunks_mut(step).enumerate() {
+        let n = o.len();
+        buf.resize(n, MaybeUninit::uninit());
+        f(k * step..k * step + n, &mut buf[..n]);
+        // SAFETY: `f` wrote every element of its output (its contract, which the
+        // forward and backward tests check: an element left out would be garbage).
+        T::store_uninit(unsafe { assume_written(&buf[..n]) }, o);
     }
 }
 
