@@ -306,9 +306,11 @@ fn group_stats<T: Elem>(spec: &Spec, t: &Tiles, x: &[T]) -> Vec<(T::Acc, T::Acc)
 }
 
 /// y of a tile's rows of `c` channels: `x·scale + shift` per channel, then SiLU when
-/// `SILU`. (With shift = β − mean·scale, y carries the rounding of mean·scale, about
-/// u·|mean|·rstd·|γ|: the same order as the error that rounding the mean to the
-/// accumulator type puts into x − mean, which the tests allow on data far from zero.)
+/// `SILU`. (With shift = β − mean·scale, y carries roundings of about
+/// u·|mean|·rstd·|γ| each, of mean·scale, of the shift and of x·scale, on top of the
+/// mean's own: a few times, and the same order as, the error that rounding the mean to
+/// the accumulator type puts into x − mean, which the tests allow on data far from
+/// zero.)
 #[inline(always)]
 fn normalize_rows<A: Acc, I: Lane<A>, const SILU: bool>(
     c: usize,
@@ -324,15 +326,15 @@ fn normalize_rows<A: Acc, I: Lane<A>, const SILU: bool>(
     }
 }
 
-/// Elements (whole rows, at least one) that the passes writing a tile widen, compute
-/// and round at a time for f16/bf16: small enough for the inputs and the output to
-/// stay in L1 between the three steps.
+/// Elements (whole rows, at least one) that the passes writing a tile of f16/bf16
+/// compute and round at a time (widening the inputs first where they are not read in
+/// place): small enough for the inputs and the output to stay in L1 between the steps.
 const ROUNDED_ELEMS: usize = 1024;
 
 /// A rayon job's buffers for the passes that write a tile of f16/bf16: a few rows of
-/// each input widened at a time, and of the output before it is rounded, so that no
-/// row of C elements pays for converting, or for initializing block buffers, on its
-/// own.
+/// each input widened at a time (f16, and the backward's inputs), and of the output
+/// before it is rounded, so that no row of C elements pays for converting, or for
+/// initializing block buffers, on its own.
 struct TileBufs<A, const K: usize> {
     ins: [Vec<A>; K],
     out: Vec<MaybeUninit<A>>,

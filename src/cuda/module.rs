@@ -11,33 +11,55 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));
 
-/// The entry point `entry` of this device, its kernel file's module loaded once per
-/// device. Every entry's name starts with its file's.
+/// The entry point `entry` of this device, looked up by name once per device and kept:
+/// a module holds hundreds of entries, and the lookup would otherwise come before
+/// every launch, on the path that bounds small launches' latency.
 pub(super) fn function(dev: &CudaDevice, entry: &str) -> Result<CudaFunction> {
+    type Cache = Mutex<HashMap<usize, HashMap<String, CudaFunction>>>;
+    static FUNCTIONS: OnceLock<Cache> = OnceLock::new();
+    let ordinal = dev.cuda_stream().context().ordinal();
+    let functions = FUNCTIONS.get_or_init(Default::default);
+    let cached = functions
+        .lock()
+        .expect("function cache poisoned")
+        .get(&ordinal)
+        .and_then(|device| device.get(entry))
+        .cloned();
+    if let Some(f) = cached {
+        return Ok(f);
+    }
+    let f = module(dev, entry)?.load_function(entry).w()?;
+    functions
+        .lock()
+        .expect("function cache poisoned")
+        .entry(ordinal)
+        .or_default()
+        .insert(entry.to_string(), f.clone());
+    Ok(f)
+}
+
+/// The module of `entry`'s kernel file on this device, loaded once per device. Every
+/// entry's name starts with its file's.
+fn module(dev: &CudaDevice, entry: &str) -> Result<Arc<CudaModule>> {
     type Cache = Mutex<HashMap<(usize, &'static str), Arc<CudaModule>>>;
     static MODULES: OnceLock<Cache> = OnceLock::new();
     let ctx = dev.cuda_stream().context().clone();
     let Some(file) = KERNEL_FILES.into_iter().find(|f| entry.starts_with(f)) else {
         candle_core::bail!("{entry}: no kernel file holds this entry point")
     };
-    let module = {
-        let mut cache = MODULES
-            .get_or_init(Default::default)
-            .lock()
-            .expect("module cache poisoned");
-        match cache.get(&(ctx.ordinal(), file)) {
-            Some(m) => m.clone(),
-            None => {
-                let Some(&(_, bytes)) = FATBINS.iter().find(|(n, _)| *n == file) else {
-                    candle_core::bail!("{file}: no CUDA kernels are built for this op");
-                };
-                let m = ctx.load_module(Ptx::from_binary(bytes.to_vec())).w()?;
-                cache.insert((ctx.ordinal(), file), m.clone());
-                m
-            }
-        }
+    let mut cache = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("module cache poisoned");
+    if let Some(m) = cache.get(&(ctx.ordinal(), file)) {
+        return Ok(m.clone());
+    }
+    let Some(&(_, bytes)) = FATBINS.iter().find(|(n, _)| *n == file) else {
+        candle_core::bail!("{file}: no CUDA kernels are built for this op");
     };
-    module.load_function(entry).w()
+    let m = ctx.load_module(Ptx::from_binary(bytes.to_vec())).w()?;
+    cache.insert((ctx.ordinal(), file), m.clone());
+    Ok(m)
 }
 
 /// One of the device's attributes, as the driver reports it.
