@@ -260,20 +260,14 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
                         xl,
                         yt,
                         #[inline(always)]
-                        |xa, ya| match spec.act {
-                            Activation::Identity => normalize_rows::<_, _, false>(t.c, xa, ya, p),
-                            Activation::Silu => normalize_rows::<_, _, true>(t.c, xa, ya, p),
-                        },
+                        |xa, ya| normalize(spec.act, t.c, xa, ya, p),
                     ),
                     None => bufs.fill(
                         t.c,
                         [xt],
                         yt,
                         #[inline(always)]
-                        |[xa], ya| match spec.act {
-                            Activation::Identity => normalize_rows::<_, _, false>(t.c, xa, ya, p),
-                            Activation::Silu => normalize_rows::<_, _, true>(t.c, xa, ya, p),
-                        },
+                        |[xa], ya| normalize(spec.act, t.c, xa, ya, p),
                     ),
                 },
             )
@@ -303,6 +297,15 @@ fn group_stats<T: Elem>(spec: &Spec, t: &Tiles, x: &[T]) -> Vec<(T::Acc, T::Acc)
         .into_iter()
         .map(|m| m.stats(eps))
         .collect()
+}
+
+/// [`normalize_rows`] with the spec's activation, `act`.
+#[inline(always)]
+fn normalize<A: Acc, I: Lane<A>>(act: Activation, c: usize, x: &[I], y: &mut [MaybeUninit<A>], p: (&[A], &[A])) {
+    match act {
+        Activation::Identity => normalize_rows::<_, _, false>(c, x, y, p),
+        Activation::Silu => normalize_rows::<_, _, true>(c, x, y, p),
+    }
 }
 
 /// y of a tile's rows of `c` channels: `x·scale + shift` per channel, then SiLU when

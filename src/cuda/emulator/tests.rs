@@ -252,24 +252,19 @@ fn uninitialized_reads_are_caught() {
 fn a_misaligned_vector_is_caught() {
     let mut dev = Device::new();
     let (x, y) = (input(&mut dev, &[1.0; 256]), output(&mut dev, 32));
-    let r = launch(
-        &mut dev,
-        "seeded_misaligned_vector",
-        1,
-        32,
-        0,
-        vec![KArg::Ptr(x), KArg::Ptr(y)],
-    );
-    fails(r, &["not 16-byte aligned"]);
-    let r = launch(
-        &mut dev,
-        "seeded_misaligned_vector8",
-        1,
-        32,
-        0,
-        vec![KArg::Ptr(x), KArg::Ptr(y)],
-    );
-    fails(r, &["8-byte vector read", "not 8-byte aligned"]);
+    for (kernel, want) in [
+        (
+            "seeded_misaligned_vector",
+            &["16-byte vector read", "not 16-byte aligned"],
+        ),
+        (
+            "seeded_misaligned_vector8",
+            &["8-byte vector read", "not 8-byte aligned"],
+        ),
+    ] {
+        let r = launch(&mut dev, kernel, 1, 32, 0, vec![KArg::Ptr(x), KArg::Ptr(y)]);
+        fails(r, want);
+    }
 }
 
 #[test]
