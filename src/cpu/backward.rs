@@ -181,6 +181,11 @@ type RowIns<'a, A, I, J> = (&'a [I], &'a [J], Option<&'a [A]>);
 /// The weight and the bias as accumulators (ones and zeros where absent).
 type Wb<'a, A> = (&'a [A], &'a [A]);
 
+/// What is known of a row before its first backward pass: all its statistics (rows
+/// split over tasks, whose chunks' sums were merged first), or its mean (GroupNorm +
+/// SiLU, which took it for z).
+type Known<A> = (Option<RowGrad<A>>, Option<A>);
+
 impl<A: Acc, const K: usize> Scratch<A, K> {
     fn new() -> Self {
         Self {
@@ -209,10 +214,10 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         let wide = as_acc_all(ins, wide);
         let (x, dy) = (wide[0], wide[1]);
         match stats {
-            None => backward_sums(spec, at, (x, dy), wb.0, &mut blocks.g, None),
+            None => backward_sums(spec, at, (x, dy), (wb.0, None), &mut blocks.g, None),
             Some(st) => {
                 let g = silu_grads(spec, at, (x, dy), wb, st, dz);
-                backward_sums(spec, at, (x, g), wb.0, &mut blocks.g, None)
+                backward_sums(spec, at, (x, g), (wb.0, Some(st.0)), &mut blocks.g, None)
             }
         }
     }
@@ -239,23 +244,32 @@ impl<A: Acc, const K: usize> Scratch<A, K> {
         if let (2, Some(l)) = (K, lanes(ins)) {
             let (x, dy) = (l[0], l[1]);
             let Some(st) = silu_stats(spec, x, given) else {
-                return passes(spec, at, (x, dy, None), dx, (given, wb), acc, blocks, segments);
+                return passes(spec, at, (x, dy, None), dx, ((given, None), wb), acc, blocks, segments);
             };
             let g = silu_grads(spec, at, (x, dy), wb, st, dz);
-            return passes(spec, at, (x, g, None), dx, (given, wb), acc, blocks, segments);
+            return passes(
+                spec,
+                at,
+                (x, g, None),
+                dx,
+                ((given, Some(st.0)), wb),
+                acc,
+                blocks,
+                segments,
+            );
         }
         let wide = as_acc_all(ins, wide);
         let x = wide[0];
-        let g = match silu_stats(spec, x, given) {
-            None => wide[1],
-            Some(st) => silu_grads(spec, at, (x, wide[1]), wb, st, dz),
+        let (g, mean) = match silu_stats(spec, x, given) {
+            None => (wide[1], None),
+            Some(st) => (silu_grads(spec, at, (x, wide[1]), wb, st, dz), Some(st.0)),
         };
         passes(
             spec,
             at,
             (x, g, wide.get(2).copied()),
             dx,
-            (given, wb),
+            ((given, mean), wb),
             acc,
             blocks,
             segments,
@@ -274,8 +288,10 @@ fn silu_stats<A: Acc, I: Lane<A>>(spec: &Spec, x: &[I], given: Option<RowGrad<A>
 }
 
 /// Both passes over a row of x and g (dy, or dy·silu'), the first skipped when the
-/// row's statistics are `given`; dx (plus `dh` for the fused add) into `dx`, dγ/dβ into
-/// `acc`. f32 and f64 dx go straight into the output, unless dh is still to be added.
+/// row's statistics are `given`, and taking its sums about the row's `mean` when that is
+/// known (GroupNorm + SiLU took it for z); dx (plus `dh` for the fused add) into `dx`,
+/// dγ/dβ into `acc`. f32 and f64 dx go straight into the output, unless dh is still to
+/// be added.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn passes<T: Elem, I: Lane<T::Acc>, J: Lane<T::Acc>>(
@@ -283,12 +299,12 @@ fn passes<T: Elem, I: Lane<T::Acc>, J: Lane<T::Acc>>(
     at: (usize, usize),
     (x, g, dh): RowIns<T::Acc, I, J>,
     dx: &mut [MaybeUninit<T>],
-    (given, wb): (Option<RowGrad<T::Acc>>, Wb<T::Acc>),
+    ((given, mean), wb): (Known<T::Acc>, Wb<T::Acc>),
     acc: &mut ParamGrads<T::Acc>,
     blocks: &mut Blocks<T::Acc>,
     segments: &mut Vec<SegmentSums<T::Acc>>,
 ) {
-    let (stats, recorded) = first_pass(spec, at, (x, g), given, wb.0, &mut blocks.g, segments);
+    let (stats, recorded) = first_pass(spec, at, (x, g), (given, mean), wb.0, &mut blocks.g, segments);
     second_pass(
         acc,
         segments,
@@ -314,32 +330,39 @@ fn silu_grads<'a, A: Acc, I: Lane<A>, J: Lane<A>>(
     (mean, rstd): (A, A),
     dz: &'a mut Vec<A>,
 ) -> &'a [A] {
-    dz.resize(x.len(), A::ZERO);
+    let n = x.len();
+    dz.clear();
+    dz.reserve(n);
+    let out = &mut dz.spare_capacity_mut()[..n];
     for_segments(
         spec,
         row,
         i0,
-        x.len(),
+        n,
         #[inline(always)]
         |p, r| {
             let (scale, shift) = (rstd * w[p], b[p]);
-            for ((d, &x), &g) in dz[r.clone()].iter_mut().zip(&x[r.clone()]).zip(&dy[r]) {
-                *d = g.get() * ((x.get() - mean) * scale + shift).silu_grad();
+            for ((d, &x), &g) in out[r.clone()].iter_mut().zip(&x[r.clone()]).zip(&dy[r]) {
+                d.write(g.get() * ((x.get() - mean) * scale + shift).silu_grad());
             }
         },
     );
+    // SAFETY: the capacity is at least n (reserved above), and the segments of
+    // `for_segments` cover elements 0..n, each written once above.
+    unsafe { dz.set_len(n) };
     dz
 }
 
-/// The first pass over a row, or its `given` statistics: the row's [`RowGrad`], and
-/// whether the pass recorded each parameter's [`SegmentSums`] into `segments`, as it
-/// does for whole rows whose parameter changes every `inner` elements.
+/// The first pass over a row (about the row's `mean` where known, see
+/// [`backward_sums`]), or its `given` statistics: the row's [`RowGrad`], and whether
+/// the pass recorded each parameter's [`SegmentSums`] into `segments`, as it does for
+/// whole rows whose parameter changes every `inner` elements.
 #[inline(always)]
 fn first_pass<A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
     ins: (&[I], &[J]),
-    given: Option<RowGrad<A>>,
+    (given, mean): Known<A>,
     w: &[A],
     g: &mut [A; BLOCK],
     segments: &mut Vec<SegmentSums<A>>,
@@ -349,7 +372,7 @@ fn first_pass<A: Acc, I: Lane<A>, J: Lane<A>>(
         Some(stats) => (stats, false),
         None => {
             let record = spec.inner > 1;
-            let sums = backward_sums(spec, at, ins, w, g, record.then_some(segments));
+            let sums = backward_sums(spec, at, ins, (w, mean), g, record.then_some(segments));
             (sums.finish(spec), record)
         }
     }
@@ -382,13 +405,16 @@ fn second_pass<A: Acc>(
 }
 
 /// First backward pass over the elements of a row from `at = (row, i0)` on, the one
-/// that reads x and dy from memory: their [`GradSums`], block by block.
+/// that reads x and dy from memory: their [`GradSums`], block by block, each about its
+/// own mean, or about the row's `mean` when it is known: then every block's sums are
+/// taken about the same value, which the merges keep, and no pass over x finds a
+/// block's mean.
 #[inline(always)]
 fn backward_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
     (x, dy): (&[I], &[J]),
-    w: &[A],
+    w: (&[A], Option<A>),
     g: &mut [A; BLOCK],
     mut segments: Option<&mut Vec<SegmentSums<A>>>,
 ) -> GradSums<A> {
@@ -406,24 +432,24 @@ fn backward_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
     sums
 }
 
-/// The [`GradSums`] of block `k` of [`backward_sums`]'s elements, and, with
-/// `segments`, each parameter's [`SegmentSums`] in it.
+/// The [`GradSums`] of block `k` of [`backward_sums`]'s elements (about the row's
+/// mean when given), and, with `segments`, each parameter's [`SegmentSums`] in it.
 #[inline(always)]
 fn block_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
     k: usize,
     (xa, da): (&[I], &[J]),
-    w: &[A],
+    (w, row_mean): (&[A], Option<A>),
     g: &mut [A; BLOCK],
     mut segments: Option<&mut Vec<SegmentSums<A>>>,
 ) -> GradSums<A> {
     let (row, i0) = (at.0, at.1 + k * BLOCK);
     let n = A::from_f64(xa.len() as f64);
-    let mean = if spec.center() {
-        lane_sum(xa, |v| v) / n
-    } else {
-        A::ZERO
+    let mean = match row_mean {
+        Some(m) => m,
+        None if spec.center() => lane_sum(xa, |v| v) / n,
+        None => A::ZERO,
     };
     let terms = |x: A, g: A| {
         let c = x - mean;
