@@ -79,18 +79,24 @@ enum { CN_EMU_SHFL_IDX, CN_EMU_SHFL_UP, CN_EMU_SHFL_DOWN, CN_EMU_SHFL_XOR, CN_EM
 #define gridDim (cn_emu_grid_dim())
 #define warpSize 32
 
+// Copies the vector `from` into `to` as one access of the raw vector type R (its size:
+// 8 or 16 bytes), the read checked for that alignment, and the write too when `to` is
+// an existing vector (assignment) rather than one being made (a copy into a register).
+template <typename R, typename V>
+inline void cn_emu_vector_copy(V* to, const V* from, bool store) noexcept {
+    static_assert(sizeof(R) == sizeof(V), "a vector copied as one raw access of its size");
+    cn_emu_vector_access(from, 0, sizeof(V));
+    if (store) cn_emu_vector_access(to, 1, sizeof(V));
+    *reinterpret_cast<R*>(to) = *reinterpret_cast<const R*>(from);
+}
+
 // A 16-byte vector: copying one is a single checked 16-byte load and store.
 struct alignas(16) uint4 {
     unsigned int x, y, z, w;
     uint4() = default;
-    uint4(const uint4& o) noexcept {
-        cn_emu_vector_access(&o, 0, 16);
-        *reinterpret_cast<cn_emu_v4u*>(this) = *reinterpret_cast<const cn_emu_v4u*>(&o);
-    }
+    uint4(const uint4& o) noexcept { cn_emu_vector_copy<cn_emu_v4u>(this, &o, false); }
     uint4& operator=(const uint4& o) noexcept {
-        cn_emu_vector_access(&o, 0, 16);
-        cn_emu_vector_access(this, 1, 16);
-        *reinterpret_cast<cn_emu_v4u*>(this) = *reinterpret_cast<const cn_emu_v4u*>(&o);
+        cn_emu_vector_copy<cn_emu_v4u>(this, &o, true);
         return *this;
     }
 };
@@ -99,14 +105,9 @@ struct alignas(16) uint4 {
 struct alignas(8) uint2 {
     unsigned int x, y;
     uint2() = default;
-    uint2(const uint2& o) noexcept {
-        cn_emu_vector_access(&o, 0, 8);
-        *reinterpret_cast<cn_emu_v2u*>(this) = *reinterpret_cast<const cn_emu_v2u*>(&o);
-    }
+    uint2(const uint2& o) noexcept { cn_emu_vector_copy<cn_emu_v2u>(this, &o, false); }
     uint2& operator=(const uint2& o) noexcept {
-        cn_emu_vector_access(&o, 0, 8);
-        cn_emu_vector_access(this, 1, 8);
-        *reinterpret_cast<cn_emu_v2u*>(this) = *reinterpret_cast<const cn_emu_v2u*>(&o);
+        cn_emu_vector_copy<cn_emu_v2u>(this, &o, true);
         return *this;
     }
 };
