@@ -50,6 +50,21 @@ pub(super) fn written<T, R>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<T>]) -
     (v, r)
 }
 
+/// `buf`, a job's buffer reused from row to row, refilled with `n` elements that
+/// `fill` writes once into its spare capacity, never zeroed first (a task's first row
+/// would otherwise zero a row's worth). `fill` must write every element.
+#[inline(always)]
+pub(super) fn refilled<A>(buf: &mut Vec<A>, n: usize, fill: impl FnOnce(&mut [MaybeUninit<A>])) -> &[A] {
+    buf.clear();
+    buf.reserve(n);
+    fill(&mut buf.spare_capacity_mut()[..n]);
+    // SAFETY: the capacity is at least n (reserved above), and `fill` has written each
+    // of the first n elements (the callers' contract, which the tests check: an
+    // element left unwritten would be garbage in the output).
+    unsafe { buf.set_len(n) };
+    buf
+}
+
 /// Elements that a pass has written, seen as the values they now hold.
 ///
 /// # Safety

@@ -12,7 +12,7 @@
 //! The fused residual add's backward is the same over h, with the gradient reaching h
 //! directly added to dx.
 
-use super::alloc::written;
+use super::alloc::{refilled, written};
 use super::blocks::{as_acc_all, lanes, BLOCK};
 use super::elem::{Acc, Elem, Lane, Slot};
 use super::forward::split_stats;
@@ -330,27 +330,27 @@ fn silu_grads<'a, A: Acc, I: Lane<A>, J: Lane<A>>(
     (mean, rstd): (A, A),
     dz: &'a mut Vec<A>,
 ) -> &'a [A] {
-    let n = x.len();
-    dz.clear();
-    dz.reserve(n);
-    let out = &mut dz.spare_capacity_mut()[..n];
-    for_segments(
-        spec,
-        row,
-        i0,
-        n,
+    refilled(
+        dz,
+        x.len(),
         #[inline(always)]
-        |p, r| {
-            let (scale, shift) = (rstd * w[p], b[p]);
-            for ((d, &x), &g) in out[r.clone()].iter_mut().zip(&x[r.clone()]).zip(&dy[r]) {
-                d.write(g.get() * ((x.get() - mean) * scale + shift).silu_grad());
-            }
+        |out| {
+            // The segments cover every element of the row's part once.
+            for_segments(
+                spec,
+                row,
+                i0,
+                x.len(),
+                #[inline(always)]
+                |p, r| {
+                    let (scale, shift) = (rstd * w[p], b[p]);
+                    for ((d, &x), &g) in out[r.clone()].iter_mut().zip(&x[r.clone()]).zip(&dy[r]) {
+                        d.write(g.get() * ((x.get() - mean) * scale + shift).silu_grad());
+                    }
+                },
+            )
         },
-    );
-    // SAFETY: the capacity is at least n (reserved above), and the segments of
-    // `for_segments` cover elements 0..n, each written once above.
-    unsafe { dz.set_len(n) };
-    dz
+    )
 }
 
 /// The first pass over a row (about the row's `mean` where known, see
@@ -414,7 +414,7 @@ fn backward_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
     spec: &Spec,
     at: (usize, usize),
     (x, dy): (&[I], &[J]),
-    w: (&[A], Option<A>),
+    (w, mean): (&[A], Option<A>),
     g: &mut [A; BLOCK],
     mut segments: Option<&mut Vec<SegmentSums<A>>>,
 ) -> GradSums<A> {
@@ -423,11 +423,11 @@ fn backward_sums<A: Acc, I: Lane<A>, J: Lane<A>>(
     // stays a call compiled for the baseline.)
     let mut blocks = x.chunks(BLOCK).zip(dy.chunks(BLOCK)).enumerate();
     let mut sums = match blocks.next() {
-        Some((k, b)) => block_sums(spec, at, k, b, w, g, segments.as_deref_mut()),
+        Some((k, b)) => block_sums(spec, at, k, b, (w, mean), g, segments.as_deref_mut()),
         None => GradSums::EMPTY,
     };
     for (k, b) in blocks {
-        sums = sums.merge(block_sums(spec, at, k, b, w, g, segments.as_deref_mut()));
+        sums = sums.merge(block_sums(spec, at, k, b, (w, mean), g, segments.as_deref_mut()));
     }
     sums
 }

@@ -7,7 +7,7 @@
 //! and f64 blocks straight into it, f16/bf16 blocks through a stack buffer rounded into
 //! it ([`write_blocks`], [`store_blocks`]).
 
-use super::alloc::assume_written;
+use super::alloc::{assume_written, refilled};
 use super::elem::{Acc, Elem};
 use std::mem::MaybeUninit;
 
@@ -87,17 +87,15 @@ pub(super) fn as_acc<'a, T: Elem>(x: &'a [T], buf: &'a mut Vec<T::Acc>) -> &'a [
     widen(x, buf)
 }
 
-/// `x` widened into `buf`, which it replaces: the conversion writes into the spare
-/// capacity, not zeroed first (a task's first row would otherwise zero a row's worth).
+/// `x` widened into `buf`, which it replaces ([`refilled`]).
 #[inline(always)]
 fn widen<'a, T: Elem>(x: &[T], buf: &'a mut Vec<T::Acc>) -> &'a [T::Acc] {
-    buf.clear();
-    buf.reserve(x.len());
-    T::load_uninit(x, &mut buf.spare_capacity_mut()[..x.len()]);
-    // SAFETY: the capacity is at least x.len() (reserved above) and `load_uninit`
-    // wrote each of the first x.len() elements.
-    unsafe { buf.set_len(x.len()) };
-    buf
+    refilled(
+        buf,
+        x.len(),
+        #[inline(always)]
+        |dst| T::load_uninit(x, dst),
+    )
 }
 
 /// The `K` inputs as accumulators, each as [`as_acc`] gives it, into its own buffer.

@@ -245,8 +245,12 @@ pub(super) fn forward<T: Elem, P: Elem<Acc = T::Acc>>(
     // y = x·scale + shift for each (sample, channel): scale = rstd·γ, shift =
     // β − mean·scale, one multiply and one add an element and two loads of parameters
     // (docs/perf-notes.md, c25).
-    let scale = per_channel(&t, &stats, |(_, rstd), c| rstd * w[c]);
-    let shift = per_channel(&t, &stats, |(mean, rstd), c| b[c] - mean * (rstd * w[c]));
+    let (scale, shift): (Vec<_>, Vec<_>) = per_channel(&t, &stats, |(mean, rstd), c| {
+        let scale = rstd * w[c];
+        (scale, b[c] - mean * scale)
+    })
+    .into_iter()
+    .unzip();
     let (out, ()) = written(x.len(), |out| {
         t.tiles_mut(out).for_each_init(TileBufs::new, |bufs, (k, yt)| {
             let at = k / t.per_sample * t.c;
